@@ -1,0 +1,1 @@
+"""Secure file-drop gateway for international criminal-records exchange."""

@@ -1,0 +1,165 @@
+"""`gateway partner`: register and inspect partner agencies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway import sshkeys
+from gateway.app import Gateway
+from gateway.cli import emit, json_option, with_gateway
+from gateway.ledger import Partner, utc
+
+
+@click.group("partner")
+def command() -> None:
+    """Partner agencies: their keys, transport and health."""
+
+
+@command.command("add")
+@click.argument("partner_id", metavar="ID")
+@click.option(
+    "--openpgp-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File with the partner's OpenPGP public key, and nothing else.",
+)
+@click.option(
+    "--fingerprint",
+    required=True,
+    help="The key's 40-hex primary fingerprint, confirmed with the partner out of band.",
+)
+@click.option(
+    "--push",
+    "url",
+    metavar="sftp://USER@HOST[:PORT]",
+    required=True,
+    help="The partner's SFTP server, which the gateway pushes to.",
+)
+@click.option(
+    "--host-key",
+    required=True,
+    metavar="'TYPE BASE64'",
+    help="The partner server's SSH host key, confirmed out of band.",
+)
+@click.option(
+    "--upload-dir",
+    default="upload",
+    show_default=True,
+    help="Folder on the partner's server that packages are put in.",
+)
+@click.option(
+    "--download-dir",
+    default="download",
+    show_default=True,
+    help="Folder on the partner's server that receipts are fetched from.",
+)
+@click.option(
+    "--show-recipient",
+    is_flag=True,
+    help="Leave the recipient key id visible in packages (hidden by default).",
+)
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def add(
+    gw: Gateway,
+    partner_id: str,
+    openpgp_key: Path,
+    fingerprint: str,
+    url: str,
+    host_key: str,
+    upload_dir: str,
+    download_dir: str,
+    show_recipient: bool,
+    reason: str,
+) -> None:
+    """Register a partner, pinning its OpenPGP key and SSH host key.
+
+    The key file must hold exactly the key with FINGERPRINT, valid and not revoked.
+
+    \b
+    Example:
+      gateway partner add US-NCB --openpgp-key us-ncb.asc \\
+        --fingerprint 0123...CDEF --push sftp://gbacro@sftp.ncb.example:22 \\
+        --host-key 'ssh-ed25519 AAAAC3Nz...' --reason 'MoU 2026, key checked by phone'
+    """
+    partner = gw.add_push_partner(
+        partner_id,
+        openpgp_key,
+        fingerprint,
+        url,
+        host_key,
+        reason,
+        upload_dir,
+        download_dir,
+        not show_recipient,
+    )
+    click.echo(f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/")
+
+
+def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
+    """What an operator needs to know of one partner, as plain values."""
+    key = gw.keyring.key(partner.openpgp_key)
+    host_key = gw.host_key_of(partner)
+    held = [p for p in gw.ledger.packages(partner=partner.id, state="held")]
+    waiting = [p for p in gw.ledger.packages(partner=partner.id, state="sealed") if p.last_error]
+    problems = [p.last_error for p in held + waiting if p.last_error]
+    return {
+        "id": partner.id,
+        "transport": partner.transport,
+        "endpoint": f"sftp://{partner.user}@{partner.host}:{partner.port}"
+        if partner.host
+        else None,
+        "upload_dir": partner.upload_dir,
+        "download_dir": partner.download_dir,
+        "enabled": bool(partner.enabled),
+        "openpgp_key": key.fingerprint,
+        "openpgp_expires": utc(key.expires) if key.expires else None,
+        "openpgp_problem": key.problem(),
+        "host_key": sshkeys.fingerprint(host_key) if host_key else None,
+        "added_at": partner.added_at,
+        "health": "disabled" if not partner.enabled else ("failing" if problems else "ok"),
+        "last_problem": problems[-1] if problems else None,
+    }
+
+
+@command.command("list")
+@json_option
+@with_gateway
+def list_(gw: Gateway, as_json: bool) -> None:
+    """List partners with key fingerprints, expiry, transport and health.
+
+    \b
+    Example:
+      gateway partner list --json
+    """
+    rows = [describe(gw, p) for p in gw.ledger.partners()]
+    emit(
+        rows,
+        as_json,
+        lambda: (
+            "\n".join(
+                f"{r['id']:<20} {r['transport']:<5} {r['health']:<8} {r['openpgp_key']} "
+                f"expires {r['openpgp_expires'] or 'never'}"
+                for r in rows
+            )
+            or "no partners: add one with `gateway partner add`"
+        ),
+    )
+
+
+@command.command("show")
+@click.argument("partner_id", metavar="ID")
+@json_option
+@with_gateway
+def show(gw: Gateway, partner_id: str, as_json: bool) -> None:
+    """Show one partner in full.
+
+    \b
+    Example:
+      gateway partner show US-NCB
+    """
+    row = describe(gw, gw.ledger.partner(partner_id))
+    emit(row, as_json, lambda: "\n".join(f"{k:<16} {v}" for k, v in row.items()))

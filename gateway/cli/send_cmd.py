@@ -1,0 +1,44 @@
+"""`gateway send`: queue one file for a partner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gateway.app import Gateway
+from gateway.cli import with_gateway
+from gateway.intake import Intake
+from gateway.names import KINDS
+
+
+@click.command("send")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--to", "partner", required=True, metavar="ID", help="The partner's authority id.")
+@click.option("--kind", type=click.Choice(KINDS), required=True, help="What the package is.")
+@click.option("--ref", "reference", help="Upstream case reference (goes in the signed manifest).")
+@click.option("--legal-basis", help="Legal basis of the transfer, e.g. CoE-1959-Art22.")
+@click.option("--marking", help="Protective marking, e.g. OFFICIAL-SENSITIVE.")
+@with_gateway
+def command(
+    gw: Gateway,
+    file: Path,
+    partner: str,
+    kind: str,
+    reference: str | None,
+    legal_basis: str | None,
+    marking: str | None,
+) -> None:
+    """Queue FILE for a partner and print its package id.
+
+    The file is copied in (a symbolic link is refused, never followed); the original is
+    left where it is. The daemon, or `gateway run --once`, seals and delivers it.
+
+    \b
+    Example:
+      gateway send notice.xml --to US-NCB --kind conviction --ref CASE-123
+    """
+    package = Intake(gw.home, gw.ledger, gw.settings).copy_in(
+        file, partner, kind, reference, legal_basis, marking
+    )
+    click.echo(package.package_id)

@@ -1,0 +1,68 @@
+"""`gateway status`: what is waiting, moving, overdue or stuck, per partner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gateway.app import Gateway
+from gateway.cli import emit, json_option, with_gateway
+from gateway.ledger import utc
+
+#: status column -> the ledger states counted in it
+COLUMNS = {
+    "queued": ("received",),
+    "in_flight": ("sealed", "published"),
+    "awaiting_receipt": ("delivered",),
+    "overdue": ("overdue",),
+    "held": ("held",),
+    "failed": ("failed",),
+    "acknowledged": ("acknowledged",),
+    "rejected": ("rejected",),
+}
+WARN_DAYS = 30
+
+
+@click.command("status")
+@json_option
+@with_gateway
+def command(gw: Gateway, as_json: bool) -> None:
+    """Per partner: queued, in flight, awaiting receipt, overdue, held, failed.
+
+    Also warns of keys that expire within 30 days.
+
+    \b
+    Example:
+      gateway status
+    """
+    now = gw.ledger.clock()
+    counts = gw.ledger.counts(utc(now - gw.settings.receipts_overdue_after_seconds))
+    partners = [p.id for p in gw.ledger.partners()]
+    if any(partner is None for partner, _ in counts):
+        partners.append("(unknown)")
+    rows: list[dict[str, Any]] = []
+    for pid in partners:
+        ledger_id = None if pid == "(unknown)" else pid
+        row: dict[str, Any] = {"partner": pid}
+        for column, states in COLUMNS.items():
+            row[column] = sum(counts.get((ledger_id, s), 0) for s in states)
+        rows.append(row)
+    warnings = []
+    keys = [("the gateway's own key", gw.own_key_info)]
+    keys += [(f"{p.id}'s key", gw.keyring.key(p.openpgp_key)) for p in gw.ledger.partners()]
+    for what, key in keys:
+        if key.problem():
+            warnings.append(f"{what} {key.fingerprint}: {key.problem()}")
+        elif key.expires and key.expires - now < WARN_DAYS * 86400:
+            warnings.append(f"{what} {key.fingerprint} expires {utc(key.expires)}: rotate it")
+    result = {"partners": rows, "warnings": warnings}
+
+    def text() -> str:
+        head = f"{'partner':<20}" + "".join(f"{c.replace('_', ' '):>17}" for c in COLUMNS)
+        lines = [head] + [
+            f"{r['partner']:<20}" + "".join(f"{r[c]:>17}" for c in COLUMNS) for r in rows
+        ]
+        return "\n".join(lines + [f"warning: {w}" for w in warnings])
+
+    emit(result, as_json, text)

@@ -1,0 +1,257 @@
+"""Taking files in: from `gateway send` (a copy) or from the outbound spool (a move).
+
+Nothing taken in is ever lost or taken twice. A spooled file is first renamed into the
+gateway's own `spool/work/<package_id>/` beside an `origin.json` written before it,
+then recorded in the ledger. A crash between the two leaves a work folder that
+`recover()` finishes taking in; a crash before the rename leaves the file where the
+producer put it. Bad entries go to `spool/quarantine/` with a reason file and a ledger
+entry; a link is moved, never followed, and its target never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Final
+
+from gateway.errors import GatewayError, NotFound, UsageError
+from gateway.files import fsync_dir, open_regular, publish, write_atomic
+from gateway.home import Home
+from gateway.ledger import Ledger, Package, utc
+from gateway.lifecycle import State
+from gateway.names import kind as parse_kind
+from gateway.names import new_package_id, payload_name
+from gateway.settings import Settings
+
+PAYLOAD: Final = "payload"
+ORIGIN: Final = "origin.json"
+CHUNK: Final = 1024 * 1024
+
+
+class Intake:
+    """Takes files into the gateway's own area and records them `received`."""
+
+    def __init__(self, home: Home, ledger: Ledger, settings: Settings) -> None:
+        self.home = home
+        self.ledger = ledger
+        self.settings = settings
+
+    def copy_in(
+        self,
+        source: Path,
+        partner: str,
+        kind: str,
+        reference: str | None = None,
+        legal_basis: str | None = None,
+        marking: str | None = None,
+    ) -> Package:
+        """Take a copy of `source` (`gateway send`); the original is left alone."""
+        name = payload_name(source.name)
+        self._partner(partner)
+        kind = parse_kind(kind)
+        fd = open_regular(source, single_link=False)
+        if os.fstat(fd).st_size > self.settings.daemon_max_package_bytes:
+            os.close(fd)
+            raise UsageError(
+                f"{source} is larger than daemon.max_package_bytes: split it or raise the limit"
+            )
+        pid = new_package_id(self.settings.gateway_id)
+        folder = self.home.work / pid
+        folder.mkdir(mode=0o700)
+        try:
+            with os.fdopen(fd, "rb") as src, (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+            publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
+            return self._admit(pid, partner, kind, name, reference, legal_basis, marking)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def move_in(self, path: Path, partner: str, kind: str) -> Package:
+        """Take a file from the outbound spool, or quarantine it with the reason."""
+        pid = new_package_id(self.settings.gateway_id)
+        try:
+            name = payload_name(os.fsencode(path.name))
+            self._partner(partner)
+            parse_kind(kind)
+        except GatewayError as problem:
+            return self.quarantine(path, pid, partner, kind, str(problem))
+        folder = self.home.work / pid
+        folder.mkdir(mode=0o700)
+        write_atomic(
+            folder / ORIGIN, json.dumps({"partner": partner, "kind": kind, "name": name}).encode()
+        )
+        try:
+            os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
+        except FileNotFoundError:
+            shutil.rmtree(folder)  # the producer took it back; nothing was taken
+            raise
+        fsync_dir(folder)
+        fsync_dir(path.parent)
+        return self._finish(pid)
+
+    def recover(self) -> list[Package]:
+        """Finish what a crash interrupted: work folders with no ledger entry."""
+        done = []
+        for folder in sorted(self.home.work.iterdir()):
+            try:
+                self.ledger.package(folder.name)
+                continue
+            except NotFound:
+                pass
+            if (folder / ORIGIN).is_file() and os.path.lexists(folder / PAYLOAD):
+                done.append(self._finish(folder.name))
+            else:  # a copy that never completed or a move that never happened
+                shutil.rmtree(folder)
+        return done
+
+    def _finish(self, pid: str) -> Package:
+        """Check a moved-in file and record it, or quarantine it."""
+        folder = self.home.work / pid
+        origin = json.loads((folder / ORIGIN).read_text())
+        try:
+            return self._admit(
+                pid, origin["partner"], origin["kind"], origin["name"], None, None, None
+            )
+        except UsageError as problem:
+            package = self.quarantine(
+                folder / PAYLOAD,
+                pid,
+                origin["partner"],
+                origin["kind"],
+                str(problem),
+                name=origin["name"],
+            )
+            shutil.rmtree(folder)
+            return package
+
+    def _admit(
+        self,
+        pid: str,
+        partner: str,
+        kind: str,
+        name: str,
+        reference: str | None,
+        legal_basis: str | None,
+        marking: str | None,
+    ) -> Package:
+        """Hash a payload already in the work folder and record it `received`."""
+        path = self.home.work / pid / PAYLOAD
+        fd = open_regular(path, single_link=True)
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                if size > self.settings.daemon_max_package_bytes:
+                    raise UsageError(
+                        f"the file is larger than daemon.max_package_bytes "
+                        f"({self.settings.daemon_max_package_bytes}): split it or raise the limit"
+                    )
+        if size == 0:
+            raise UsageError("the file is empty: nothing to send")
+        now = utc(self.ledger.clock())
+        package = Package(
+            package_id=pid,
+            direction="out",
+            state=State.RECEIVED,
+            created_at=now,
+            updated_at=now,
+            partner=partner,
+            kind=kind,
+            payload_name=name,
+            payload_size=size,
+            payload_sha256=digest.hexdigest(),
+            reference=reference,
+            legal_basis=legal_basis,
+            marking=marking,
+        )
+        return self.ledger.insert(
+            package, "intake", {"name": name, "size": size, "sha256": package.payload_sha256}
+        )
+
+    def _partner(self, partner: str) -> None:
+        try:
+            self.ledger.partner(partner)
+        except NotFound:
+            raise UsageError(
+                f"unknown partner {partner}: register it with `gateway partner add`"
+            ) from None
+
+    def quarantine(
+        self,
+        path: Path,
+        pid: str,
+        partner: str | None,
+        kind: str | None,
+        reason: str,
+        name: str | None = None,
+    ) -> Package:
+        """Move a rejected entry to quarantine with `<pid>.reason.json`; record it `rejected`."""
+        original = name or os.fsdecode(path.name).encode("utf-8", "backslashreplace").decode()
+        target = self.home.quarantine / pid
+        try:
+            st = os.lstat(path)
+            what = _describe(st.st_mode)
+        except FileNotFoundError:
+            what = "gone"
+        now = utc(self.ledger.clock())
+        report = {
+            "package_id": pid,
+            "original_name": original,
+            "partner": partner,
+            "kind": kind,
+            "what": what,
+            "reason": reason,
+            "at": now,
+            "what_to_do": "fix the file as the reason says and drop it again; "
+            "delete this entry and its reason file once dealt with",
+        }
+        write_atomic(
+            self.home.quarantine / f"{pid}.reason.json",
+            json.dumps(report, indent=2, ensure_ascii=False).encode(),
+        )
+        if what != "gone":
+            os.rename(path, target)
+            fsync_dir(self.home.quarantine)
+            fsync_dir(path.parent)
+        known = partner if partner and self._known(partner) else None
+        package = Package(
+            package_id=pid,
+            direction="out",
+            state=State.REJECTED,
+            created_at=now,
+            updated_at=now,
+            partner=known,
+            kind=kind,
+            last_error=reason,
+        )
+        return self.ledger.insert(
+            package,
+            "quarantine",
+            {"name": original, "what": what, "reason": reason, "partner": partner},
+        )
+
+    def _known(self, partner: str) -> bool:
+        try:
+            self.ledger.partner(partner)
+        except NotFound:
+            return False
+        return True
+
+
+def _describe(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISREG, "file"),
+    ):
+        if test(mode):
+            return what
+    return "device"

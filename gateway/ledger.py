@@ -1,0 +1,456 @@
+"""The SQLite ledger: partners, packages and the hash-chained audit trail.
+
+One writer at a time: every write is one `BEGIN IMMEDIATE` transaction, so a CLI and a
+daemon never meet a read-to-write upgrade failure (research/library-pitfalls.md S2), and
+no transaction is ever held across network or GnuPG work. WAL with synchronous=FULL: a
+committed step survives a power cut (S3). Each state change and its audit event are
+committed together, so the ledger is never left with a package in two states or none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from gateway import lifecycle
+from gateway.errors import GatewayError, NotFound, PartnerError, Transient
+from gateway.lifecycle import State
+
+GENESIS: Final = "0" * 64
+MIGRATIONS: Final = Migrations("gateway")
+
+#: DPA 2018 s.62 category of each state a package enters, where one applies.
+CATEGORY: Final = {
+    State.RECEIVED: "collection",
+    State.FETCHED: "collection",
+    State.REJECTED: "collection",
+    State.DELIVERED: "disclosure",
+    State.PUBLISHED: "disclosure",
+    State.ACCEPTED: "collection",
+}
+
+
+@MIGRATIONS()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """Partners, packages and events."""
+    db["partners"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "transport": str,
+            "host": str,
+            "port": int,
+            "user": str,
+            "upload_dir": str,
+            "download_dir": str,
+            "openpgp_key": str,
+            "ssh_key": str,
+            "hide_recipient": int,
+            "enabled": int,
+            "added_at": str,
+        },
+        pk="id",
+        not_null={"transport", "openpgp_key", "enabled", "added_at"},
+    )
+    db["packages"].create(  # type: ignore[union-attr]
+        {
+            "package_id": str,
+            "direction": str,
+            "partner": str,
+            "kind": str,
+            "state": str,
+            "payload_name": str,
+            "payload_size": int,
+            "payload_sha256": str,
+            "reference": str,
+            "legal_basis": str,
+            "marking": str,
+            "in_reply_to": str,
+            "sender_key": str,
+            "recipient_key": str,
+            "ciphertext_sha256": str,
+            "ciphertext_size": int,
+            "created_at": str,
+            "updated_at": str,
+            "delivered_at": str,
+            "failures": int,
+            "next_attempt_at": float,
+            "last_error": str,
+        },
+        pk="package_id",
+        not_null={"direction", "state", "created_at", "updated_at"},
+        defaults={"failures": 0},
+    )
+    db["packages"].create_index(["state", "partner"])  # type: ignore[union-attr]
+    db["packages"].create_index(["partner", "state"])  # type: ignore[union-attr]
+    db["events"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "at": str,
+            "actor": str,
+            "action": str,
+            "category": str,
+            "partner": str,
+            "package_id": str,
+            "state": str,
+            "detail": str,
+            "prev_hash": str,
+            "hash": str,
+        },
+        pk="id",
+        not_null={"at", "actor", "action", "prev_hash", "hash"},
+    )
+    db["events"].create_index(["package_id"])  # type: ignore[union-attr]
+
+
+def utc(ts: float) -> str:
+    """A timestamp as UTC ISO 8601 with milliseconds, e.g. 2026-11-28T18:00:00.000Z."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclasses.dataclass(frozen=True)
+class Partner:
+    """A registered partner agency."""
+
+    id: str
+    transport: str  # "push" or "pull"
+    host: str | None
+    port: int | None
+    user: str | None
+    upload_dir: str | None
+    download_dir: str | None
+    openpgp_key: str
+    ssh_key: str | None
+    hide_recipient: int
+    enabled: int
+    added_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Package:
+    """One package as the ledger knows it."""
+
+    package_id: str
+    direction: str  # "out" or "in"
+    state: State
+    created_at: str
+    updated_at: str
+    partner: str | None = None
+    kind: str | None = None
+    payload_name: str | None = None
+    payload_size: int | None = None
+    payload_sha256: str | None = None
+    reference: str | None = None
+    legal_basis: str | None = None
+    marking: str | None = None
+    in_reply_to: str | None = None
+    sender_key: str | None = None
+    recipient_key: str | None = None
+    ciphertext_sha256: str | None = None
+    ciphertext_size: int | None = None
+    delivered_at: str | None = None
+    failures: int = 0  # failed attempts so far
+    next_attempt_at: float | None = None
+    last_error: str | None = None
+
+    @staticmethod
+    def from_row(row: dict[str, Any]) -> Package:
+        """Build from a `packages` row."""
+        return Package(**{**row, "state": State(row["state"])})
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One row of the audit trail."""
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    category: str | None
+    partner: str | None
+    package_id: str | None
+    state: str | None
+    detail: str | None
+    prev_hash: str
+    hash: str
+
+    def expected_hash(self) -> str:
+        """The hash this event must carry, given its content and the hash before it."""
+        fields = [
+            self.id,
+            self.at,
+            self.actor,
+            self.action,
+            self.category,
+            self.partner,
+            self.package_id,
+            self.state,
+            self.detail,
+            self.prev_hash,
+        ]
+        canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Ledger:
+    """The ledger of one home, as seen by one actor (an OS user, or `daemon`)."""
+
+    def __init__(self, path: Path, actor: str, clock: Callable[[], float] = time.time) -> None:
+        self.actor = actor
+        self.clock = clock
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "foreign_keys=ON",
+                "busy_timeout=30000",
+            ):
+                conn.execute(f"PRAGMA {pragma}")
+        except sqlite3.Error as e:
+            raise GatewayError(
+                f"cannot open the ledger {path} ({e}): check its permissions"
+            ) from None
+        self.db = sqlite_utils.Database(conn)
+        if MIGRATIONS.pending(self.db):
+            with self._write():
+                MIGRATIONS.apply(self.db)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction, taking the write lock at once."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise Transient(f"the ledger is busy or unwritable ({e}); try again") from None
+        try:
+            yield
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.execute("COMMIT")
+
+    # -- audit trail ----------------------------------------------------------------
+
+    def _append(
+        self,
+        action: str,
+        *,
+        package_id: str | None = None,
+        partner: str | None = None,
+        state: str | None = None,
+        category: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Event:
+        """Append one event to the chain; the caller holds the write transaction."""
+        last = self.db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        event = Event(
+            id=(last[0] + 1) if last else 1,
+            at=utc(self.clock()),
+            actor=self.actor,
+            action=action,
+            category=category,
+            partner=partner,
+            package_id=package_id,
+            state=state,
+            prev_hash=last[1] if last else GENESIS,
+            hash="",
+            detail=json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None,
+        )
+        event = dataclasses.replace(event, hash=event.expected_hash())
+        self.db["events"].insert(dataclasses.asdict(event))  # type: ignore[union-attr]
+        return event
+
+    def record(self, action: str, **kwargs: Any) -> Event:
+        """Record an event that changes no package state (partner change, erasure, ...)."""
+        with self._write():
+            return self._append(action, **kwargs)
+
+    def events(self, package_id: str | None = None, since_id: int = 0) -> Iterator[Event]:
+        """Events in order, for one package or all."""
+        where, args = "id > ?", [since_id]
+        if package_id:
+            where, args = where + " AND package_id = ?", [since_id, package_id]  # type: ignore[list-item]
+        for row in self.db["events"].rows_where(where, args, order_by="id"):
+            yield Event(**row)
+
+    def verify_chain(self) -> tuple[int, Event | None]:
+        """Recompute the chain; return (events checked, the first broken event or None)."""
+        prev, count = GENESIS, 0
+        cursor = self.db.execute(
+            "SELECT id, at, actor, action, category, partner, package_id, state, detail, "
+            "prev_hash, hash FROM events ORDER BY id"
+        )
+        expected_id = 1
+        for row in cursor:
+            event = Event(*row)
+            if (
+                event.id != expected_id
+                or event.prev_hash != prev
+                or event.hash != event.expected_hash()
+            ):
+                return count, event
+            prev, count, expected_id = event.hash, count + 1, expected_id + 1
+        return count, None
+
+    # -- partners ---------------------------------------------------------------------
+
+    def add_partner(self, partner: Partner, reason: str) -> None:
+        """Register a partner; refuses an id already registered."""
+        with self._write():
+            if self.db["partners"].count_where("id = ?", [partner.id]):
+                raise PartnerError(
+                    f"partner {partner.id} is already registered: see `gateway partner show {partner.id}`"
+                )
+            self.db["partners"].insert(dataclasses.asdict(partner))  # type: ignore[union-attr]
+            self._append(
+                "partner.add",
+                partner=partner.id,
+                detail={
+                    "reason": reason,
+                    "transport": partner.transport,
+                    "openpgp_key": partner.openpgp_key,
+                    "endpoint": f"{partner.user}@{partner.host}:{partner.port}"
+                    if partner.host
+                    else None,
+                },
+            )
+
+    def partner(self, partner_id: str) -> Partner:
+        """The partner with this id."""
+        rows = list(self.db["partners"].rows_where("id = ?", [partner_id]))
+        if not rows:
+            raise NotFound(f"no partner {partner_id}: see `gateway partner list`")
+        return Partner(**rows[0])
+
+    def partners(self) -> list[Partner]:
+        """Every partner, by id."""
+        return [Partner(**row) for row in self.db["partners"].rows_where(order_by="id")]
+
+    # -- packages ---------------------------------------------------------------------
+
+    def insert(
+        self, package: Package, action: str, detail: dict[str, Any] | None = None
+    ) -> Package:
+        """Record a new package and its first event together."""
+        lifecycle.check_initial(package.direction, package.state)
+        with self._write():
+            self.db["packages"].insert(dataclasses.asdict(package))  # type: ignore[union-attr]
+            self._append(
+                action,
+                package_id=package.package_id,
+                partner=package.partner,
+                state=package.state,
+                category=CATEGORY.get(package.state),
+                detail=detail,
+            )
+        return package
+
+    def transition(
+        self,
+        package_id: str,
+        new: State,
+        action: str,
+        detail: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Package:
+        """Move a package to `new` (checked against the lifecycle), updating `fields`."""
+        with self._write():
+            current = self.package(package_id)
+            lifecycle.check(current.state, new)
+            self._update(current, state=new, **fields)
+            self._append(
+                action,
+                package_id=package_id,
+                partner=current.partner,
+                state=new,
+                category=CATEGORY.get(new),
+                detail=detail,
+            )
+        return self.package(package_id)
+
+    def note(
+        self,
+        package_id: str,
+        action: str,
+        detail: dict[str, Any] | None = None,
+        category: str | None = None,
+        **fields: Any,
+    ) -> Package:
+        """Update fields of a package without changing its state, with an event."""
+        with self._write():
+            current = self.package(package_id)
+            self._update(current, **fields)
+            self._append(
+                action,
+                package_id=package_id,
+                partner=current.partner,
+                category=category,
+                detail=detail,
+            )
+        return self.package(package_id)
+
+    def _update(self, current: Package, **fields: Any) -> None:
+        fields["updated_at"] = utc(self.clock())
+        self.db["packages"].update(current.package_id, fields)  # type: ignore[union-attr]
+
+    def package(self, package_id: str) -> Package:
+        """The package with this id."""
+        rows = list(self.db["packages"].rows_where("package_id = ?", [package_id]))
+        if not rows:
+            raise NotFound(f"no package {package_id} in the ledger: see `gateway ledger list`")
+        return Package.from_row(rows[0])
+
+    def packages(
+        self,
+        *,
+        state: str | None = None,
+        partner: str | None = None,
+        direction: str | None = None,
+        limit: int | None = None,
+    ) -> list[Package]:
+        """Packages, oldest first, filtered by state, partner and direction."""
+        where, args = [], []
+        for column, value in (("state", state), ("partner", partner), ("direction", direction)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self.db["packages"].rows_where(
+            " AND ".join(where) or None, args, order_by="package_id", limit=limit
+        )
+        return [Package.from_row(row) for row in rows]
+
+    def due(self, states: frozenset[State], now: float) -> list[Package]:
+        """Pending packages in `states` whose next attempt is due, oldest first."""
+        marks = ", ".join("?" * len(states))
+        rows = self.db.query(
+            f"SELECT * FROM packages WHERE state IN ({marks}) "  # noqa: S608 - placeholders only
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY package_id",
+            [*sorted(states), now],
+        )
+        return [Package.from_row(row) for row in rows]
+
+    def counts(self, overdue_before: str) -> dict[tuple[str | None, str], int]:
+        """Number of packages by (partner, state), plus `overdue`: delivered before the given time."""
+        rows = self.db.execute(
+            "SELECT partner, state, count(*) FROM packages GROUP BY partner, state "
+            "UNION ALL SELECT partner, 'overdue', count(*) FROM packages "
+            "WHERE state = 'delivered' AND delivered_at < ? GROUP BY partner",
+            [overdue_before],
+        )
+        return {(partner, state): n for partner, state, n in rows}

@@ -1,0 +1,302 @@
+"""OpenPGP through GnuPG: the only module that imports `gnupg`.
+
+The keyring (`keys/gnupg`) holds the gateway's own key and the partners' keys, each
+pinned by its full fingerprint; nothing is ever looked up by user id or fetched from
+a key server. Every GnuPG run has a deadline and every result is checked for what it
+must say, not only for `ok` (research/library-pitfalls.md G3-G6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Final
+
+import gnupg
+
+from gateway.errors import CryptoFailed, KeyProblem, Timeout
+
+# Options on every run: no network look-ups, no chatter that could hide status lines.
+_OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting"]
+# SPEC section 4: AES-256, SHA-256, no compression (compression leaks through length
+# and lets inbound archives be bombs: research/domain.md section 5 rule 8).
+_SEAL_ARGS: Final = [
+    "--cipher-algo",
+    "AES256",
+    "--digest-algo",
+    "SHA256",
+    "--compress-algo",
+    "none",
+    "--no-emit-version",
+]
+_AES256: Final = "9"
+_SHA256_OR_BETTER: Final = {"8", "9", "10"}
+_AGENT_CONF: Final = "default-cache-ttl 0\nmax-cache-ttl 0\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    """What the gateway needs to know of one OpenPGP key; never any secret."""
+
+    fingerprint: str
+    uids: tuple[str, ...]
+    expires: int | None  # primary key expiry, seconds since the epoch; None: never
+    revoked: bool
+    expired: bool
+    encryption_expires: int | None  # the latest valid encryption subkey's expiry
+    can_encrypt: bool
+    can_sign: bool
+
+    def problem(self) -> str | None:
+        """Why this key cannot be used for a partner now, or None."""
+        if self.revoked:
+            return "the key is revoked"
+        if self.expired:
+            return "the key has expired"
+        if not self.can_encrypt:
+            return "the key has no valid encryption subkey"
+        return None
+
+
+def _epoch(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _key_info(raw: dict[str, Any]) -> KeyInfo:
+    """Build a KeyInfo from python-gnupg's listing of one key (--with-colons fields)."""
+    now = time.time()
+    trust = raw.get("trust", "")
+    expired = trust == "e" or (bool(raw["expires"]) and int(raw["expires"]) <= now)
+    enc: list[int | None] = []
+    for sub in raw.get("subkey_info", {}).values():
+        sub_expires = _epoch(sub.get("expires", ""))
+        valid = sub.get("trust") not in ("e", "r") and (sub_expires is None or sub_expires > now)
+        if "e" in sub.get("cap", "") and valid:
+            enc.append(sub_expires)
+    cap = raw.get("cap", "")
+    return KeyInfo(
+        fingerprint=raw["fingerprint"],
+        uids=tuple(raw.get("uids", ())),
+        expires=_epoch(raw["expires"]),
+        revoked=trust == "r",
+        expired=expired,
+        encryption_expires=(None if None in enc else max(e for e in enc if e is not None))
+        if enc
+        else None,
+        can_encrypt="E" in cap and bool(enc) and trust not in ("e", "r"),
+        can_sign="S" in cap and trust not in ("e", "r"),
+    )
+
+
+class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
+    """python-gnupg has no timeout; this kills a gpg run that passes its deadline."""
+
+    def __init__(self, timeout: float, **kwargs: Any) -> None:
+        self.timeout = timeout
+        self._local = threading.local()
+        with self.deadline("start"):  # the constructor runs gpg to learn its version
+            super().__init__(**kwargs)
+
+    def _open_subprocess(self, args: Any, passphrase: bool = False) -> subprocess.Popen[bytes]:
+        process: subprocess.Popen[bytes] = super()._open_subprocess(args, passphrase)
+        timer = threading.Timer(self.timeout, process.kill)
+        timer.daemon = True
+        timer.start()
+        self._local.runs.append((process, timer))
+        return process
+
+    @contextmanager
+    def deadline(self, what: str) -> Iterator[None]:
+        """Run the gpg calls inside under the deadline; a killed run raises `Timeout`."""
+        self._local.runs = []
+        try:
+            yield
+        finally:
+            runs, self._local.runs = self._local.runs, []
+            for process, timer in runs:
+                timer.cancel()
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+        if any(process.returncode == -9 for process, _ in runs):
+            raise Timeout(
+                f"GnuPG took longer than {self.timeout:.0f} s to {what} and was stopped; "
+                "it will be tried again (raise gnupg.timeout_seconds for very large files)"
+            )
+
+
+class Keyring:
+    """The gateway's OpenPGP keyring: its own key and the pinned partner keys."""
+
+    def __init__(self, home: Path, timeout: float) -> None:
+        self.home = home
+        self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=list(_OPTIONS))
+        self._gpg.encoding = "utf-8"
+        self._gpg.buffer_size = 1024 * 1024
+
+    @classmethod
+    def create(cls, home: Path, timeout: float) -> Keyring:
+        """A new, empty keyring folder (0700) with a passphrase cache that keeps nothing."""
+        home.mkdir(mode=0o700)
+        (home / "gpg-agent.conf").write_text(_AGENT_CONF)
+        return cls(home, timeout)
+
+    def close(self) -> None:
+        """Stop the gpg-agent of this keyring, so that no process outlives the gateway."""
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+    def generate(self, authority: str, days: int) -> str:
+        """Create the gateway's own key: Ed25519 to certify and sign, Cv25519 to encrypt."""
+        params = self._gpg.gen_key_input(
+            key_type="EDDSA",
+            key_curve="ed25519",
+            key_usage="sign,cert",
+            subkey_type="ECDH",
+            subkey_curve="cv25519",
+            subkey_usage="encrypt",
+            expire_date=f"{days}d",
+            name_real=f"{authority} exchange gateway",
+            name_email=f"gateway@{authority.lower()}.invalid",
+            no_protection=True,
+        )
+        with self._gpg.deadline("create a key"):
+            result = self._gpg.gen_key(params)
+        if result.returncode != 0 or not result.fingerprint:
+            raise CryptoFailed(
+                f"GnuPG could not create a key ({result.status}): see `gpg --version`"
+            )
+        return str(result.fingerprint)
+
+    def scan(self, key_file: Path) -> list[KeyInfo]:
+        """The keys a file holds, without importing them."""
+        with self._gpg.deadline("read a key file"):
+            found = self._gpg.scan_keys(str(key_file))
+        return [_key_info(k) for k in found]
+
+    def import_pinned(self, key_file: Path, fingerprint: str) -> KeyInfo:
+        """Import a partner key only if the file holds exactly that one usable key."""
+        found = self.scan(key_file)
+        fprs = sorted(k.fingerprint for k in found)
+        if fprs != [fingerprint]:
+            what = "no OpenPGP key" if not fprs else f"keys {', '.join(fprs)}"
+            raise KeyProblem(
+                f"{key_file} holds {what}, not exactly {fingerprint}: check the fingerprint "
+                "with the partner by phone and ask for a file with that key alone"
+            )
+        if problem := found[0].problem():
+            raise KeyProblem(f"{fingerprint}: {problem}; ask the partner for a current key")
+        with self._gpg.deadline("import a key"):
+            result = self._gpg.import_keys_file(str(key_file))
+        if sorted(set(result.fingerprints)) != [fingerprint] or result.returncode != 0:
+            raise KeyProblem(
+                f"GnuPG did not import {fingerprint} from {key_file}; nothing was pinned"
+            )
+        return self.key(fingerprint)
+
+    def key(self, fingerprint: str) -> KeyInfo:
+        """The key with this primary fingerprint in the keyring."""
+        with self._gpg.deadline("list keys"):
+            found = [
+                k
+                for k in self._gpg.list_keys(keys=[fingerprint])
+                if k["fingerprint"] == fingerprint
+            ]
+        if len(found) != 1:
+            raise KeyProblem(
+                f"key {fingerprint} is not in the keyring {self.home}: restore keys/ from backup "
+                "or register the partner again"
+            )
+        return _key_info(found[0])
+
+    def own_keys(self) -> list[KeyInfo]:
+        """The keys whose secret part is in this keyring (the gateway's own), newest last."""
+        with self._gpg.deadline("list keys"):
+            found = self._gpg.list_keys(secret=True)
+        return [self.key(k["fingerprint"]) for k in sorted(found, key=lambda k: int(k["date"]))]
+
+    def export_public(self, fingerprint: str) -> str:
+        """The armored public key, for partners."""
+        self.key(fingerprint)
+        with self._gpg.deadline("export a key"):
+            text = self._gpg.export_keys([fingerprint], armor=True)
+        return str(text)
+
+    def seal(
+        self,
+        plaintext: IO[bytes] | io.RawIOBase,
+        out: Path,
+        signer: str,
+        recipient: str,
+        hide: bool,
+    ) -> None:
+        """Sign `plaintext` with `signer`, encrypt it to `recipient` alone, write `out`.
+
+        `out` is written in full or not at all: on any failure it is removed. The status
+        lines must show a signature by `signer` (SHA-256 or better) and AES-256 encryption
+        to `recipient`; `ok` alone proves neither (research/library-pitfalls.md G4).
+        """
+        for fpr, whose in ((signer, "the gateway's own"), (recipient, "the partner's")):
+            if problem := self.key(fpr).problem():
+                raise KeyProblem(f"{whose} key {fpr}: {problem}; rotate or renew it, then retry")
+        args = [*_SEAL_ARGS, "--throw-keyids"] if hide else list(_SEAL_ARGS)
+        try:
+            with self._gpg.deadline("seal a package"):
+                result = self._gpg.encrypt_file(
+                    plaintext,
+                    [recipient],
+                    sign=signer,
+                    always_trust=True,
+                    armor=False,
+                    output=str(out),
+                    extra_args=args,
+                )
+            _check_sealed(result, signer, recipient)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+
+
+def _status(stderr: str) -> list[list[str]]:
+    return [line.split()[1:] for line in stderr.splitlines() if line.startswith("[GNUPG:] ")]
+
+
+def _check_sealed(result: Any, signer: str, recipient: str) -> None:
+    lines = _status(result.stderr or "")
+    keywords = {line[0] for line in lines if line}
+    if "INV_RECP" in keywords or "KEY_CONSIDERED" not in keywords:
+        raise KeyProblem(
+            f"GnuPG will not encrypt to {recipient}: the partner's key may have expired"
+        )
+    if "INV_SGNR" in keywords:
+        raise KeyProblem(
+            f"GnuPG will not sign with the gateway's key {signer}: see `gateway keys show`"
+        )
+    signed = [line for line in lines if line[0] == "SIG_CREATED"]
+    encrypted = [line for line in lines if line[0] == "BEGIN_ENCRYPTION"]
+    ok = (
+        result.ok
+        and result.returncode == 0
+        and len(signed) == 1
+        and signed[0][-1] == signer
+        and signed[0][3] in _SHA256_OR_BETTER
+        and len(encrypted) == 1
+        and encrypted[0][-1] == _AES256
+        and "END_ENCRYPTION" in keywords
+        and any(line[0] == "KEY_CONSIDERED" and line[1] == recipient for line in lines)
+    )
+    if not ok:
+        raise CryptoFailed(
+            f"GnuPG did not sign with {signer} and encrypt to {recipient} as required "
+            f"(return code {result.returncode}); nothing was sent. Run `gateway doctor`"
+        )

@@ -1,0 +1,105 @@
+"""The work loop: recover, take in, seal, deliver. `run --once` is one pass of it.
+
+Every step reads what is due from the ledger, so a pass after a crash simply carries on
+where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+from gateway.app import Gateway
+from gateway.delivery import Deliverer
+from gateway.errors import GatewayError
+from gateway.intake import Intake
+from gateway.ledger import Package
+from gateway.lifecycle import State
+from gateway.names import new_package_id
+from gateway.retry import Retry
+from gateway.sealing import Sealer
+from gateway.spool import Entry, entries
+
+log = logging.getLogger("gateway")
+
+
+class Runner:
+    """One pass over all work that is due."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.intake = Intake(gw.home, gw.ledger, gw.settings)
+        self.sealer = Sealer(gw.home, gw.ledger, gw.keyring, gw.settings.gateway_id, gw.own_key)
+        self.retry = Retry(gw.ledger, gw.settings)
+        self.deliverer = Deliverer(gw.home, gw.ledger, gw.settings, self.retry)
+
+    def once(self) -> None:
+        """Recover, take in everything waiting (letting fresh files settle), seal, deliver."""
+        self.recover()
+        deadline = time.monotonic() + 10 * max(1, self.gw.settings.daemon_settle_seconds)
+        while self.take_in() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.seal_due()
+        self.deliver_due()
+
+    def recover(self) -> None:
+        """Finish what a crash interrupted."""
+        for package in self.intake.recover():
+            log.info("recovered %s: %s", package.package_id, package.state)
+        self.sealer.erase_leftovers()
+
+    def take_in(self) -> int:
+        """Take in every settled entry of the outbound spool; return how many are unsettled."""
+        unsettled = 0
+        now = time.time()
+        for entry in entries(self.gw.home.outbound):
+            if entry.regular and not entry.settled(now, self.gw.settings.daemon_settle_seconds):
+                unsettled += 1
+                continue
+            try:
+                package = self.take(entry)
+            except FileNotFoundError:
+                continue  # its producer took it back
+            log.info(
+                "%s %s: %s",
+                package.state,
+                package.package_id,
+                package.last_error or entry.path.name,
+            )
+        return unsettled
+
+    def take(self, entry: Entry) -> Package:
+        """Take one spool entry in, or quarantine it."""
+        if entry.partner is None or entry.kind is None:
+            reason = "found outside spool/outbound/<PARTNER>/<kind>/: drop files in a kind folder"
+        elif not entry.regular:
+            reason = "not a regular file (a link, folder, FIFO or device is never taken)"
+        else:
+            return self.intake.move_in(entry.path, entry.partner, entry.kind)
+        pid = new_package_id(self.gw.settings.gateway_id)
+        return self.intake.quarantine(entry.path, pid, entry.partner, entry.kind, reason)
+
+    def seal_due(self) -> None:
+        """Seal every received package that is due."""
+        for package in self.gw.ledger.due(frozenset({State.RECEIVED}), time.time()):
+            try:
+                sealed = self.sealer.seal(package)
+                log.info("sealed %s for %s", sealed.package_id, sealed.partner)
+            except GatewayError as err:
+                log.warning("%s not sealed: %s", package.package_id, err)
+                self.retry.setback(package, err)
+
+    def deliver_due(self) -> None:
+        """Deliver every sealed package that is due, one session per push partner."""
+        batches: dict[str, list[Package]] = defaultdict(list)
+        for package in self.gw.ledger.due(frozenset({State.SEALED}), time.time()):
+            batches[str(package.partner)].append(package)
+        for partner_id, packages in batches.items():
+            partner = self.gw.ledger.partner(partner_id)
+            if partner.transport != "push":
+                continue  # pull partners: published by the drop server
+            self.deliverer.deliver(partner, packages)
+            for package in packages:
+                now = self.gw.ledger.package(package.package_id)
+                log.info("%s %s: %s", now.state, now.package_id, now.last_error or partner_id)

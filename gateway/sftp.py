@@ -1,0 +1,213 @@
+"""Push delivery over SFTP: the only module that imports the paramiko client.
+
+A session logs in with the gateway's own key only (no agent, no ~/.ssh: pitfall P3),
+accepts only the host key pinned for that partner (P1), bounds every step in time
+(P4), and uploads under a temporary dot-name renamed into place when complete (P6, P7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import socket
+import stat
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import paramiko
+
+from gateway.errors import HostKeyMismatch, RemoteConflict, TransferFailed
+from gateway.sshkeys import known_hosts_name
+
+CHUNK: Final = 1024 * 1024
+# Host key algorithms to offer for each pinned key type, so the server shows the key
+# that was pinned rather than another of its keys.
+_ALGORITHMS: Final = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom the gateway logs in to a push partner."""
+
+    host: str
+    port: int
+    user: str
+    upload_dir: str
+    download_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Uploaded:
+    """The outcome of one upload: the remote path, and whether it was already there."""
+
+    path: str
+    already_there: bool
+
+
+class SftpPartner:
+    """One SFTP session with a push partner, reused for a batch of packages."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        identity: Path,
+        known_hosts: Path,
+        connect_timeout: float,
+        io_timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._identity = identity
+        self._known_hosts = known_hosts
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._transport: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def __enter__(self) -> SftpPartner:
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the session and its connection."""
+        if self._sftp is not None:
+            self._sftp.close()
+        if self._transport is not None:
+            self._transport.close()
+        self._sftp = self._transport = None
+
+    @property
+    def _name(self) -> str:
+        e = self.endpoint
+        return f"{e.user}@{e.host}:{e.port}"
+
+    def _connect(self) -> None:
+        e = self.endpoint
+        pinned = paramiko.HostKeys(str(self._known_hosts)).lookup(known_hosts_name(e.host, e.port))
+        if not pinned:
+            raise HostKeyMismatch(
+                f"no SSH host key is pinned for {e.host}:{e.port}: pin it with `gateway partner add`"
+            )
+        try:
+            sock = socket.create_connection((e.host, e.port), timeout=self._connect_timeout)
+        except OSError as err:
+            raise TransferFailed(
+                f"cannot connect to {self._name} ({err.strerror or err}); will retry"
+            ) from None
+        self._transport = t = paramiko.Transport(sock)
+        t.banner_timeout = t.handshake_timeout = t.auth_timeout = self._connect_timeout
+        t.get_security_options().key_types = [
+            alg for kind in pinned for alg in _ALGORITHMS.get(kind, [kind])
+        ]
+        try:
+            t.start_client(timeout=self._connect_timeout)
+            shown = t.get_remote_server_key()
+            if pinned.get(shown.get_name()) != shown:
+                raise HostKeyMismatch(
+                    f"{e.host}:{e.port} showed an SSH host key that is not the one pinned "
+                    f"({shown.get_name()} {shown.fingerprint}); nothing was sent. Confirm the "
+                    "partner's new key by phone before pinning it"
+                )
+            key = paramiko.Ed25519Key.from_private_key_file(str(self._identity))
+            t.auth_publickey(e.user, key)
+            self._sftp = paramiko.SFTPClient.from_transport(t)
+            assert self._sftp is not None
+            self._sftp.get_channel().settimeout(self._io_timeout)
+            t.set_keepalive(15)
+        except paramiko.AuthenticationException:
+            raise TransferFailed(
+                f"{self._name} refused the gateway's SSH key: send the partner "
+                "`gateway keys export --ssh`; will retry"
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"SSH with {self._name} failed ({_why(err)}); will retry"
+            ) from None
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        """The open SFTP session."""
+        if self._sftp is None:
+            raise TransferFailed(f"the session with {self._name} is closed; will retry")
+        return self._sftp
+
+    def put_atomic(self, local: Path, name: str, sha256: str) -> Uploaded:
+        """Upload `local` as `<upload_dir>/<name>`, complete or not at all.
+
+        Idempotent: if the target is already there with the same content (a delivery
+        cut off after the rename), nothing is sent again; if it is there with other
+        content, nothing is overwritten and `RemoteConflict` says so.
+        """
+        folder = self.endpoint.upload_dir.rstrip("/") or "."
+        final, tmp = f"{folder}/{name}", f"{folder}/.{name}.part"
+        size = local.stat().st_size
+        try:
+            if self._exists(final):
+                return self._compare(final, sha256)
+            with local.open("rb") as src, self.sftp.open(tmp, "wb") as dst:
+                dst.set_pipelined(True)
+                while chunk := src.read(CHUNK):
+                    dst.write(chunk)
+            uploaded = self.sftp.stat(tmp).st_size
+            if uploaded != size:
+                raise TransferFailed(
+                    f"{self._name} holds {uploaded} of {size} bytes of {name}; will retry"
+                )
+            try:
+                # SFTPv3 rename never replaces an existing file: exactly what we want.
+                self.sftp.rename(tmp, final)
+            except OSError:
+                if not self._exists(final):
+                    raise
+                self._remove_quietly(tmp)
+                return self._compare(final, sha256)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        return Uploaded(final, already_there=False)
+
+    def _exists(self, path: str) -> bool:
+        try:
+            mode = self.sftp.stat(path).st_mode
+        except FileNotFoundError:
+            return False
+        return mode is None or not stat.S_ISDIR(mode)
+
+    def _compare(self, path: str, sha256: str) -> Uploaded:
+        digest = hashlib.sha256()
+        with self.sftp.open(path, "rb") as f:
+            f.prefetch()
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            raise RemoteConflict(
+                f"{self._name} already holds {path} with other content; nothing was "
+                "overwritten. Ask the partner to remove it, then `gateway retry`"
+            )
+        return Uploaded(path, already_there=True)
+
+    def _remove_quietly(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            self.sftp.remove(path)
+
+
+def _why(err: BaseException) -> str:
+    """A short, secret-free description of a network error."""
+    if isinstance(err, socket.timeout | TimeoutError):
+        return "timed out"
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return text.splitlines()[0][:120]
