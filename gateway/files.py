@@ -69,16 +69,16 @@ def open_regular(path: Path, *, single_link: bool) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise UsageError(f"{path} is a symbolic link; links are never followed") from None
+            raise UsageError("it is a symbolic link; links are never followed") from None
         if e.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
-            raise UsageError(f"{path} is not a regular file") from None
+            raise UsageError("it is not a regular file") from None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{path} is not a regular file")
+            raise UsageError("it is not a regular file")
         if single_link and st.st_nlink != 1:
-            raise UsageError(f"{path} has {st.st_nlink} hard links; only a file with one is taken")
+            raise UsageError(f"it has {st.st_nlink} hard links; only a file with one link is taken")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

@@ -53,7 +53,10 @@ class Intake:
         name = payload_name(source.name)
         self._partner(partner)
         kind = parse_kind(kind)
-        fd = open_regular(source, single_link=False)
+        try:
+            fd = open_regular(source, single_link=False)
+        except UsageError as problem:
+            raise UsageError(f"{source}: {problem}") from None
         if os.fstat(fd).st_size > self.settings.daemon_max_package_bytes:
             os.close(fd)
             raise UsageError(
@@ -192,7 +195,7 @@ class Intake:
         name: str | None = None,
     ) -> Package:
         """Move a rejected entry to quarantine with `<pid>.reason.json`; record it `rejected`."""
-        original = name or os.fsdecode(path.name).encode("utf-8", "backslashreplace").decode()
+        original = name or os.fsencode(path.name).decode("utf-8", "backslashreplace")
         target = self.home.quarantine / pid
         try:
             st = os.lstat(path)

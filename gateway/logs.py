@@ -26,9 +26,21 @@ class _Json(logging.Formatter):
         )
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of each line."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
+
+
 def setup(debug: bool, log_format: str) -> None:
     """Send the gateway's logs to stderr in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     if log_format == "json":
         handler.setFormatter(_Json())
     else:

@@ -1,0 +1,158 @@
+"""Shared fixtures: short temporary homes, a partner played by plain gpg, leak guards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gateway.app import Gateway
+from gateway.cli import main
+from gateway.home import Home
+
+GATEWAY_ID = "GB-ACRO"
+PARTNER_ID = "US-NCB"
+
+
+def _processes_under(path: Path) -> list[int]:
+    """Processes whose command line names `path` (e.g. a gpg-agent for a test keyring)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(path).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread running (an SFTP transport, a gpg reader...)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while (extra := [t for t in threading.enumerate() if t not in before and t.is_alive()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert not extra, f"threads left running: {[t.name for t in extra]}"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path (gpg-agent's socket path must stay < 108 bytes).
+
+    Fails the test if any process started below it (a gpg-agent, an sshd) outlives it.
+    """
+    path = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))
+    yield path
+    subprocess.run(
+        ["gpgconf", "--homedir", str(path), "--kill", "all"], capture_output=True, check=False
+    )
+    leaked = _processes_under(path)
+    for pid in leaked:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leaked, f"processes left running under {path}: {leaked}"
+
+
+class PartnerPgp:
+    """A partner agency with nothing but the plain `gpg` command line."""
+
+    def __init__(self, home: Path, authority: str = PARTNER_ID, expire: str = "1y") -> None:
+        self.home = home
+        home.mkdir(mode=0o700)
+        self.gpg(
+            "--quick-gen-key",
+            f"{authority} test <x@{authority.lower()}.invalid>",
+            "ed25519",
+            "cert,sign",
+            expire,
+        )
+        self.fingerprint = self.colons("--list-keys")[0]
+        self.gpg("--quick-add-key", self.fingerprint, "cv25519", "encr", expire)
+        self.public_key = home / "public.asc"
+        self.public_key.write_bytes(self.gpg("--export", "--armor", self.fingerprint).stdout)
+
+    def close(self) -> None:
+        """Stop this keyring's gpg-agent."""
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.home), "--kill", "all"],
+            capture_output=True,
+            check=False,
+        )
+
+    def gpg(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run plain gpg on the partner's keyring."""
+        return subprocess.run(
+            ["gpg", "--homedir", str(self.home), "--batch", "--yes", "--passphrase", "",
+             "--pinentry-mode", "loopback", *args],
+            input=input, capture_output=True, check=check, timeout=60,
+        )  # fmt: skip
+
+    def colons(self, *args: str) -> list[str]:
+        """Primary fingerprints from a --with-colons listing."""
+        out = self.gpg("--with-colons", *args).stdout.decode().splitlines()
+        fprs, take = [], False
+        for line in out:
+            kind = line.split(":")[0]
+            if kind in ("pub", "sec"):
+                take = True
+            elif kind == "fpr" and take:
+                fprs.append(line.split(":")[9])
+                take = False
+        return fprs
+
+    def trust_gateway(self, armored: str) -> None:
+        """Import the gateway's public key, as a partner would after checking it by phone."""
+        self.gpg("--import", input=armored.encode())
+
+    def decrypt(self, path: Path) -> tuple[bytes, list[str]]:
+        """Decrypt and verify a package; return the plaintext and the status lines."""
+        status = self.home / "status.txt"
+        done = self.gpg("--status-file", str(status), "--decrypt", str(path), check=False)
+        lines = status.read_text().splitlines()
+        assert done.returncode == 0, f"gpg could not open the package: {done.stderr.decode()}"
+        return done.stdout, [line.removeprefix("[GNUPG:] ") for line in lines]
+
+
+@pytest.fixture
+def partner_pgp(short_tmp: Path) -> Iterator[PartnerPgp]:
+    """The partner's own gpg keyring, in the test's folder."""
+    pgp = PartnerPgp(short_tmp / "partner-gnupg")
+    yield pgp
+    pgp.close()
+
+
+@pytest.fixture
+def home(short_tmp: Path) -> Home:
+    """A freshly initialised gateway home."""
+    home = Home(short_tmp / "gw")
+    Gateway.init(home, GATEWAY_ID, "tester").close()
+    return home
+
+
+def gateway(home: Home, actor: str = "tester") -> Gateway:
+    """Open the gateway of a home (the caller closes it)."""
+    return Gateway(home, actor)
+
+
+def cli(home: Home | Path, *args: str) -> Result:
+    """Run `gateway --home HOME ARGS` in-process; stdout and stderr kept apart."""
+    root = home.root if isinstance(home, Home) else home
+    return CliRunner().invoke(main, ["--home", str(root), *args], catch_exceptions=False)

@@ -1,0 +1,211 @@
+"""The operator's commands: what they print, what they refuse, and how they fail."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.home import Home
+from gateway.lifecycle import State
+from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN7qlhZ8Npb6Y/RTteraNzlFqfcjGYSG9hQDIU3Fcdjk"
+
+
+def add(home: Home, key_file: Path, fingerprint: str, host_key: str = HOST_KEY,
+        partner: str = PARTNER_ID) -> tuple[int, str]:  # fmt: skip
+    """`partner add` with a push endpoint; return the exit code and stderr."""
+    result = cli(home, "partner", "add", partner, "--openpgp-key", str(key_file),
+                 "--fingerprint", fingerprint, "--push", "sftp://gbacro@127.0.0.1:2222",
+                 "--host-key", host_key, "--reason", "MoU 2026")  # fmt: skip
+    return result.exit_code, result.stderr
+
+
+def test_init_creates_a_tight_home_and_refuses_to_overwrite(short_tmp: Path) -> None:
+    root = short_tmp / "gw"
+    first = cli(root, "init", "--id", GATEWAY_ID)
+    assert first.exit_code == 0, first.stderr
+    home = Home(root)
+    for folder in (home.keys, home.gnupg, home.ssh, home.spool, home.outbound, home.quarantine):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(home.ssh_identity.stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.ledger.stat().st_mode) & 0o077 == 0
+    assert home.ssh_identity_pub.read_text().startswith("ssh-ed25519 ")
+    assert home.host_key_pub.read_text().startswith("ssh-ed25519 ")
+    assert 'id = "GB-ACRO"' in home.settings.read_text()
+    before = home.settings.read_bytes(), home.ssh_identity.read_bytes()
+
+    again = cli(root, "init", "--id", "FR-CJN")
+
+    assert again.exit_code == 1
+    assert again.stderr.startswith("error: ") and "already a gateway home" in again.stderr
+    assert (home.settings.read_bytes(), home.ssh_identity.read_bytes()) == before
+
+
+def test_init_refuses_a_bad_authority_id(short_tmp: Path) -> None:
+    result = cli(short_tmp / "gw", "init", "--id", "acro")
+    assert result.exit_code == 1
+    assert "not an authority id" in result.stderr
+    assert not (short_tmp / "gw" / "gateway.toml").exists()
+
+
+def test_keys_show_and_export(home: Home, partner_pgp: PartnerPgp) -> None:
+    shown = json.loads(cli(home, "keys", "show", "--json").stdout)
+    exported = cli(home, "keys", "export", "--openpgp").stdout
+    partner_pgp.trust_gateway(exported)
+
+    assert partner_pgp.colons("--list-keys", shown["openpgp"]["fingerprint"]) == [
+        shown["openpgp"]["fingerprint"]
+    ]
+    assert shown["openpgp"]["expires"] is not None, "the gateway's key expires"
+    assert cli(home, "keys", "export", "--ssh").stdout == home.ssh_identity_pub.read_text()
+    keygen = subprocess.run(
+        ["ssh-keygen", "-lf", str(home.host_key_pub)], capture_output=True, text=True, check=True
+    )
+    assert shown["ssh_host"] in keygen.stdout, "same fingerprint as ssh-keygen prints"
+    assert cli(home, "keys", "export").exit_code == 2, "which key must be said"
+
+
+def test_partner_add_pins_exactly_the_typed_fingerprint(
+    home: Home, partner_pgp: PartnerPgp
+) -> None:
+    code, err = add(home, partner_pgp.public_key, "0" * 40)
+    assert code == 1 and "not exactly" in err
+    spaced = " ".join(partner_pgp.fingerprint[i : i + 4] for i in range(0, 40, 4)).lower()
+    code, err = add(home, partner_pgp.public_key, spaced)  # as printed by gpg, typed in lower case
+    assert code == 0, err
+
+    listed = json.loads(cli(home, "partner", "list", "--json").stdout)
+    assert [p["id"] for p in listed] == [PARTNER_ID]
+    assert listed[0]["openpgp_key"] == partner_pgp.fingerprint
+    assert listed[0]["endpoint"] == "sftp://gbacro@127.0.0.1:2222"
+    assert "[127.0.0.1]:2222 ssh-ed25519 " in home.known_hosts.read_text()
+    assert all(
+        (home.outbound / PARTNER_ID / kind).is_dir()
+        for kind in ("conviction", "extradition", "request", "response")
+    )
+    code, err = add(home, partner_pgp.public_key, partner_pgp.fingerprint)
+    assert code == 1 and "already registered" in err
+
+
+def test_partner_add_refuses_a_file_with_an_extra_key(
+    home: Home, short_tmp: Path, partner_pgp: PartnerPgp
+) -> None:
+    other = PartnerPgp(short_tmp / "other-gnupg", "FR-CJN")
+    try:
+        both = short_tmp / "both.asc"
+        both.write_text(partner_pgp.public_key.read_text() + other.public_key.read_text())
+        code, err = add(home, both, partner_pgp.fingerprint)
+    finally:
+        other.close()
+    assert code == 1 and "not exactly" in err
+    with gateway(home) as gw:
+        assert gw.ledger.partners() == []
+
+
+def test_partner_add_refuses_a_malformed_host_key(home: Home, partner_pgp: PartnerPgp) -> None:
+    for bad in (
+        "ssh-ed25519",
+        "ssh-ed25519 AAAAbad",
+        "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
+        "not a key",
+    ):
+        code, err = add(home, partner_pgp.public_key, partner_pgp.fingerprint, host_key=bad)
+        assert code == 1, bad
+        assert err.startswith("error: --host-key") and err.count("\n") == 1, err
+    assert not home.known_hosts.read_text()
+
+
+def test_send_takes_a_copy_and_refuses_links(
+    home: Home, partner_pgp: PartnerPgp, short_tmp: Path
+) -> None:
+    assert add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
+    source = short_tmp / "notice.xml"
+    source.write_bytes(b"<notice/>")
+    sent = cli(home, "send", str(source), "--to", PARTNER_ID, "--kind", "request", "--ref", "R-1")
+    assert sent.exit_code == 0, sent.stderr
+    pid = sent.stdout.strip()
+    assert source.read_bytes() == b"<notice/>", "the original is left alone"
+
+    shown = json.loads(cli(home, "ledger", "show", pid, "--json").stdout)
+    assert shown["package"]["state"] == "received"
+    assert shown["package"]["kind"] == "request"
+    assert shown["package"]["reference"] == "R-1"
+    assert [e["action"] for e in shown["events"]] == ["intake"]
+    assert shown["events"][0]["category"] == "collection"
+
+    link = short_tmp / "link.xml"
+    link.symlink_to(source)
+    refused = cli(home, "send", str(link), "--to", PARTNER_ID, "--kind", "request")
+    assert refused.exit_code == 1 and "symbolic link" in refused.stderr
+    empty = short_tmp / "empty.xml"
+    empty.touch()
+    assert "empty" in cli(home, "send", str(empty), "--to", PARTNER_ID, "--kind", "request").stderr
+    unknown = cli(home, "send", str(source), "--to", "FR-CJN", "--kind", "request")
+    assert unknown.exit_code == 1 and "unknown partner FR-CJN" in unknown.stderr
+    with gateway(home) as gw:
+        assert [p.state for p in gw.ledger.packages()] == [State.RECEIVED]
+    assert len(list(home.work.iterdir())) == 1, "refused files leave nothing behind"
+
+
+def test_status_and_ledger_list_agree(home: Home, partner_pgp: PartnerPgp, short_tmp: Path) -> None:
+    assert add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
+    (short_tmp / "a.xml").write_bytes(b"a")
+    for _ in range(3):
+        assert (
+            cli(
+                home, "send", str(short_tmp / "a.xml"), "--to", PARTNER_ID, "--kind", "conviction"
+            ).exit_code
+            == 0
+        )
+
+    status = json.loads(cli(home, "status", "--json").stdout)
+    listed = json.loads(cli(home, "ledger", "list", "--state", "received", "--json").stdout)
+
+    [row] = status["partners"]
+    assert row["partner"] == PARTNER_ID and row["queued"] == 3 and row["in_flight"] == 0
+    assert len(listed) == 3
+    assert cli(home, "ledger", "list", "--state", "delivered").stdout.strip() == "no packages"
+    assert "queued" in cli(home, "status").stdout
+
+
+def test_errors_are_one_line_without_traceback(short_tmp: Path) -> None:
+    """Run as a real process: stderr is exactly one `error:` line, exit status 1."""
+    done = subprocess.run([sys.executable, "-m", "gateway", "--home", str(short_tmp), "status"],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "gateway init" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    bad = subprocess.run([sys.executable, "-m", "gateway", "ledger", "show"],
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert bad.returncode == 2, "usage errors exit 2"
+
+
+def test_ledger_show_refuses_a_malformed_id(home: Home) -> None:
+    result = cli(home, "ledger", "show", "../../etc/passwd")
+    assert result.exit_code == 1
+    assert "not a package id" in result.stderr
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    from gateway.cli import main
+
+    def walk(group: object, prefix: str) -> list[tuple[str, object]]:
+        found = []
+        for name, command in getattr(group, "commands", {}).items():
+            found.append((f"{prefix} {name}".strip(), command))
+            found += walk(command, f"{prefix} {name}")
+        return found
+
+    for name, command in walk(main, ""):
+        if hasattr(command, "commands"):
+            continue
+        text = str(getattr(command, "help", "") or "")
+        assert "Example:" in text and "gateway " in text, (
+            f"`gateway {name}` has no example in its help"
+        )

@@ -1,0 +1,169 @@
+"""Taking files in from the outbound spool: what is taken, what is left, what is quarantined."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.home import Home
+from gateway.intake import ORIGIN, PAYLOAD, Intake
+from gateway.lifecycle import State
+from gateway.runner import Runner
+from tests.conftest import PARTNER_ID, PartnerPgp, gateway
+from tests.test_cli import add
+
+
+@pytest.fixture
+def spool(home: Home, partner_pgp: PartnerPgp) -> Path:
+    """The partner's conviction folder in the outbound spool."""
+    assert add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
+    return home.outbound / PARTNER_ID / "conviction"
+
+
+def old(path: Path) -> Path:
+    """Backdate an entry so it counts as settled."""
+    past = time.time() - 60
+    os.utime(path, (past, past), follow_symlinks=False)
+    return path
+
+
+def drop(path: Path, data: bytes = b"x") -> Path:
+    """Write a file as a producer would have, long enough ago to be settled."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return old(path)
+
+
+def take_in(home: Home) -> int:
+    with gateway(home, "daemon") as gw:
+        return Runner(gw).take_in()
+
+
+def quarantined(home: Home) -> dict[str, dict[str, object]]:
+    """Reason files in quarantine, by original name."""
+    found = {}
+    for reason in home.quarantine.glob("*.reason.json"):
+        report = json.loads(reason.read_text())
+        found[report["original_name"]] = report
+    return found
+
+
+def test_hostile_entries_are_quarantined_with_reasons_and_never_read(
+    home: Home, spool: Path, short_tmp: Path
+) -> None:
+    secret = short_tmp / "secret.txt"
+    secret.write_bytes(b"never to be read")
+    (spool / "link.xml").symlink_to(secret)
+    os.link(secret, spool / "hardlink.xml")
+    os.mkfifo(spool / "pipe.xml")
+    (spool / "folder").mkdir()
+    for name in ("link.xml", "hardlink.xml", "pipe.xml", "folder"):
+        old(spool / name)
+    drop(spool / "empty.xml", b"")
+    drop(spool / "new\nline.xml")
+    bad_name = os.fsencode(spool) + b"/bad\xffname.xml"
+    with open(bad_name, "wb") as f:
+        f.write(b"x")
+    os.utime(bad_name, (0, 0))
+    drop(home.outbound / PARTNER_ID / "stray.xml")
+    drop(home.outbound / PARTNER_ID / "gossip" / "gossip.xml")
+    drop(home.outbound / "FR-CJN" / "conviction" / "fr.xml")
+
+    take_in(home)
+
+    reasons = quarantined(home)
+    assert set(reasons) == {"link.xml", "hardlink.xml", "pipe.xml", "folder", "empty.xml",
+                            "new\nline.xml", "bad\\xffname.xml", "stray.xml", "gossip.xml",
+                            "fr.xml"}  # fmt: skip
+    assert "not a regular file" in str(reasons["link.xml"]["reason"])
+    assert reasons["link.xml"]["what"] == "symbolic link"
+    assert reasons["pipe.xml"]["what"] == "FIFO"
+    assert reasons["folder"]["what"] == "folder"
+    assert "hard links" in str(reasons["hardlink.xml"]["reason"])
+    assert "empty" in str(reasons["empty.xml"]["reason"])
+    assert "control" in str(reasons["new\nline.xml"]["reason"])
+    assert "UTF-8" in str(reasons["bad\\xffname.xml"]["reason"])
+    assert "outside spool/outbound/<PARTNER>/<kind>/" in str(reasons["stray.xml"]["reason"])
+    assert "not a package kind" in str(reasons["gossip.xml"]["reason"])
+    assert "unknown partner FR-CJN" in str(reasons["fr.xml"]["reason"])
+    for report in reasons.values():
+        assert report["what_to_do"] and report["at"]
+    assert not any(spool.iterdir()), "everything left the outbound folder"
+    assert (home.quarantine / str(reasons["link.xml"]["package_id"])).is_symlink(), (
+        "the link itself moved"
+    )
+    assert secret.read_bytes() == b"never to be read"
+    with gateway(home) as gw:
+        packages = gw.ledger.packages()
+    assert len(packages) == 10
+    assert {p.state for p in packages} == {State.REJECTED}
+    assert not any(home.work.iterdir())
+
+
+def test_temporary_names_are_left_for_their_producer(home: Home, spool: Path) -> None:
+    for name in ("a.xml.part", "a.tmp", "a.partial", "a~", ".hidden"):
+        drop(spool / name)
+
+    take_in(home)
+
+    assert sorted(os.listdir(spool)) == sorted(
+        [".hidden", "a.partial", "a.tmp", "a.xml.part", "a~"]
+    )
+    with gateway(home) as gw:
+        assert gw.ledger.packages() == []
+
+
+def test_a_file_still_being_written_waits_until_it_settles(home: Home, spool: Path) -> None:
+    fresh = spool / "fresh.xml"
+    fresh.write_bytes(b"half")
+
+    assert take_in(home) == 1, "reported as unsettled"
+    assert fresh.exists()
+
+    old(fresh)
+    assert take_in(home) == 0
+    assert not fresh.exists()
+    with gateway(home) as gw:
+        [package] = gw.ledger.packages()
+    assert package.state is State.RECEIVED
+    assert package.payload_size == 4
+
+
+def test_oversized_file_is_quarantined(home: Home, spool: Path) -> None:
+    text = home.settings.read_text().replace(
+        "max_package_bytes = 2147483648", "max_package_bytes = 10"
+    )
+    home.settings.write_text(text)
+    drop(spool / "big.xml", b"x" * 11)
+
+    take_in(home)
+
+    assert "max_package_bytes" in str(quarantined(home)["big.xml"]["reason"])
+
+
+def test_crash_between_move_and_ledger_is_finished_on_restart(home: Home, spool: Path) -> None:
+    """A work folder with origin.json and payload but no ledger row: taken in, once."""
+    with gateway(home) as gw:
+        intake = Intake(gw.home, gw.ledger, gw.settings)
+        moved = home.work / "GB-ACRO-01JDQ8N5V3K7Q2Y9ZC4T6W8E1M"
+        moved.mkdir()
+        (moved / ORIGIN).write_text(
+            json.dumps({"partner": PARTNER_ID, "kind": "conviction", "name": "n.xml"})
+        )
+        (moved / PAYLOAD).write_bytes(b"notice")
+        unfinished_copy = home.work / "GB-ACRO-01JDQ8N5V3K7Q2Y9ZC4T6W8E1N"
+        unfinished_copy.mkdir()
+        (unfinished_copy / ".payload.tmp").write_bytes(b"half")
+
+        recovered = intake.recover()
+        again = intake.recover()
+
+        assert [p.package_id for p in recovered] == [moved.name]
+        assert again == []
+        assert gw.ledger.package(moved.name).state is State.RECEIVED
+        assert gw.ledger.package(moved.name).payload_name == "n.xml"
+        assert not unfinished_copy.exists()

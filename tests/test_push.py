@@ -1,0 +1,265 @@
+"""Seal and push, end to end: a real gateway, real gpg, a real OpenSSH sshd as the partner.
+
+The partner's side is played by the plain `gpg` command line and `sq` (Sequoia), so what
+is asserted is what a partner agency with no gateway of its own would see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.home import Home
+from gateway.lifecycle import State
+from gateway.runner import Runner
+from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway
+from tests.sshd import SshServer
+
+
+@pytest.fixture
+def server(short_tmp: Path) -> Iterator[SshServer]:
+    """The partner's SFTP server: a real sshd on loopback."""
+    with SshServer(short_tmp / "sshd") as server:
+        yield server
+
+
+def add_partner(
+    home: Home, pgp: PartnerPgp, server: SshServer, host_key: str | None = None
+) -> None:
+    """Register the partner and let the gateway's SSH key in on its server."""
+    result = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(pgp.public_key),
+                 "--fingerprint", pgp.fingerprint, "--push", server.url,
+                 "--host-key", host_key or server.host_key_line, "--reason", "test partner")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    server.authorize(home.ssh_identity_pub.read_text())
+    pgp.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)
+
+
+@pytest.fixture
+def exchange(
+    home: Home, partner_pgp: PartnerPgp, server: SshServer
+) -> tuple[Home, PartnerPgp, SshServer]:
+    """A gateway with the partner registered as a push partner."""
+    add_partner(home, partner_pgp, server)
+    return home, partner_pgp, server
+
+
+def send(home: Home, path: Path, *extra: str) -> str:
+    """`gateway send` a file to the partner; return the package id."""
+    result = cli(home, "send", str(path), "--to", PARTNER_ID, "--kind", "conviction", *extra)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+def run_once(home: Home) -> None:
+    """One pass of the daemon's work, as `gateway run --once` does it."""
+    with gateway(home, "daemon") as gw:
+        Runner(gw).once()
+
+
+def state(home: Home, pid: str) -> State:
+    """The package's state in the ledger."""
+    with gateway(home) as gw:
+        return gw.ledger.package(pid).state
+
+
+def remote_files(server: SshServer) -> list[str]:
+    """Every name in the partner's upload folder, hidden ones included."""
+    return sorted(os.listdir(server.upload))
+
+
+def test_package_on_the_partner_decrypts_to_the_original(exchange: tuple[Home, PartnerPgp, SshServer],
+                                                         short_tmp: Path) -> None:  # fmt: skip
+    home, pgp, server = exchange
+    payload = os.urandom(300_000)
+    source = short_tmp / "notice é.xml"
+    source.write_bytes(payload)
+
+    pid = send(home, source, "--ref", "CASE-42", "--legal-basis", "CoE-1959-Art22")
+    run_once(home)
+
+    assert state(home, pid) is State.DELIVERED
+    assert remote_files(server) == [f"{pid}.pgp"], "exactly one file, no temporary left behind"
+    sealed = server.upload / f"{pid}.pgp"
+    plaintext, status = pgp.decrypt(sealed)
+    with gateway(home) as gw:
+        own_key = gw.own_key
+        package = gw.ledger.package(pid)
+    assert any(line.startswith(f"VALIDSIG {own_key} ") for line in status), (
+        "signed by the gateway's key"
+    )
+    assert "DECRYPTION_OKAY" in status
+    assert any(line.startswith("DECRYPTION_INFO 2 9") for line in status), "AES-256 with MDC"
+
+    with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["manifest.json", "payload/notice é.xml"]
+        manifest = json.loads(tar.extractfile(members[0]).read())  # type: ignore[union-attr]
+        assert tar.extractfile(members[1]).read() == payload  # type: ignore[union-attr]
+    assert manifest["schema"] == "gateway-envelope/1"
+    assert manifest["package_id"] == pid
+    assert manifest["kind"] == "conviction"
+    assert manifest["sender"] == {"id": GATEWAY_ID, "key": own_key}
+    assert manifest["recipient"] == {"id": PARTNER_ID, "key": pgp.fingerprint}
+    assert manifest["payload"] == {"name": "notice é.xml", "size": len(payload),
+                                   "sha256": hashlib.sha256(payload).hexdigest()}  # fmt: skip
+    assert manifest["reference"] == "CASE-42"
+    assert manifest["legal_basis"] == "CoE-1959-Art22"
+
+    assert package.ciphertext_sha256 == hashlib.sha256(sealed.read_bytes()).hexdigest()
+    assert not any((home.work).iterdir()), "no plaintext stays in the spool after sealing"
+
+
+def test_package_is_hidden_recipient_uncompressed_with_empty_literal_name(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+) -> None:
+    home, pgp, server = exchange
+    (short_tmp / "n.xml").write_bytes(b"<notice/>" * 1000)
+    pid = send(home, short_tmp / "n.xml")
+    run_once(home)
+
+    packets = pgp.gpg(
+        "--list-packets", str(server.upload / f"{pid}.pgp"), check=False
+    ).stdout.decode()
+    assert "keyid 0000000000000000" in packets, "recipient key id is hidden"
+    assert "compressed packet" not in packets
+    assert 'name=""' in packets, "literal data carries no file name"
+
+
+def test_sequoia_decrypts_and_verifies_the_package(exchange: tuple[Home, PartnerPgp, SshServer],
+                                                  short_tmp: Path) -> None:  # fmt: skip
+    home, pgp, server = exchange
+    payload = b"conviction notice for an independent OpenPGP implementation\n"
+    (short_tmp / "n.txt").write_bytes(payload)
+    pid = send(home, short_tmp / "n.txt")
+    run_once(home)
+
+    secret = short_tmp / "partner.sec"
+    secret.write_bytes(pgp.gpg("--export-secret-keys", pgp.fingerprint).stdout)
+    cert = short_tmp / "gateway.asc"
+    cert.write_text(cli(home, "keys", "export", "--openpgp").stdout)
+    done = subprocess.run(
+        ["sq", "decrypt", "--recipient-key", str(secret), "--signer-cert", str(cert),
+         str(server.upload / f"{pid}.pgp")],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"1 good signature" in done.stderr
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        assert tar.extractfile("payload/n.txt").read() == payload  # type: ignore[union-attr]
+
+
+def test_host_key_mismatch_sends_nothing_and_holds(home: Home, partner_pgp: PartnerPgp,
+                                                   server: SshServer, short_tmp: Path) -> None:  # fmt: skip
+    impostor = SshServer(short_tmp / "impostor")  # only its key is used: the one we pin
+    add_partner(home, partner_pgp, server, host_key=impostor.host_key_line)
+    (short_tmp / "n.xml").write_bytes(b"secret notice")
+    pid = send(home, short_tmp / "n.xml")
+
+    run_once(home)
+
+    assert remote_files(server) == []
+    with gateway(home) as gw:
+        package = gw.ledger.package(pid)
+    assert package.state is State.HELD
+    assert "not the one pinned" in str(package.last_error)
+    shown = json.loads(cli(home, "partner", "show", PARTNER_ID, "--json").stdout)
+    assert shown["health"] == "failing"
+
+
+def test_partner_down_then_back_delivers_once(exchange: tuple[Home, PartnerPgp, SshServer],
+                                              short_tmp: Path) -> None:  # fmt: skip
+    home, _, server = exchange
+    (short_tmp / "n.xml").write_bytes(b"notice")
+    pid = send(home, short_tmp / "n.xml")
+    server.stop()
+
+    run_once(home)
+
+    with gateway(home) as gw:
+        waiting = gw.ledger.package(pid)
+    assert waiting.state is State.SEALED
+    assert waiting.failures == 1
+    assert waiting.next_attempt_at is not None
+    assert "will retry" in str(waiting.last_error)
+
+    server.start()
+    run_once(home)  # not due yet: nothing happens
+    assert state(home, pid) is State.SEALED
+    with gateway(home) as gw:  # time passes: the retry becomes due
+        gw.ledger.note(pid, "test.clock", next_attempt_at=0)
+    run_once(home)
+    assert state(home, pid) is State.DELIVERED
+    assert remote_files(server) == [f"{pid}.pgp"]
+
+
+def test_delivery_cut_after_rename_is_finished_not_repeated(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+) -> None:
+    """A crash after the remote rename, before the ledger said `delivered`: no second copy."""
+    home, _, server = exchange
+    (short_tmp / "n.xml").write_bytes(b"notice")
+    pid = send(home, short_tmp / "n.xml")
+    run_once(home)
+    remote = server.upload / f"{pid}.pgp"
+    first = remote.stat()
+    with gateway(home) as gw:  # put the ledger back as it was before the crash
+        gw.ledger.db["packages"].update(pid, {"state": "sealed"})
+
+    run_once(home)
+
+    with gateway(home) as gw:
+        events = [e.action for e in gw.ledger.events(pid)]
+        delivered = [e for e in gw.ledger.events(pid) if e.action == "deliver"]
+    assert state(home, pid) is State.DELIVERED
+    assert remote_files(server) == [f"{pid}.pgp"]
+    assert remote.stat().st_mtime_ns == first.st_mtime_ns, "the remote file was not written again"
+    assert json.loads(str(delivered[-1].detail))["already_there"] is True
+    assert events.count("deliver") == 2
+
+
+def test_different_file_under_the_same_name_is_not_overwritten(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+) -> None:
+    home, _, server = exchange
+    (short_tmp / "n.xml").write_bytes(b"notice")
+    pid = send(home, short_tmp / "n.xml")
+    squatter = server.upload / f"{pid}.pgp"
+    squatter.write_bytes(b"someone else's bytes")
+
+    run_once(home)
+
+    assert squatter.read_bytes() == b"someone else's bytes"
+    assert remote_files(server) == [f"{pid}.pgp"]
+    with gateway(home) as gw:
+        package = gw.ledger.package(pid)
+    assert package.state is State.HELD
+    assert "other content" in str(package.last_error)
+
+
+def test_file_renamed_into_the_spool_is_delivered(
+    exchange: tuple[Home, PartnerPgp, SshServer],
+) -> None:
+    home, pgp, server = exchange
+    folder = home.outbound / PARTNER_ID / "extradition"
+    (folder / "surrender.xml.part").write_bytes(b"<surrender/>")
+    os.rename(folder / "surrender.xml.part", folder / "surrender.xml")
+
+    run_once(home)
+
+    with gateway(home) as gw:
+        [package] = gw.ledger.packages(partner=PARTNER_ID)
+    assert package.state is State.DELIVERED
+    assert package.kind == "extradition"
+    assert not (folder / "surrender.xml").exists()
+    plaintext, _ = pgp.decrypt(server.upload / f"{package.package_id}.pgp")
+    with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
+        assert tar.extractfile("payload/surrender.xml").read() == b"<surrender/>"  # type: ignore[union-attr]
