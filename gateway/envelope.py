@@ -13,6 +13,7 @@ import json
 import re
 import tarfile
 from collections.abc import Iterator
+from datetime import datetime
 from typing import IO, Any, Final
 
 from gateway.errors import UsageError
@@ -25,7 +26,7 @@ MAX_MANIFEST_BYTES: Final = 64 * 1024
 CHUNK: Final = 1024 * 1024
 _FPR = re.compile(r"[0-9A-F]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # ASCII digits only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ def parse_manifest(data: bytes) -> Manifest:
         raise UsageError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON, huge numbers
         raise UsageError("the manifest is not UTF-8 JSON") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise UsageError(f"the manifest is not a {SCHEMA} object")
@@ -106,13 +107,20 @@ def parse_manifest(data: bytes) -> Manifest:
     pay = doc.get("payload")
     if not isinstance(pay, dict) or set(pay) != {"name", "size", "sha256"}:
         raise UsageError("manifest field 'payload' must hold exactly 'name', 'size' and 'sha256'")
-    size, digest = pay["size"], pay["sha256"]
+    name, size, digest = pay["name"], pay["size"], pay["sha256"]
+    if not isinstance(name, str):
+        raise UsageError("manifest field 'payload.name' must be a string")
     if type(size) is not int or size < 0:
         raise UsageError("manifest field 'payload.size' must be a whole number of bytes")
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
         raise UsageError("manifest field 'payload.sha256' must be 64 lowercase hex digits")
     created = _text(doc, "created_at")
-    if not _TIME.fullmatch(created or ""):
+    try:
+        datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%SZ")
+        valid = bool(_TIME.fullmatch(created or ""))
+    except ValueError:
+        valid = False
+    if not valid:
         raise UsageError("manifest field 'created_at' must be UTC time as 2026-11-28T18:00:00Z")
     in_reply_to = _text(doc, "in_reply_to", optional=True)
     return Manifest(
@@ -121,7 +129,7 @@ def parse_manifest(data: bytes) -> Manifest:
         sender=_party(doc, "sender"),
         recipient=_party(doc, "recipient"),
         created_at=str(created),
-        payload=Payload(payload_name(str(pay["name"])), size, digest),
+        payload=Payload(payload_name(name), size, digest),
         reference=_text(doc, "reference", optional=True),
         legal_basis=_text(doc, "legal_basis", optional=True),
         marking=_text(doc, "marking", optional=True),

@@ -100,6 +100,8 @@ def payload_name(raw: str | bytes) -> str:
             ) from None
     if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise UsageError(f"the file name must be 1 to {MAX_NAME_BYTES} bytes: rename the file")
+    if name.strip() != name:
+        raise UsageError("the file name starts or ends with a space: rename the file")
     if "/" in name or name in (".", ".."):
         raise UsageError("the file name must be a plain name, not a path")
     if any(unicodedata.category(c)[0] in "CZ" and c != " " for c in name):

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Final
 
-from gateway.errors import HomeError
+from gateway.errors import HomeError, UsageError
 from gateway.names import authority_id
 
 
@@ -140,7 +140,10 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
             values[name.replace(".", "_")] = value
     if "gateway_id" not in values:
         raise HomeError(f"{where}: gateway.id is missing: set it to this gateway's authority id")
-    authority_id(str(values["gateway_id"]))
+    try:
+        authority_id(str(values["gateway_id"]))
+    except UsageError as problem:
+        raise HomeError(f"{where}: gateway.id: {problem}") from None
     return Settings(**values)  # type: ignore[arg-type]
 
 
