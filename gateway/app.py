@@ -70,13 +70,13 @@ class Gateway:
 
     @property
     def own_key_info(self) -> KeyInfo:
-        """The gateway's current OpenPGP key: the newest one it holds the secret of."""
-        keys = self.keyring.own_keys()
-        if not keys:
+        """The gateway's current OpenPGP key, as the keyring knows it."""
+        fingerprint = self.ledger.own_key()
+        if fingerprint is None:
             raise KeyProblem(
-                f"the gateway's own OpenPGP key is missing from {self.home.gnupg}: restore keys/ from backup"
+                "the ledger names no key of the gateway's own: restore ledger.db from backup"
             )
-        return keys[-1]
+        return self.keyring.key(fingerprint)
 
     @classmethod
     def init(cls, home: Home, gateway_id: str, actor: str) -> Gateway:
@@ -92,7 +92,7 @@ class Gateway:
             try:
                 fpr = keyring.generate(gateway_id, settings.gnupg_key_days)
             finally:
-                keyring.close()
+                keyring.stop_agent()
             ssh_line = sshkeys.generate(home.ssh_identity, f"{gateway_id} gateway")
             sshkeys.generate(home.host_key, f"{gateway_id} drop server")
             home.known_hosts.touch(mode=0o600)
@@ -103,14 +103,9 @@ class Gateway:
             home.remove_created()
             raise
         gw.ledger.record(
-            "init",
-            category=None,
-            detail={
-                "gateway_id": gateway_id,
-                "openpgp_key": fpr,
-                "ssh_key": sshkeys.fingerprint(ssh_line),
-            },
+            "init", detail={"gateway_id": gateway_id, "ssh_key": sshkeys.fingerprint(ssh_line)}
         )
+        gw.ledger.add_own_key(fpr, {"by": "init"})
         return gw
 
     def add_push_partner(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ from gateway.errors import GatewayError, NotFound, PartnerError, Transient
 from gateway.lifecycle import State
 
 GENESIS: Final = "0" * 64
+log = logging.getLogger("gateway")
 MIGRATIONS: Final = Migrations("gateway")
 
 #: DPA 2018 s.62 category of each state a package enters, where one applies.
@@ -44,7 +47,7 @@ CATEGORY: Final = {
 @MIGRATIONS()
 def m001_initial(db: sqlite_utils.Database) -> None:
     """Partners, packages and events."""
-    db["partners"].create(  # type: ignore[union-attr]
+    db.table("partners").create(
         {
             "id": str,
             "transport": str,
@@ -62,7 +65,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"transport", "openpgp_key", "enabled", "added_at"},
     )
-    db["packages"].create(  # type: ignore[union-attr]
+    db.table("packages").create(
         {
             "package_id": str,
             "direction": str,
@@ -91,9 +94,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         not_null={"direction", "state", "created_at", "updated_at"},
         defaults={"failures": 0},
     )
-    db["packages"].create_index(["state", "partner"])  # type: ignore[union-attr]
-    db["packages"].create_index(["partner", "state"])  # type: ignore[union-attr]
-    db["events"].create(  # type: ignore[union-attr]
+    db.table("packages").create_index(["state", "partner"])
+    db.table("packages").create_index(["partner", "state"])
+    db.table("events").create(
         {
             "id": int,
             "at": str,
@@ -110,7 +113,10 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"at", "actor", "action", "prev_hash", "hash"},
     )
-    db["events"].create_index(["package_id"])  # type: ignore[union-attr]
+    db.table("events").create_index(["package_id"])
+    db.table("own_keys").create(
+        {"fingerprint": str, "created_at": str}, pk="fingerprint", not_null={"created_at"}
+    )
 
 
 def utc(ts: float) -> str:
@@ -185,6 +191,13 @@ class Event:
     prev_hash: str
     hash: str
 
+    def summary(self) -> str:
+        """One log line: what happened to what, and why if it went wrong. No payload, no keys."""
+        words = [self.action, self.package_id or "", self.state or "", self.partner or ""]
+        detail = json.loads(self.detail) if self.detail else {}
+        why = detail.get("error") or detail.get("reason")
+        return " ".join(w for w in words if w) + (f": {why}" if why else "")
+
     def expected_hash(self) -> str:
         """The hash this event must carry, given its content and the hash before it."""
         fields = [
@@ -204,13 +217,38 @@ class Event:
 
 
 class Ledger:
-    """The ledger of one home, as seen by one actor (an OS user, or `daemon`)."""
+    """The ledger of one home, as seen by one actor (an OS user, or `daemon`).
+
+    Safe to share between threads: each thread gets its own SQLite connection.
+    """
 
     def __init__(self, path: Path, actor: str, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
         self.actor = actor
         self.clock = clock
+        self._local = threading.local()
+        self._connections: list[sqlite_utils.Database] = []
+        self._lock = threading.Lock()
+        if MIGRATIONS.pending(self.db):
+            with self._write():
+                MIGRATIONS.apply(self.db)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection, opened on first use."""
+        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    def _connect(self) -> sqlite_utils.Database:
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            # Each connection is used by one thread only; close() may run in another.
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             for pragma in (
                 "journal_mode=WAL",
                 "synchronous=FULL",
@@ -220,30 +258,34 @@ class Ledger:
                 conn.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as e:
             raise GatewayError(
-                f"cannot open the ledger {path} ({e}): check its permissions"
+                f"cannot open the ledger {self.path} ({e}): check its permissions"
             ) from None
-        self.db = sqlite_utils.Database(conn)
-        if MIGRATIONS.pending(self.db):
-            with self._write():
-                MIGRATIONS.apply(self.db)
+        return sqlite_utils.Database(conn)
 
     def close(self) -> None:
-        """Close the connection."""
-        self.db.close()
+        """Close every thread's connection."""
+        with self._lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     @contextmanager
     def _write(self) -> Iterator[None]:
-        """One write transaction, taking the write lock at once."""
+        """One write transaction, taking the write lock at once; its events are logged after."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
             raise Transient(f"the ledger is busy or unwritable ({e}); try again") from None
+        self._local.appended = []
         try:
             yield
         except BaseException:
             self.db.rollback()
             raise
         self.db.execute("COMMIT")
+        for event in self._local.appended:
+            log.info("%s", event.summary())
 
     # -- audit trail ----------------------------------------------------------------
 
@@ -273,7 +315,8 @@ class Ledger:
             detail=json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None,
         )
         event = dataclasses.replace(event, hash=event.expected_hash())
-        self.db["events"].insert(dataclasses.asdict(event))  # type: ignore[union-attr]
+        self.db.table("events").insert(dataclasses.asdict(event))
+        self._local.appended.append(event)
         return event
 
     def record(self, action: str, **kwargs: Any) -> Event:
@@ -286,7 +329,7 @@ class Ledger:
         where, args = "id > ?", [since_id]
         if package_id:
             where, args = where + " AND package_id = ?", [since_id, package_id]  # type: ignore[list-item]
-        for row in self.db["events"].rows_where(where, args, order_by="id"):
+        for row in self.db.table("events").rows_where(where, args, order_by="id"):
             yield Event(**row)
 
     def verify_chain(self) -> tuple[int, Event | None]:
@@ -308,16 +351,33 @@ class Ledger:
             prev, count, expected_id = event.hash, count + 1, expected_id + 1
         return count, None
 
+    # -- the gateway's own keys ----------------------------------------------------------
+
+    def add_own_key(self, fingerprint: str, detail: dict[str, Any]) -> None:
+        """Record a new key of the gateway's own; the newest one signs."""
+        with self._write():
+            self.db.table("own_keys").insert(
+                {"fingerprint": fingerprint, "created_at": utc(self.clock())}
+            )
+            self._append("key.create", detail={"openpgp_key": fingerprint, **detail})
+
+    def own_key(self) -> str | None:
+        """The fingerprint of the gateway's newest own key."""
+        row = self.db.execute(
+            "SELECT fingerprint FROM own_keys ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        return str(row[0]) if row else None
+
     # -- partners ---------------------------------------------------------------------
 
     def add_partner(self, partner: Partner, reason: str) -> None:
         """Register a partner; refuses an id already registered."""
         with self._write():
-            if self.db["partners"].count_where("id = ?", [partner.id]):
+            if self.db.table("partners").count_where("id = ?", [partner.id]):
                 raise PartnerError(
                     f"partner {partner.id} is already registered: see `gateway partner show {partner.id}`"
                 )
-            self.db["partners"].insert(dataclasses.asdict(partner))  # type: ignore[union-attr]
+            self.db.table("partners").insert(dataclasses.asdict(partner))
             self._append(
                 "partner.add",
                 partner=partner.id,
@@ -333,14 +393,14 @@ class Ledger:
 
     def partner(self, partner_id: str) -> Partner:
         """The partner with this id."""
-        rows = list(self.db["partners"].rows_where("id = ?", [partner_id]))
+        rows = list(self.db.table("partners").rows_where("id = ?", [partner_id]))
         if not rows:
             raise NotFound(f"no partner {partner_id}: see `gateway partner list`")
         return Partner(**rows[0])
 
     def partners(self) -> list[Partner]:
         """Every partner, by id."""
-        return [Partner(**row) for row in self.db["partners"].rows_where(order_by="id")]
+        return [Partner(**row) for row in self.db.table("partners").rows_where(order_by="id")]
 
     # -- packages ---------------------------------------------------------------------
 
@@ -350,7 +410,7 @@ class Ledger:
         """Record a new package and its first event together."""
         lifecycle.check_initial(package.direction, package.state)
         with self._write():
-            self.db["packages"].insert(dataclasses.asdict(package))  # type: ignore[union-attr]
+            self.db.table("packages").insert(dataclasses.asdict(package))
             self._append(
                 action,
                 package_id=package.package_id,
@@ -407,11 +467,11 @@ class Ledger:
 
     def _update(self, current: Package, **fields: Any) -> None:
         fields["updated_at"] = utc(self.clock())
-        self.db["packages"].update(current.package_id, fields)  # type: ignore[union-attr]
+        self.db.table("packages").update(current.package_id, fields)
 
     def package(self, package_id: str) -> Package:
         """The package with this id."""
-        rows = list(self.db["packages"].rows_where("package_id = ?", [package_id]))
+        rows = list(self.db.table("packages").rows_where("package_id = ?", [package_id]))
         if not rows:
             raise NotFound(f"no package {package_id} in the ledger: see `gateway ledger list`")
         return Package.from_row(rows[0])
@@ -430,7 +490,7 @@ class Ledger:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        rows = self.db["packages"].rows_where(
+        rows = self.db.table("packages").rows_where(
             " AND ".join(where) or None, args, order_by="package_id", limit=limit
         )
         return [Package.from_row(row) for row in rows]

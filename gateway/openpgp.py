@@ -100,6 +100,8 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
     def __init__(self, timeout: float, **kwargs: Any) -> None:
         self.timeout = timeout
         self._local = threading.local()
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._live_lock = threading.Lock()
         with self.deadline("start"):  # the constructor runs gpg to learn its version
             super().__init__(**kwargs)
 
@@ -109,7 +111,15 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
         timer.daemon = True
         timer.start()
         self._local.runs.append((process, timer))
+        with self._live_lock:
+            self._live.add(process)
         return process
+
+    def kill_all(self) -> None:
+        """Stop every gpg run still going (at shutdown)."""
+        with self._live_lock:
+            for process in self._live:
+                process.kill()
 
     @contextmanager
     def deadline(self, what: str) -> Iterator[None]:
@@ -124,6 +134,8 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
                 if process.poll() is None:
                     process.kill()
                 process.wait()
+                with self._live_lock:
+                    self._live.discard(process)
         if any(process.returncode == -9 for process, _ in runs):
             raise Timeout(
                 f"GnuPG took longer than {self.timeout:.0f} s to {what} and was stopped; "
@@ -139,6 +151,18 @@ class Keyring:
         self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=list(_OPTIONS))
         self._gpg.encoding = "utf-8"
         self._gpg.buffer_size = 1024 * 1024
+        self._agent_lock = threading.Lock()
+        self._agent_started = False
+
+    def _start_agent(self) -> None:
+        """Start gpg-agent once, before any signing: gpg runs racing to start it fail."""
+        with self._agent_lock:
+            if not self._agent_started:
+                subprocess.run(
+                    ["gpgconf", "--homedir", str(self.home), "--launch", "gpg-agent"],
+                    capture_output=True, timeout=30, check=False,
+                )  # fmt: skip
+                self._agent_started = True
 
     @classmethod
     def create(cls, home: Path, timeout: float) -> Keyring:
@@ -148,7 +172,13 @@ class Keyring:
         return cls(home, timeout)
 
     def close(self) -> None:
-        """Stop the gpg-agent of this keyring, so that no process outlives the gateway."""
+        """Stop any gpg run still going."""
+        self._gpg.kill_all()
+
+    def stop_agent(self) -> None:
+        """Stop the keyring's gpg-agent. Only the holder of the home's work lock does this:
+        any other command would pull the agent from under a signing daemon."""
+        self._agent_started = False
         subprocess.run(
             ["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"],
             capture_output=True,
@@ -219,12 +249,6 @@ class Keyring:
             )
         return _key_info(found[0])
 
-    def own_keys(self) -> list[KeyInfo]:
-        """The keys whose secret part is in this keyring (the gateway's own), newest last."""
-        with self._gpg.deadline("list keys"):
-            found = self._gpg.list_keys(secret=True)
-        return [self.key(k["fingerprint"]) for k in sorted(found, key=lambda k: int(k["date"]))]
-
     def export_public(self, fingerprint: str) -> str:
         """The armored public key, for partners."""
         self.key(fingerprint)
@@ -249,6 +273,7 @@ class Keyring:
         for fpr, whose in ((signer, "the gateway's own"), (recipient, "the partner's")):
             if problem := self.key(fpr).problem():
                 raise KeyProblem(f"{whose} key {fpr}: {problem}; rotate or renew it, then retry")
+        self._start_agent()
         args = [*_SEAL_ARGS, "--throw-keyids"] if hide else list(_SEAL_ARGS)
         try:
             with self._gpg.deadline("seal a package"):
@@ -296,7 +321,8 @@ def _check_sealed(result: Any, signer: str, recipient: str) -> None:
         and any(line[0] == "KEY_CONSIDERED" and line[1] == recipient for line in lines)
     )
     if not ok:
+        said = [line for line in (result.stderr or "").splitlines() if line.startswith("gpg: ")]
         raise CryptoFailed(
             f"GnuPG did not sign with {signer} and encrypt to {recipient} as required "
-            f"(return code {result.returncode}); nothing was sent. Run `gateway doctor`"
+            f"(return code {result.returncode}{', ' + said[-1] if said else ''}); nothing was sent"
         )

@@ -6,7 +6,7 @@ where the last one stopped.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import time
 from collections import defaultdict
 
@@ -20,8 +20,6 @@ from gateway.names import new_package_id
 from gateway.retry import Retry
 from gateway.sealing import Sealer
 from gateway.spool import Entry, entries
-
-log = logging.getLogger("gateway")
 
 
 class Runner:
@@ -45,8 +43,7 @@ class Runner:
 
     def recover(self) -> None:
         """Finish what a crash interrupted."""
-        for package in self.intake.recover():
-            log.info("recovered %s: %s", package.package_id, package.state)
+        self.intake.recover()
         self.sealer.erase_leftovers()
 
     def take_in(self) -> int:
@@ -57,16 +54,8 @@ class Runner:
             if entry.regular and not entry.settled(now, self.gw.settings.daemon_settle_seconds):
                 unsettled += 1
                 continue
-            try:
-                package = self.take(entry)
-            except FileNotFoundError:
-                continue  # its producer took it back
-            log.info(
-                "%s %s: %s",
-                package.state,
-                package.package_id,
-                package.last_error or entry.path.name,
-            )
+            with contextlib.suppress(FileNotFoundError):  # its producer took it back
+                self.take(entry)
         return unsettled
 
     def take(self, entry: Entry) -> Package:
@@ -83,12 +72,14 @@ class Runner:
     def seal_due(self) -> None:
         """Seal every received package that is due."""
         for package in self.gw.ledger.due(frozenset({State.RECEIVED}), time.time()):
-            try:
-                sealed = self.sealer.seal(package)
-                log.info("sealed %s for %s", sealed.package_id, sealed.partner)
-            except GatewayError as err:
-                log.warning("%s not sealed: %s", package.package_id, err)
-                self.retry.setback(package, err)
+            self.seal(package)
+
+    def seal(self, package: Package) -> None:
+        """Seal one package, or set it back."""
+        try:
+            self.sealer.seal(package)
+        except GatewayError as err:
+            self.retry.setback(package, err)
 
     def deliver_due(self) -> None:
         """Deliver every sealed package that is due, one session per push partner."""
@@ -100,6 +91,3 @@ class Runner:
             if partner.transport != "push":
                 continue  # pull partners: published by the drop server
             self.deliverer.deliver(partner, packages)
-            for package in packages:
-                now = self.gw.ledger.package(package.package_id)
-                log.info("%s %s: %s", now.state, now.package_id, now.last_error or partner_id)

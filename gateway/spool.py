@@ -62,3 +62,22 @@ def entries(outbound: Path) -> Iterator[Entry]:
                 continue
             for path, st in _children(kind_path):
                 yield Entry(path, partner_path.name, kind_path.name, st)
+
+
+def locate(outbound: Path, path: Path) -> Entry | None:
+    """The entry at `path` (from a file-system event), or None if it is not one to consider.
+
+    Folders at the partner and kind levels are structure, not entries.
+    """
+    try:
+        parts = path.relative_to(outbound).parts
+        st = os.lstat(path)
+    except (ValueError, FileNotFoundError):
+        return None
+    if not parts or len(parts) > 3 or any(is_temporary(p) for p in parts):
+        return None
+    if len(parts) < 3 and stat.S_ISDIR(st.st_mode):
+        return None
+    partner = parts[0] if len(parts) > 1 else None
+    kind = parts[1] if len(parts) > 2 else None
+    return Entry(path, partner, kind, st)

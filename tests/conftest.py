@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,9 @@ from click.testing import CliRunner, Result
 from gateway.app import Gateway
 from gateway.cli import main
 from gateway.home import Home
+from gateway.lifecycle import State
+from gateway.runner import Runner
+from tests.sshd import SshServer
 
 GATEWAY_ID = "GB-ACRO"
 PARTNER_ID = "US-NCB"
@@ -31,9 +35,10 @@ def _processes_under(path: Path) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
+            zombie = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
             continue
-        if str(path).encode() in cmdline:
+        if str(path).encode() in cmdline and not zombie:  # a zombie has exited; init reaps it
             found.append(int(entry.name))
     return found
 
@@ -59,14 +64,21 @@ def short_tmp() -> Iterator[Path]:
     """
     path = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))
     yield path
-    subprocess.run(
-        ["gpgconf", "--homedir", str(path), "--kill", "all"], capture_output=True, check=False
-    )
-    leaked = _processes_under(path)
+    for keyring in {p.parent for p in path.rglob("pubring.kbx")}:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(keyring), "--kill", "all"],
+            capture_output=True,
+            check=False,
+        )
+    deadline = time.monotonic() + 3  # a killed agent takes a moment to exit
+    while (leaked := _processes_under(path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                 for pid in leaked if Path(f"/proc/{pid}").exists()]  # fmt: skip
     for pid in leaked:
         os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
-    assert not leaked, f"processes left running under {path}: {leaked}"
+    assert not leaked, f"processes left running under {path}: {described}"
 
 
 class PartnerPgp:
@@ -156,3 +168,69 @@ def cli(home: Home | Path, *args: str) -> Result:
     """Run `gateway --home HOME ARGS` in-process; stdout and stderr kept apart."""
     root = home.root if isinstance(home, Home) else home
     return CliRunner().invoke(main, ["--home", str(root), *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def server(short_tmp: Path) -> Iterator[SshServer]:
+    """The partner's SFTP server: a real sshd on loopback."""
+    with SshServer(short_tmp / "sshd") as server:
+        yield server
+
+
+def add_partner(
+    home: Home, pgp: PartnerPgp, server: SshServer, host_key: str | None = None
+) -> None:
+    """Register the partner and let the gateway's SSH key in on its server."""
+    result = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(pgp.public_key),
+                 "--fingerprint", pgp.fingerprint, "--push", server.url,
+                 "--host-key", host_key or server.host_key_line, "--reason", "test partner")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    server.authorize(home.ssh_identity_pub.read_text())
+    pgp.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)
+
+
+@pytest.fixture
+def exchange(
+    home: Home, partner_pgp: PartnerPgp, server: SshServer
+) -> tuple[Home, PartnerPgp, SshServer]:
+    """A gateway with the partner registered as a push partner."""
+    add_partner(home, partner_pgp, server)
+    return home, partner_pgp, server
+
+
+def send(home: Home, path: Path, *extra: str) -> str:
+    """`gateway send` a file to the partner; return the package id."""
+    result = cli(home, "send", str(path), "--to", PARTNER_ID, "--kind", "conviction", *extra)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+def run_once(home: Home) -> None:
+    """One pass of the daemon's work, as `gateway run --once` does it."""
+    with gateway(home, "daemon") as gw:
+        Runner(gw).once()
+
+
+def state(home: Home, pid: str) -> State:
+    """The package's state in the ledger."""
+    with gateway(home) as gw:
+        return gw.ledger.package(pid).state
+
+
+def remote_files(server: SshServer) -> list[str]:
+    """Every name in the partner's upload folder, hidden ones included."""
+    return sorted(os.listdir(server.upload))
+
+
+def set_setting(home: Home, name: str, value: int | str) -> None:
+    """Change one setting in the home's gateway.toml."""
+    section, key = name.split(".")
+    lines, current = home.settings.read_text().splitlines(), ""
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            current = line.strip("[]")
+        elif current == section and line.startswith(f"{key} = "):
+            lines[i] = f"{key} = {json.dumps(value)}"
+            home.settings.write_text("\n".join(lines) + "\n")
+            return
+    raise AssertionError(f"no setting {name}")

@@ -18,9 +18,10 @@ SOURCE = Path(__file__).resolve().parent.parent / "gateway"
 OWNERS = {
     "gnupg": {"gateway/openpgp.py"},
     "paramiko": {"gateway/sftp.py"},
-    "watchdog": set(),
+    "watchdog": {"gateway/watch.py"},
     "sqlite_utils": {"gateway/ledger.py"},
     "sqlite3": {"gateway/ledger.py"},
+    "fcntl": {"gateway/daemon.py"},
     "click": {path.relative_to(SOURCE.parent).as_posix() for path in (SOURCE / "cli").glob("*.py")},
 }
 

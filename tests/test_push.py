@@ -12,68 +12,23 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gateway.home import Home
 from gateway.lifecycle import State
-from gateway.runner import Runner
-from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway
+from tests.conftest import (
+    GATEWAY_ID,
+    PARTNER_ID,
+    PartnerPgp,
+    add_partner,
+    cli,
+    gateway,
+    remote_files,
+    run_once,
+    send,
+    state,
+)
 from tests.sshd import SshServer
-
-
-@pytest.fixture
-def server(short_tmp: Path) -> Iterator[SshServer]:
-    """The partner's SFTP server: a real sshd on loopback."""
-    with SshServer(short_tmp / "sshd") as server:
-        yield server
-
-
-def add_partner(
-    home: Home, pgp: PartnerPgp, server: SshServer, host_key: str | None = None
-) -> None:
-    """Register the partner and let the gateway's SSH key in on its server."""
-    result = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(pgp.public_key),
-                 "--fingerprint", pgp.fingerprint, "--push", server.url,
-                 "--host-key", host_key or server.host_key_line, "--reason", "test partner")  # fmt: skip
-    assert result.exit_code == 0, result.stderr
-    server.authorize(home.ssh_identity_pub.read_text())
-    pgp.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)
-
-
-@pytest.fixture
-def exchange(
-    home: Home, partner_pgp: PartnerPgp, server: SshServer
-) -> tuple[Home, PartnerPgp, SshServer]:
-    """A gateway with the partner registered as a push partner."""
-    add_partner(home, partner_pgp, server)
-    return home, partner_pgp, server
-
-
-def send(home: Home, path: Path, *extra: str) -> str:
-    """`gateway send` a file to the partner; return the package id."""
-    result = cli(home, "send", str(path), "--to", PARTNER_ID, "--kind", "conviction", *extra)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout.strip()
-
-
-def run_once(home: Home) -> None:
-    """One pass of the daemon's work, as `gateway run --once` does it."""
-    with gateway(home, "daemon") as gw:
-        Runner(gw).once()
-
-
-def state(home: Home, pid: str) -> State:
-    """The package's state in the ledger."""
-    with gateway(home) as gw:
-        return gw.ledger.package(pid).state
-
-
-def remote_files(server: SshServer) -> list[str]:
-    """Every name in the partner's upload folder, hidden ones included."""
-    return sorted(os.listdir(server.upload))
 
 
 def test_package_on_the_partner_decrypts_to_the_original(exchange: tuple[Home, PartnerPgp, SshServer],

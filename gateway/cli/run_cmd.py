@@ -1,22 +1,44 @@
-"""`gateway run`: do the work."""
+"""`gateway run`: do the work, once or as a service."""
 
 from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
 
 import click
 
 from gateway.cli import State
+from gateway.daemon import Daemon, exclusive
 from gateway.runner import Runner
 
 
 @click.command("run")
-@click.option("--once", is_flag=True, required=True, help="Do all work that is due, then exit.")
+@click.option("--once", is_flag=True, help="Do all work that is due, then exit.")
 @click.pass_obj
 def command(state: State, once: bool) -> None:
-    """Take in, seal and deliver everything that is due, as the `daemon` actor.
+    """Take in, seal and deliver packages, as the `daemon` actor.
+
+    Without --once, runs until SIGTERM or SIGINT, then finishes or safely abandons the
+    step in hand and exits. Only one `gateway run` works on a home at a time.
 
     \b
     Example:
       gateway run --once
+      gateway --log-format json run
     """
-    with state.gateway("daemon") as gw:
-        Runner(gw).once()
+    with state.gateway("daemon") as gw, exclusive(gw.home.lock):
+        try:
+            if once:
+                Runner(gw).once()
+                return
+            stop = threading.Event()
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                stop.set()
+
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, on_signal)
+            Daemon(gw, stop).run()
+        finally:
+            gw.keyring.stop_agent()  # ours to stop: we hold the work lock

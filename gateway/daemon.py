@@ -1,0 +1,190 @@
+"""`gateway run`: the long-running service.
+
+The main thread watches and scans the outbound spool, takes files in, and hands due work
+to a small pool of worker threads: each received package is sealed by one worker, each
+push partner's due packages are delivered by one worker over one SFTP session, so a slow
+or dead partner holds up no one else. All state is in the ledger; the daemon keeps only
+what is in flight, so a crash or a restart simply carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.errors import HomeError
+from gateway.ledger import Package
+from gateway.lifecycle import State
+from gateway.runner import Runner
+from gateway.spool import Entry, entries, locate
+from gateway.watch import Hint, SpoolWatcher
+
+log = logging.getLogger("gateway")
+SHUTDOWN_SECONDS = 8.0
+_WAKE = Hint(Path("/"), renamed=False)
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold the home's work lock: one `gateway run` per home at a time."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise HomeError(
+                f"another `gateway run` (pid {holder}) is already working on this home: "
+                "stop it first, or leave the work to it; other commands can be used beside it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Daemon:
+    """Watch, take in, and keep the workers busy until `stop` is set."""
+
+    def __init__(self, gw: Gateway, stop: threading.Event) -> None:
+        self.gw = gw
+        self.stop = stop
+        self.runner = Runner(gw)
+        self.hints: queue.Queue[Hint] = queue.Queue()
+        self.watcher = SpoolWatcher(gw.home.outbound, self.hints)
+        self.jobs: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue()
+        self.busy: set[str] = set()
+        self.busy_lock = threading.Lock()
+        self.unsettled: dict[Path, float] = {}
+        self.workers = [
+            threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
+            for n in range(gw.settings.daemon_workers)
+        ]
+
+    def run(self) -> None:
+        """Serve until stopped; then let the steps in hand finish or abandon them safely."""
+        settings = self.gw.settings
+        log.info("daemon started: %s, %d workers", self.gw.home.root, len(self.workers))
+        self.runner.recover()
+        self.watcher.start()
+        for worker in self.workers:
+            worker.start()
+        next_scan = 0.0
+        try:
+            while not self.stop.is_set():
+                if not self.watcher.alive():
+                    log.warning(
+                        "the spool watcher stopped; restarting it, and scanning to cover the gap"
+                    )
+                    self.watcher.start()
+                    next_scan = 0.0
+                if time.monotonic() >= next_scan:
+                    self.scan()
+                    next_scan = time.monotonic() + settings.daemon_scan_seconds
+                self.recheck_unsettled()
+                self.dispatch()
+                self.wait()
+        finally:
+            self.shutdown()
+
+    def scan(self) -> None:
+        """Look at everything in the outbound spool (events may have been missed)."""
+        for entry in entries(self.gw.home.outbound):
+            self.consider(entry, renamed=False)
+
+    def consider(self, entry: Entry, renamed: bool) -> None:
+        """Take an entry in now, or note when to look at it again if it may still grow."""
+        settle = self.gw.settings.daemon_settle_seconds
+        if entry.regular and not renamed and not entry.settled(time.time(), settle):
+            self.unsettled[entry.path] = time.monotonic() + settle
+            return
+        self.unsettled.pop(entry.path, None)
+        with contextlib.suppress(FileNotFoundError):  # taken back, or taken already
+            self.runner.take(entry)
+
+    def recheck_unsettled(self) -> None:
+        """Look again at files that were still changing."""
+        now = time.monotonic()
+        for path, when in list(self.unsettled.items()):
+            if when <= now:
+                del self.unsettled[path]
+                entry = locate(self.gw.home.outbound, path)
+                if entry is not None:
+                    self.consider(entry, renamed=False)
+
+    def dispatch(self) -> None:
+        """Hand every due step that nobody is working on to the workers."""
+        now = time.time()
+        ledger = self.gw.ledger
+        for package in ledger.due(frozenset({State.RECEIVED}), now):
+            self._submit(package.package_id, functools.partial(self.runner.seal, package))
+        batches: dict[str, list[Package]] = defaultdict(list)
+        for package in ledger.due(frozenset({State.SEALED}), now):
+            batches[str(package.partner)].append(package)
+        for partner_id, packages in batches.items():
+            partner = ledger.partner(partner_id)
+            if partner.transport == "push":
+                job = functools.partial(self.runner.deliverer.deliver, partner, packages)
+                self._submit(f"partner:{partner_id}", job)
+
+    def _submit(self, key: str, job: Callable[[], None]) -> None:
+        with self.busy_lock:
+            if key in self.busy:
+                return
+            self.busy.add(key)
+        self.jobs.put((key, job))
+
+    def _work(self) -> None:
+        while (item := self.jobs.get()) is not None:
+            key, job = item
+            try:
+                job()
+            except Exception:
+                log.exception("%s: unexpected error; the step will be tried again", key)
+            finally:
+                with self.busy_lock:
+                    self.busy.discard(key)
+                self.hints.put(_WAKE)  # the next step may be due now
+
+    def wait(self) -> None:
+        """Sleep until a hint or a worker wakes us, or a second passes."""
+        try:
+            hint = self.hints.get(timeout=1.0)
+        except queue.Empty:
+            return
+        while True:
+            if hint is not _WAKE:
+                entry = locate(self.gw.home.outbound, hint.path)
+                if entry is not None:
+                    self.consider(entry, hint.renamed)
+            try:
+                hint = self.hints.get_nowait()
+            except queue.Empty:
+                return
+
+    def shutdown(self) -> None:
+        """Stop watching, let workers finish their step for a few seconds, then leave."""
+        self.watcher.stop()
+        for _ in self.workers:
+            self.jobs.put(None)
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if abandoned := [w.name for w in self.workers if w.is_alive()]:
+            # Safe: every step is checkpointed in the ledger and idempotent, so the next
+            # start finishes what these were doing.
+            log.warning(
+                "abandoning steps in hand (%s); the next start carries on", ", ".join(abandoned)
+            )
+        log.info("daemon stopped")

@@ -1,0 +1,261 @@
+"""`gateway run` as a service: the real daemon as a subprocess against a real sshd."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.daemon import Daemon
+from gateway.home import Home
+from gateway.lifecycle import State
+from tests.conftest import PARTNER_ID, PartnerPgp, cli, gateway, remote_files, set_setting
+from tests.sshd import SshServer
+
+
+@pytest.fixture
+def fast(exchange: tuple[Home, PartnerPgp, SshServer]) -> tuple[Home, PartnerPgp, SshServer]:
+    """The exchange with timings short enough for tests."""
+    home = exchange[0]
+    for name, value in (("daemon.settle_seconds", 1), ("daemon.scan_seconds", 2),
+                        ("retry.first_delay_seconds", 1), ("retry.max_delay_seconds", 2),
+                        ("daemon.workers", 2)):  # fmt: skip
+        set_setting(home, name, value)
+    return exchange
+
+
+class DaemonProcess:
+    """`gateway run` in its own process, its log in a file."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.log = home.root / "daemon.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        """Start the daemon and wait until it says it has started."""
+        started = self.started()
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "--home", str(self.home.root), "run"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        wait_for(lambda: self.started() > started, 30, "the daemon to start")
+        return self
+
+    def started(self) -> int:
+        return self.log.read_text().count("daemon started") if self.log.exists() else 0
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.wait(15)
+
+
+@pytest.fixture
+def daemon(fast: tuple[Home, PartnerPgp, SshServer]) -> Iterator[DaemonProcess]:
+    """A daemon process for the exchange's gateway, killed at the end if still running."""
+    process = DaemonProcess(fast[0])
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.kill()
+    if process.log.exists():
+        print(process.log.read_text()[-5000:])  # shown by pytest when the test failed
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60, what: str = "condition") -> None:
+    """Poll until `condition()` holds, or fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def delivered(home: Home) -> int:
+    with gateway(home) as gw:
+        return len(gw.ledger.packages(state="delivered"))
+
+
+def test_renamed_and_slowly_written_files_are_each_delivered_once(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    home, pgp, server = fast
+    folder = home.outbound / PARTNER_ID / "conviction"
+    daemon.start()
+    (folder / "quick.xml.part").write_bytes(b"<quick/>")
+    os.rename(folder / "quick.xml.part", folder / "quick.xml")
+    slow = b"".join(f"<line n='{n}'/>\n".encode() for n in range(2000))
+    with (folder / "slow.xml").open("wb") as f:
+        for start in range(0, len(slow), len(slow) // 5):
+            f.write(slow[start : start + len(slow) // 5])
+            f.flush()
+            time.sleep(0.4)  # still growing, for longer than settle_seconds in all
+
+    wait_for(lambda: delivered(home) == 2, what="both packages delivered")
+
+    assert len(remote_files(server)) == 2
+    with gateway(home) as gw:
+        packages = {p.payload_name: p for p in gw.ledger.packages()}
+    plaintext, _ = pgp.decrypt(server.upload / f"{packages['slow.xml'].package_id}.pgp")
+    with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
+        assert tar.extractfile("payload/slow.xml").read() == slow  # type: ignore[union-attr]
+    assert daemon.terminate() == 0
+
+
+def test_one_daemon_per_home_and_the_cli_works_beside_it(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    home = fast[0]
+    daemon.start()
+
+    second = subprocess.run([sys.executable, "-m", "gateway", "--home", str(home.root), "run"],
+                            capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+
+    assert second.returncode == 1
+    assert "already working on this home" in second.stderr
+    assert cli(home, "status").exit_code == 0
+    assert cli(home, "ledger", "list").exit_code == 0
+    started = time.monotonic()
+    assert daemon.terminate() == 0
+    assert time.monotonic() - started < 10
+    assert "daemon stopped" in daemon.log.read_text()
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_sends_nothing_twice(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    home, pgp, server = fast
+    folder = home.outbound / PARTNER_ID / "request"
+    payloads = {f"req-{n:03}.xml": os.urandom(2000 + n) for n in range(100)}
+    for name, data in payloads.items():
+        (folder / f"{name}.part").write_bytes(data)
+        os.rename(folder / f"{name}.part", folder / name)
+    rng = random.Random(20261128)
+
+    for _ in range(4):
+        daemon.start()
+        time.sleep(rng.uniform(0.5, 2.5))
+        daemon.kill()
+    daemon.start()
+    wait_for(lambda: delivered(home) == 100, 180, "all 100 packages delivered")
+    assert daemon.terminate() == 0
+
+    names = remote_files(server)
+    assert len(names) == 100 and all(n.endswith(".pgp") and not n.startswith(".") for n in names)
+    assert not any(folder.iterdir()), "every dropped file was taken"
+    with gateway(home) as gw:
+        packages = gw.ledger.packages()
+        assert gw.ledger.verify_chain()[1] is None
+    assert len(packages) == 100
+    assert {p.state for p in packages} == {State.DELIVERED}
+    assert sorted(f"{p.package_id}.pgp" for p in packages) == names
+    assert sorted(p.payload_name or "" for p in packages) == sorted(payloads)
+    assert not any(home.work.iterdir()), "no plaintext left"
+    for package in rng.sample(packages, 5):
+        plaintext, _ = pgp.decrypt(server.upload / f"{package.package_id}.pgp")
+        with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
+            member = tar.extractfile(f"payload/{package.payload_name}")
+            assert member is not None and member.read() == payloads[str(package.payload_name)]
+
+
+def test_partner_down_for_a_while_gets_everything_once_back(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    home, _, server = fast
+    server.stop()
+    folder = home.outbound / PARTNER_ID / "response"
+    for n in range(5):
+        (folder / f"r{n}.part").write_bytes(b"response %d" % n)
+        os.rename(folder / f"r{n}.part", folder / f"r{n}.xml")
+    daemon.start()
+
+    def retried() -> bool:
+        with gateway(home) as gw:
+            return sum(p.failures for p in gw.ledger.packages()) >= 5
+
+    wait_for(retried, 60, "delivery attempts against the down partner")
+    assert remote_files(server) == []
+    server.start()
+    wait_for(lambda: delivered(home) == 5, 60, "delivery once the partner is back")
+    assert len(remote_files(server)) == 5
+    assert daemon.terminate() == 0
+
+
+def test_a_thousand_files_present_before_start_are_all_taken(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    home = fast[0]
+    folder = home.outbound / PARTNER_ID / "conviction"
+    past = time.time() - 60
+    for n in range(1000):
+        path = folder / f"n{n:04}.xml"
+        path.write_bytes(b"%d" % n)
+        os.utime(path, (past, past))
+
+    daemon.start()
+
+    def taken() -> bool:
+        with gateway(home) as gw:
+            return len(gw.ledger.packages()) == 1000
+
+    wait_for(taken, 120, "1000 packages in the ledger")
+    assert daemon.terminate() == 0
+    assert not any(folder.iterdir())
+    with gateway(home) as gw:
+        names = sorted(p.payload_name or "" for p in gw.ledger.packages())
+    assert names == [f"n{n:04}.xml" for n in range(1000)]
+
+
+def test_hostile_entries_dropped_while_running_are_quarantined(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess, short_tmp: Path
+) -> None:
+    home, _, server = fast
+    folder = home.outbound / PARTNER_ID / "conviction"
+    daemon.start()
+    (short_tmp / "secret").write_bytes(b"do not send")
+    (folder / "link.xml").symlink_to(short_tmp / "secret")
+    os.mkfifo(folder / "fifo.xml")
+    (folder / "dir").mkdir()
+
+    wait_for(lambda: len(list(home.quarantine.glob("*.reason.json"))) == 3, 30, "3 quarantined")
+    assert daemon.terminate() == 0
+    assert remote_files(server) == []
+    with gateway(home) as gw:
+        assert {p.state for p in gw.ledger.packages()} == {State.REJECTED}
+
+
+def test_a_dead_watcher_is_restarted_and_the_scan_covers_the_gap(
+    fast: tuple[Home, PartnerPgp, SshServer],
+) -> None:
+    home = fast[0]
+    folder = home.outbound / PARTNER_ID / "conviction"
+    stop = threading.Event()
+    with gateway(home, "daemon") as gw:
+        d = Daemon(gw, stop)
+        thread = threading.Thread(target=d.run)
+        thread.start()
+        try:
+            wait_for(d.watcher.alive, 10, "the watcher")
+            d.watcher.stop()  # as if its thread had died
+            (folder / "after.part").write_bytes(b"dropped while nobody watched")
+            os.rename(folder / "after.part", folder / "after.xml")
+            wait_for(lambda: not (folder / "after.xml").exists(), 20, "the file to be taken")
+            assert d.watcher.alive()
+        finally:
+            stop.set()
+            thread.join(15)
+        assert [p.payload_name for p in gw.ledger.packages()] == ["after.xml"]
