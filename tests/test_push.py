@@ -218,3 +218,51 @@ def test_file_renamed_into_the_spool_is_delivered(
     plaintext, _ = pgp.decrypt(server.upload / f"{package.package_id}.pgp")
     with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
         assert tar.extractfile("payload/surrender.xml").read() == b"<surrender/>"  # type: ignore[union-attr]
+
+
+def test_operator_retry_releases_a_held_package(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+) -> None:
+    home, _, server = exchange
+    (short_tmp / "n.xml").write_bytes(b"notice")
+    pid = send(home, short_tmp / "n.xml")
+    (server.upload / f"{pid}.pgp").write_bytes(b"someone else's bytes")
+    run_once(home)
+    assert state(home, pid) is State.HELD
+
+    (server.upload / f"{pid}.pgp").unlink()  # the partner cleared the conflict
+    assert cli(home, "retry", pid).exit_code == 2, "a reason is required"
+    released = cli(home, "retry", pid, "--reason", "partner removed the stray file")
+    assert released.exit_code == 0, released.stderr
+    assert "sealed" in released.stdout
+    run_once(home)
+
+    assert state(home, pid) is State.DELIVERED
+    with gateway(home) as gw:
+        [event] = [e for e in gw.ledger.events(pid) if e.action == "retry"]
+    assert event.actor != "daemon"
+    assert json.loads(str(event.detail)) == {
+        "reason": "partner removed the stray file",
+        "was": "held",
+    }
+
+
+def test_operator_cancel_erases_and_sends_nothing(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+) -> None:
+    home, _, server = exchange
+    (short_tmp / "n.xml").write_bytes(b"notice for the wrong country")
+    pid = send(home, short_tmp / "n.xml")
+
+    cancelled = cli(home, "cancel", pid, "--reason", "wrong partner")
+    run_once(home)
+
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert state(home, pid) is State.CANCELLED
+    assert remote_files(server) == []
+    assert not (home.work / pid).exists()
+    with gateway(home) as gw:
+        erased = [json.loads(str(e.detail)) for e in gw.ledger.events(pid) if e.action == "erase"]
+    assert erased == [{"what": "plaintext payload", "reason": "cancelled"}]
+    again = cli(home, "cancel", pid, "--reason", "twice")
+    assert again.exit_code == 1 and "too late to cancel" in again.stderr

@@ -115,16 +115,19 @@ def main(ctx: click.Context, home: str | None, debug: bool, log_format: str) -> 
 
 def _register() -> None:
     from gateway.cli import (
+        cancel_cmd,
         init_cmd,
         keys_cmd,
         ledger_cmd,
         partner_cmd,
+        retry_cmd,
         run_cmd,
         send_cmd,
         status_cmd,
     )
 
-    for module in (init_cmd, keys_cmd, partner_cmd, send_cmd, run_cmd, status_cmd, ledger_cmd):
+    for module in (init_cmd, keys_cmd, partner_cmd, send_cmd, run_cmd, status_cmd, ledger_cmd,
+                   retry_cmd, cancel_cmd):  # fmt: skip
         main.add_command(module.command)
 
 
