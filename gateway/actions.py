@@ -7,8 +7,8 @@ import shutil
 from gateway.app import Gateway
 from gateway.errors import IllegalTransition, UsageError
 from gateway.files import fsync_dir
-from gateway.ledger import Package
 from gateway.lifecycle import FINAL, State
+from gateway.records import Package
 
 
 def _reason(reason: str) -> str:

@@ -20,9 +20,10 @@ from gateway.envelope import fingerprint as parse_fingerprint
 from gateway.errors import HomeError, KeyProblem, PartnerError, UsageError
 from gateway.files import write_atomic
 from gateway.home import Home
-from gateway.ledger import Ledger, Partner, utc
+from gateway.ledger import Ledger
 from gateway.names import authority_id
 from gateway.openpgp import KeyInfo, Keyring
+from gateway.records import Partner, utc
 
 _SFTP_URL = re.compile(
     r"sftp://(?P<user>[A-Za-z0-9._-]{1,64})@(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\])(?::(?P<port>\d{1,5}))?/?"

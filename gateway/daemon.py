@@ -23,8 +23,8 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.errors import HomeError
-from gateway.ledger import Package
 from gateway.lifecycle import State
+from gateway.records import Package
 from gateway.runner import Runner
 from gateway.spool import Entry, entries, locate
 from gateway.watch import Hint, SpoolWatcher

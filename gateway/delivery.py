@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from gateway.errors import GatewayError, PartnerError, Transient
 from gateway.home import Home
-from gateway.ledger import Ledger, Package, Partner, utc
+from gateway.ledger import Ledger
 from gateway.lifecycle import State
 from gateway.names import wire_name
+from gateway.records import Package, Partner, utc
 from gateway.retry import Retry
 from gateway.settings import Settings
 from gateway.sftp import Endpoint, SftpPartner

@@ -74,3 +74,7 @@ class RemoteConflict(Permanent):
 
 class Timeout(Transient):
     """An external program or network step ran past its deadline and was stopped."""
+
+
+class Rejected(Permanent):
+    """Input from a partner failed a check; it is quarantined and answered, never used."""

@@ -14,17 +14,18 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Final
 
+from gateway import quarantine
 from gateway.errors import GatewayError, NotFound, UsageError
 from gateway.files import fsync_dir, open_regular, publish, write_atomic
 from gateway.home import Home
-from gateway.ledger import Ledger, Package, utc
+from gateway.ledger import Ledger
 from gateway.lifecycle import State
 from gateway.names import kind as parse_kind
 from gateway.names import new_package_id, payload_name
+from gateway.records import Package, utc
 from gateway.settings import Settings
 
 PAYLOAD: Final = "payload"
@@ -185,59 +186,22 @@ class Intake:
                 f"unknown partner {partner}: register it with `gateway partner add`"
             ) from None
 
-    def quarantine(
-        self,
-        path: Path,
-        pid: str,
-        partner: str | None,
-        kind: str | None,
-        reason: str,
-        name: str | None = None,
-    ) -> Package:
+    def quarantine(self, path: Path, pid: str, partner: str | None, kind: str | None,
+                   reason: str, name: str | None = None) -> Package:  # fmt: skip
         """Move a rejected entry to quarantine with `<pid>.reason.json`; record it `rejected`."""
         original = name or os.fsencode(path.name).decode("utf-8", "backslashreplace")
-        target = self.home.quarantine / pid
-        try:
-            st = os.lstat(path)
-            what = _describe(st.st_mode)
-        except FileNotFoundError:
-            what = "gone"
         now = utc(self.ledger.clock())
-        report = {
-            "package_id": pid,
-            "original_name": original,
-            "partner": partner,
-            "kind": kind,
-            "what": what,
-            "reason": reason,
-            "at": now,
+        report = quarantine.put(self.home.quarantine, path, pid, {
+            "package_id": pid, "original_name": original, "partner": partner, "kind": kind,
+            "reason": reason, "at": now,
             "what_to_do": "fix the file as the reason says and drop it again; "
-            "delete this entry and its reason file once dealt with",
-        }
-        write_atomic(
-            self.home.quarantine / f"{pid}.reason.json",
-            json.dumps(report, indent=2, ensure_ascii=False).encode(),
-        )
-        if what != "gone":
-            os.rename(path, target)
-            fsync_dir(self.home.quarantine)
-            fsync_dir(path.parent)
+                          "delete this entry and its reason file once dealt with",
+        })  # fmt: skip
         known = partner if partner and self._known(partner) else None
-        package = Package(
-            package_id=pid,
-            direction="out",
-            state=State.REJECTED,
-            created_at=now,
-            updated_at=now,
-            partner=known,
-            kind=kind,
-            last_error=reason,
-        )
-        return self.ledger.insert(
-            package,
-            "quarantine",
-            {"name": original, "what": what, "reason": reason, "partner": partner},
-        )
+        package = Package(package_id=pid, direction="out", state=State.REJECTED, created_at=now,
+                          updated_at=now, partner=known, kind=kind, last_error=reason)  # fmt: skip
+        detail = {"name": original, "what": report["what"], "reason": reason, "partner": partner}
+        return self.ledger.insert(package, "quarantine", detail)
 
     def _known(self, partner: str) -> bool:
         try:
@@ -245,16 +209,3 @@ class Intake:
         except NotFound:
             return False
         return True
-
-
-def _describe(mode: int) -> str:
-    for test, what in (
-        (stat.S_ISLNK, "symbolic link"),
-        (stat.S_ISDIR, "folder"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISREG, "file"),
-    ):
-        if test(mode):
-            return what
-    return "device"

@@ -10,7 +10,6 @@ committed together, so the ledger is never left with a package in two states or 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import sqlite3
@@ -18,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,8 +24,9 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from gateway import lifecycle
-from gateway.errors import GatewayError, NotFound, PartnerError, Transient
+from gateway.errors import GatewayError, IllegalTransition, NotFound, PartnerError, Transient
 from gateway.lifecycle import State
+from gateway.records import Event, Package, Partner, utc
 
 GENESIS: Final = "0" * 64
 log = logging.getLogger("gateway")
@@ -119,103 +118,6 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-def utc(ts: float) -> str:
-    """A timestamp as UTC ISO 8601 with milliseconds, e.g. 2026-11-28T18:00:00.000Z."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-@dataclasses.dataclass(frozen=True)
-class Partner:
-    """A registered partner agency."""
-
-    id: str
-    transport: str  # "push" or "pull"
-    host: str | None
-    port: int | None
-    user: str | None
-    upload_dir: str | None
-    download_dir: str | None
-    openpgp_key: str
-    ssh_key: str | None
-    hide_recipient: int
-    enabled: int
-    added_at: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Package:
-    """One package as the ledger knows it."""
-
-    package_id: str
-    direction: str  # "out" or "in"
-    state: State
-    created_at: str
-    updated_at: str
-    partner: str | None = None
-    kind: str | None = None
-    payload_name: str | None = None
-    payload_size: int | None = None
-    payload_sha256: str | None = None
-    reference: str | None = None
-    legal_basis: str | None = None
-    marking: str | None = None
-    in_reply_to: str | None = None
-    sender_key: str | None = None
-    recipient_key: str | None = None
-    ciphertext_sha256: str | None = None
-    ciphertext_size: int | None = None
-    delivered_at: str | None = None
-    failures: int = 0  # failed attempts so far
-    next_attempt_at: float | None = None
-    last_error: str | None = None
-
-    @staticmethod
-    def from_row(row: dict[str, Any]) -> Package:
-        """Build from a `packages` row."""
-        return Package(**{**row, "state": State(row["state"])})
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    """One row of the audit trail."""
-
-    id: int
-    at: str
-    actor: str
-    action: str
-    category: str | None
-    partner: str | None
-    package_id: str | None
-    state: str | None
-    detail: str | None
-    prev_hash: str
-    hash: str
-
-    def summary(self) -> str:
-        """One log line: what happened to what, and why if it went wrong. No payload, no keys."""
-        words = [self.action, self.package_id or "", self.state or "", self.partner or ""]
-        detail = json.loads(self.detail) if self.detail else {}
-        why = detail.get("error") or detail.get("reason")
-        return " ".join(w for w in words if w) + (f": {why}" if why else "")
-
-    def expected_hash(self) -> str:
-        """The hash this event must carry, given its content and the hash before it."""
-        fields = [
-            self.id,
-            self.at,
-            self.actor,
-            self.action,
-            self.category,
-            self.partner,
-            self.package_id,
-            self.state,
-            self.detail,
-            self.prev_hash,
-        ]
-        canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 class Ledger:
     """The ledger of one home, as seen by one actor (an OS user, or `daemon`).
 
@@ -283,7 +185,13 @@ class Ledger:
         except BaseException:
             self.db.rollback()
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.db.rollback()
+            raise Transient(
+                f"the ledger could not commit ({e}); nothing was recorded, try again"
+            ) from None
         for event in self._local.appended:
             log.info("%s", event.summary())
 
@@ -410,6 +318,8 @@ class Ledger:
         """Record a new package and its first event together."""
         lifecycle.check_initial(package.direction, package.state)
         with self._write():
+            if self.db.table("packages").count_where("package_id = ?", [package.package_id]):
+                raise IllegalTransition(f"package {package.package_id} is already in the ledger")
             self.db.table("packages").insert(dataclasses.asdict(package))
             self._append(
                 action,
@@ -491,7 +401,7 @@ class Ledger:
                 where.append(f"{column} = ?")
                 args.append(value)
         rows = self.db.table("packages").rows_where(
-            " AND ".join(where) or None, args, order_by="package_id", limit=limit
+            " AND ".join(where) or None, args, order_by="created_at, package_id", limit=limit
         )
         return [Package.from_row(row) for row in rows]
 

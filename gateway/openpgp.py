@@ -20,7 +20,7 @@ from typing import IO, Any, Final
 
 import gnupg
 
-from gateway.errors import CryptoFailed, KeyProblem, Timeout
+from gateway.errors import CryptoFailed, KeyProblem, Rejected, Timeout
 
 # Options on every run: no network look-ups, no chatter that could hide status lines.
 _OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting"]
@@ -209,9 +209,14 @@ class Keyring:
         return str(result.fingerprint)
 
     def scan(self, key_file: Path) -> list[KeyInfo]:
-        """The keys a file holds, without importing them."""
+        """The public keys a file holds, without importing them; secret keys are refused."""
         with self._gpg.deadline("read a key file"):
             found = self._gpg.scan_keys(str(key_file))
+        if any(k.get("type") == "sec" for k in found):
+            raise KeyProblem(
+                f"{key_file} holds a secret key: ask the partner for the public key alone, "
+                "and tell them their secret key has left their hands"
+            )
         return [_key_info(k) for k in found]
 
     def import_pinned(self, key_file: Path, fingerprint: str) -> KeyInfo:
@@ -290,6 +295,56 @@ class Keyring:
         except BaseException:
             out.unlink(missing_ok=True)
             raise
+
+    def open_message(self, source: Path, out: Path, signers: frozenset[str], *,
+                     encrypted: bool, max_output: int) -> str:  # fmt: skip
+        """Decrypt (where encrypted) and verify `source` into `out`; return the signer.
+
+        Accepted only with exactly one good signature whose primary key is one of
+        `signers` (pinned fingerprints) and no bad, expired or revoked one; with
+        `encrypted`, only if it was encrypted to us and its integrity check passed.
+        `max_output` caps the plaintext, so a compressed bomb cannot fill the disk.
+        Anything else raises `Rejected` and leaves no `out`.
+        """
+        self._start_agent()
+        try:
+            with self._gpg.deadline("open a message"), source.open("rb") as f:
+                result = self._gpg.decrypt_file(
+                    f, always_trust=True, output=str(out),
+                    extra_args=["--max-output", str(max_output)],
+                )  # fmt: skip
+            return _check_opened(result, signers, encrypted)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+
+
+_BAD_SIGNATURES: Final = {"BADSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "ERRSIG", "NO_PUBKEY"}
+
+
+def _check_opened(result: Any, signers: frozenset[str], encrypted: bool) -> str:
+    lines = _status(result.stderr or "")
+    keywords = {line[0] for line in lines if line}
+    valid = [line for line in lines if line[0] == "VALIDSIG"]
+    if bad := sorted(keywords & _BAD_SIGNATURES):
+        why = {"EXPKEYSIG": "the signer's key has expired", "REVKEYSIG": "the signer's key is revoked",
+               "NO_PUBKEY": "the signer's key is not pinned", "BADSIG": "the signature is bad",
+               "EXPSIG": "the signature has expired", "ERRSIG": "the signature cannot be checked"}  # fmt: skip
+        raise Rejected(f"{why[bad[0]]}")
+    if encrypted and (
+        "DECRYPTION_OKAY" not in keywords or keywords & {"DECRYPTION_FAILED", "BADMDC"}
+    ):
+        raise Rejected("it is not encrypted to this gateway's key, or its integrity check failed")
+    if not valid or "GOODSIG" not in keywords:
+        raise Rejected("it carries no valid signature")
+    if len(valid) > 1:
+        raise Rejected("it carries more than one signature")
+    signer = valid[0][-1]  # the primary key's fingerprint
+    if signer not in signers:
+        raise Rejected(f"it is signed by {signer}, which is not the partner's pinned key")
+    if result.returncode != 0:
+        raise Rejected(f"GnuPG could not open it (return code {result.returncode})")
+    return str(signer)
 
 
 def _status(stderr: str) -> list[list[str]]:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 from gateway.errors import GatewayError, Transient
-from gateway.ledger import Ledger, Package
+from gateway.ledger import Ledger
 from gateway.lifecycle import State
+from gateway.records import Package
 from gateway.settings import Settings
 
 

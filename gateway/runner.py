@@ -14,9 +14,9 @@ from gateway.app import Gateway
 from gateway.delivery import Deliverer
 from gateway.errors import GatewayError
 from gateway.intake import Intake
-from gateway.ledger import Package
 from gateway.lifecycle import State
 from gateway.names import new_package_id
+from gateway.records import Package
 from gateway.retry import Retry
 from gateway.sealing import Sealer
 from gateway.spool import Entry, entries

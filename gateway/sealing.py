@@ -18,9 +18,10 @@ from gateway.errors import NotFound, PartnerError
 from gateway.files import fsync_dir, publish
 from gateway.home import Home
 from gateway.intake import PAYLOAD
-from gateway.ledger import Ledger, Package
+from gateway.ledger import Ledger
 from gateway.lifecycle import State
 from gateway.openpgp import Keyring
+from gateway.records import Package
 
 CHUNK: Final = 1024 * 1024
 

@@ -7,7 +7,7 @@ import click
 from gateway import sshkeys
 from gateway.app import Gateway
 from gateway.cli import emit, json_option, with_gateway
-from gateway.ledger import utc
+from gateway.records import utc
 
 
 @click.group("keys")

@@ -10,7 +10,7 @@ import click
 from gateway import sshkeys
 from gateway.app import Gateway
 from gateway.cli import emit, json_option, with_gateway
-from gateway.ledger import Partner, utc
+from gateway.records import Partner, utc
 
 
 @click.group("partner")

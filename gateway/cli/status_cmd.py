@@ -8,7 +8,7 @@ import click
 
 from gateway.app import Gateway
 from gateway.cli import emit, json_option, with_gateway
-from gateway.ledger import utc
+from gateway.records import utc
 
 #: status column -> the ledger states counted in it
 COLUMNS = {
