@@ -17,14 +17,12 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.errors import HomeError
 from gateway.lifecycle import State
-from gateway.records import Package
 from gateway.runner import Runner
 from gateway.spool import Entry, entries, locate
 from gateway.watch import Hint, SpoolWatcher
@@ -67,6 +65,7 @@ class Daemon:
         self.busy: set[str] = set()
         self.busy_lock = threading.Lock()
         self.unsettled: dict[Path, float] = {}
+        self.next_poll: dict[str, float] = {}
         self.workers = [
             threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
             for n in range(gw.settings.daemon_workers)
@@ -126,24 +125,26 @@ class Daemon:
     def dispatch(self) -> None:
         """Hand every due step that nobody is working on to the workers."""
         now = time.time()
-        ledger = self.gw.ledger
-        for package in ledger.due(frozenset({State.RECEIVED}), now):
+        for package in self.gw.ledger.due(frozenset({State.RECEIVED}), now):
             self._submit(package.package_id, functools.partial(self.runner.seal, package))
-        batches: dict[str, list[Package]] = defaultdict(list)
-        for package in ledger.due(frozenset({State.SEALED}), now):
-            batches[str(package.partner)].append(package)
-        for partner_id, packages in batches.items():
-            partner = ledger.partner(partner_id)
-            if partner.transport == "push":
-                job = functools.partial(self.runner.deliverer.deliver, partner, packages)
-                self._submit(f"partner:{partner_id}", job)
+        batches = self.runner.due_batches(now)
+        for partner in self.runner.push_partners():
+            poll = time.monotonic() >= self.next_poll.get(partner.id, 0.0)
+            packages = batches.get(partner.id, [])
+            if not (packages or poll):
+                continue
+            job = functools.partial(self.runner.partner_round, partner, packages, poll)
+            if self._submit(f"partner:{partner.id}", job) and poll:
+                self.next_poll[partner.id] = time.monotonic() + self.gw.settings.daemon_poll_seconds
 
-    def _submit(self, key: str, job: Callable[[], None]) -> None:
+    def _submit(self, key: str, job: Callable[[], None]) -> bool:
+        """Queue `job` unless a worker already has work under `key`; say whether queued."""
         with self.busy_lock:
             if key in self.busy:
-                return
+                return False
             self.busy.add(key)
         self.jobs.put((key, job))
+        return True
 
     def _work(self) -> None:
         while (item := self.jobs.get()) is not None:

@@ -8,6 +8,7 @@ temporary name, fsync, `os.replace`, fsync of the folder.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -84,3 +85,12 @@ def open_regular(path: Path, *, single_link: bool) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's contents, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()

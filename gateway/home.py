@@ -9,6 +9,8 @@ spool/quarantine/
 spool/work/<package_id>/           taken-in plaintext, until it is sealed (gateway's own)
 spool/sealed/<package_id>.pgp      sealed packages, until acknowledged (gateway's own)
 spool/mailbox/<PARTNER>/{download,upload}/
+spool/incoming/<PARTNER>/          files fetched from a partner, until handled (gateway's own)
+spool/receipts/{in,out}/           signed receipts received and sent: the evidence (gateway's own)
 ```
 """
 
@@ -45,6 +47,9 @@ class Home:
         self.work = self.spool / "work"
         self.sealed = self.spool / "sealed"
         self.mailbox = self.spool / "mailbox"
+        self.incoming = self.spool / "incoming"
+        self.receipts_in = self.spool / "receipts" / "in"
+        self.receipts_out = self.spool / "receipts" / "out"
 
     @staticmethod
     def locate(option: str | None) -> Home:
@@ -66,17 +71,9 @@ class Home:
 
     def create_folders(self) -> None:
         """Make the folders of a new home; keys and spool are for the gateway's user alone."""
-        for folder in (
-            self.keys,
-            self.ssh,
-            self.spool,
-            self.outbound,
-            self.inbound,
-            self.quarantine,
-            self.work,
-            self.sealed,
-            self.mailbox,
-        ):
+        for folder in (self.keys, self.ssh, self.spool, self.outbound, self.inbound,
+                       self.quarantine, self.work, self.sealed, self.mailbox, self.incoming,
+                       self.receipts_in.parent, self.receipts_in, self.receipts_out):  # fmt: skip
             folder.mkdir(mode=0o700, exist_ok=True)
             folder.chmod(0o700)
 
@@ -105,3 +102,5 @@ class Home:
         base.mkdir(mode=0o700, exist_ok=True)
         for kind in KINDS:
             (base / kind).mkdir(mode=0o700, exist_ok=True)
+        for folder in (self.inbound / partner, self.incoming / partner):
+            folder.mkdir(mode=0o700, exist_ok=True)

@@ -85,6 +85,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             "created_at": str,
             "updated_at": str,
             "delivered_at": str,
+            "receipt_state": str,
             "failures": int,
             "next_attempt_at": float,
             "last_error": str,
@@ -269,6 +270,10 @@ class Ledger:
             )
             self._append("key.create", detail={"openpgp_key": fingerprint, **detail})
 
+    def own_keys(self) -> frozenset[str]:
+        """Every key the gateway has had: packages addressed to any of them are for us."""
+        return frozenset(row[0] for row in self.db.execute("SELECT fingerprint FROM own_keys"))
+
     def own_key(self) -> str | None:
         """The fingerprint of the gateway's newest own key."""
         row = self.db.execute(
@@ -392,10 +397,14 @@ class Ledger:
         state: str | None = None,
         partner: str | None = None,
         direction: str | None = None,
+        delivered_before: str | None = None,
         limit: int | None = None,
     ) -> list[Package]:
-        """Packages, oldest first, filtered by state, partner and direction."""
+        """Packages, oldest first, filtered by state, partner, direction and delivery time."""
         where, args = [], []
+        if delivered_before is not None:
+            where.append("delivered_at < ?")
+            args.append(delivered_before)
         for column, value in (("state", state), ("partner", partner), ("direction", direction)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -412,6 +421,15 @@ class Ledger:
             f"SELECT * FROM packages WHERE state IN ({marks}) "  # noqa: S608 - placeholders only
             "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY package_id",
             [*sorted(states), now],
+        )
+        return [Package.from_row(row) for row in rows]
+
+    def receipts_due(self, partner: str) -> list[Package]:
+        """Inbound packages from `partner` whose receipt has not been uploaded yet."""
+        rows = self.db.table("packages").rows_where(
+            "direction = 'in' AND partner = ? AND receipt_state = 'due'",
+            [partner],
+            order_by="created_at",
         )
         return [Package.from_row(row) for row in rows]
 

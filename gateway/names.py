@@ -20,6 +20,8 @@ _AUTHORITY = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,16}")
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ULID = re.compile(rf"[0-7][{_CROCKFORD}]{{25}}")
 _PACKAGE = re.compile(rf"(?P<sender>[A-Z]{{2}}-[A-Z0-9]{{1,16}})-(?P<ulid>{_ULID.pattern})")
+#: A file name on the wire: `<package_id>.pgp` or `<package_id>.receipt`.
+WIRE_NAME: Final = re.compile(rf"(?P<pid>{_PACKAGE.pattern})(?P<suffix>\.pgp|\.receipt)")
 _TEMPORARY_SUFFIXES: Final = (".part", ".tmp", ".partial", "~")
 MAX_NAME_BYTES: Final = 200
 

@@ -57,6 +57,7 @@ class Package:
     ciphertext_sha256: str | None = None
     ciphertext_size: int | None = None
     delivered_at: str | None = None
+    receipt_state: str | None = None  # inbound: "due" until our receipt is uploaded, then "sent"
     failures: int = 0  # failed attempts so far
     next_attempt_at: float | None = None
     last_error: str | None = None

@@ -1,4 +1,4 @@
-"""The work loop: recover, take in, seal, deliver. `run --once` is one pass of it.
+"""The work loop: recover, take in, seal, deliver, poll. `run --once` is one pass of it.
 
 Every step reads what is due from the ledger, so a pass after a crash simply carries on
 where the last one stopped.
@@ -13,10 +13,12 @@ from collections import defaultdict
 from gateway.app import Gateway
 from gateway.delivery import Deliverer
 from gateway.errors import GatewayError
+from gateway.inbound import Inbound
 from gateway.intake import Intake
 from gateway.lifecycle import State
 from gateway.names import new_package_id
-from gateway.records import Package
+from gateway.poll import Poller
+from gateway.records import Package, Partner
 from gateway.retry import Retry
 from gateway.sealing import Sealer
 from gateway.spool import Entry, entries
@@ -31,15 +33,17 @@ class Runner:
         self.sealer = Sealer(gw.home, gw.ledger, gw.keyring, gw.settings.gateway_id, gw.own_key)
         self.retry = Retry(gw.ledger, gw.settings)
         self.deliverer = Deliverer(gw.home, gw.ledger, gw.settings, self.retry)
+        self.inbound = Inbound(gw.home, gw.ledger, gw.keyring, gw.settings)
+        self.poller = Poller(gw.home, gw.ledger, self.inbound, self.deliverer)
 
     def once(self) -> None:
-        """Recover, take in everything waiting (letting fresh files settle), seal, deliver."""
+        """Recover, take in everything waiting (letting fresh files settle), seal, deliver, poll."""
         self.recover()
         deadline = time.monotonic() + 10 * max(1, self.gw.settings.daemon_settle_seconds)
         while self.take_in() and time.monotonic() < deadline:
             time.sleep(0.2)
         self.seal_due()
-        self.deliver_due()
+        self.exchange_all()
 
     def recover(self) -> None:
         """Finish what a crash interrupted."""
@@ -81,13 +85,26 @@ class Runner:
         except GatewayError as err:
             self.retry.setback(package, err)
 
-    def deliver_due(self) -> None:
-        """Deliver every sealed package that is due, one session per push partner."""
+    def due_batches(self, now: float) -> dict[str, list[Package]]:
+        """Sealed packages due for delivery, by partner."""
         batches: dict[str, list[Package]] = defaultdict(list)
-        for package in self.gw.ledger.due(frozenset({State.SEALED}), time.time()):
+        for package in self.gw.ledger.due(frozenset({State.SEALED}), now):
             batches[str(package.partner)].append(package)
-        for partner_id, packages in batches.items():
-            partner = self.gw.ledger.partner(partner_id)
-            if partner.transport != "push":
-                continue  # pull partners: published by the drop server
+        return batches
+
+    def push_partners(self) -> list[Partner]:
+        """The partners this gateway logs in to."""
+        return [p for p in self.gw.ledger.partners() if p.transport == "push"]
+
+    def partner_round(self, partner: Partner, packages: list[Package], poll: bool) -> None:
+        """One visit to a push partner: deliver what is due, then fetch and answer if `poll`."""
+        if packages:
             self.deliverer.deliver(partner, packages)
+        if poll:
+            self.poller.poll(partner)
+
+    def exchange_all(self) -> None:
+        """Deliver to and poll every push partner once."""
+        batches = self.due_batches(time.time())
+        for partner in self.push_partners():
+            self.partner_round(partner, batches.get(partner.id, []), poll=True)

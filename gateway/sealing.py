@@ -9,21 +9,17 @@ still there (sealed again from scratch) or a `sealed` one whose leftover plainte
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-from typing import Final
 
 from gateway.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
 from gateway.errors import NotFound, PartnerError
-from gateway.files import fsync_dir, publish
+from gateway.files import fsync_dir, publish, sha256_file
 from gateway.home import Home
 from gateway.intake import PAYLOAD
 from gateway.ledger import Ledger
 from gateway.lifecycle import State
 from gateway.openpgp import Keyring
 from gateway.records import Package
-
-CHUNK: Final = 1024 * 1024
 
 
 def manifest_for(package: Package, sender: Party, recipient: Party) -> Manifest:
@@ -74,11 +70,7 @@ class Sealer:
                 partner.openpgp_key,
                 hide=bool(partner.hide_recipient),
             )
-        digest, size = hashlib.sha256(), 0
-        with tmp.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        digest, size = sha256_file(tmp), tmp.stat().st_size
         publish(tmp, final)
         sealed = self.ledger.transition(
             package.package_id,
@@ -87,12 +79,12 @@ class Sealer:
             {
                 "sender_key": self.sender.key,
                 "recipient_key": partner.openpgp_key,
-                "ciphertext_sha256": digest.hexdigest(),
+                "ciphertext_sha256": digest,
                 "ciphertext_size": size,
             },
             sender_key=self.sender.key,
             recipient_key=partner.openpgp_key,
-            ciphertext_sha256=digest.hexdigest(),
+            ciphertext_sha256=digest,
             ciphertext_size=size,
         )
         self.erase_plaintext(package.package_id)

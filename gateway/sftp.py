@@ -19,6 +19,7 @@ from typing import Final
 import paramiko
 
 from gateway.errors import HostKeyMismatch, RemoteConflict, TransferFailed
+from gateway.files import publish
 from gateway.sshkeys import known_hosts_name
 
 CHUNK: Final = 1024 * 1024
@@ -36,6 +37,14 @@ class Endpoint:
     user: str
     upload_dir: str
     download_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    """A file listed on a partner's server."""
+
+    name: str
+    size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +188,53 @@ class SftpPartner:
                 f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
             ) from None
         return Uploaded(final, already_there=False)
+
+    def list_download(self) -> list[RemoteFile]:
+        """The regular files in the partner's download folder."""
+        folder = self.endpoint.download_dir.rstrip("/") or "."
+        try:
+            found = self.sftp.listdir_attr(folder)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"cannot list {folder} on {self._name} ({_why(err)}); will retry"
+            ) from None
+        return [RemoteFile(f.filename, f.st_size or 0) for f in found
+                if f.st_mode is not None and stat.S_ISREG(f.st_mode)]  # fmt: skip
+
+    def fetch(self, name: str, local: Path, max_bytes: int) -> None:
+        """Download `<download_dir>/<name>` to `local` (whole or not at all), at most `max_bytes`."""
+        remote = f"{self.endpoint.download_dir.rstrip('/') or '.'}/{name}"
+        tmp = local.with_name(f".{local.name}.tmp")
+        size = 0
+        try:
+            with self.sftp.open(remote, "rb") as src, tmp.open("wb") as dst:
+                src.prefetch()
+                while chunk := src.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TransferFailed(
+                            f"{name} on {self._name} grew past {max_bytes} bytes while fetched"
+                        )
+                    dst.write(chunk)
+            publish(tmp, local)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"fetch of {name} from {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def remove_download(self, name: str) -> None:
+        """Remove a file from the partner's download folder once its outcome is recorded."""
+        remote = f"{self.endpoint.download_dir.rstrip('/') or '.'}/{name}"
+        try:
+            self.sftp.remove(remote)
+        except FileNotFoundError:
+            pass
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"cannot remove {name} on {self._name} ({_why(err)}); will retry"
+            ) from None
 
     def _exists(self, path: str) -> bool:
         try:

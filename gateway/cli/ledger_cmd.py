@@ -11,6 +11,7 @@ from gateway.app import Gateway
 from gateway.cli import emit, json_option, with_gateway
 from gateway.lifecycle import State
 from gateway.names import package_id as parse_package_id
+from gateway.records import utc
 
 
 @click.group("ledger")
@@ -21,7 +22,9 @@ def command() -> None:
 @command.command("list")
 @click.option("--partner", metavar="ID", help="Only this partner's packages.")
 @click.option(
-    "--state", type=click.Choice([s.value for s in State]), help="Only packages in this state."
+    "--state",
+    type=click.Choice([*(s.value for s in State), "overdue"]),
+    help="Only packages in this state; `overdue`: delivered, and no receipt in time.",
 )
 @click.option(
     "--direction", type=click.Choice(["in", "out"]), help="Only inbound or outbound packages."
@@ -37,7 +40,15 @@ def list_(
     Example:
       gateway ledger list --partner US-NCB --state delivered
     """
-    packages = gw.ledger.packages(state=state, partner=partner, direction=direction)
+    cutoff = None
+    if state == "overdue":
+        state, cutoff = (
+            "delivered",
+            utc(gw.ledger.clock() - gw.settings.receipts_overdue_after_seconds),
+        )
+    packages = gw.ledger.packages(
+        state=state, partner=partner, direction=direction, delivered_before=cutoff
+    )
     rows = [dataclasses.asdict(p) for p in packages]
     emit(
         rows,

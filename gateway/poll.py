@@ -1,0 +1,82 @@
+"""Polling a push partner: fetch what it left for us, answer with receipts.
+
+One SFTP session per poll. Only names of the contract (`<package_id>.pgp`,
+`<package_id>.receipt`) are fetched; anything else in the partner's folder is left
+alone and logged. A fetched file is removed from the partner's server only after its
+outcome is committed in the ledger, so a cut connection or a crash re-fetches it, and
+the ledger's memory of package ids makes that harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from gateway.delivery import Deliverer
+from gateway.errors import GatewayError, Transient
+from gateway.files import sha256_file
+from gateway.home import Home
+from gateway.inbound import Inbound
+from gateway.ledger import Ledger
+from gateway.names import WIRE_NAME, receipt_name
+from gateway.records import Partner
+from gateway.sftp import SftpPartner
+
+log = logging.getLogger("gateway")
+MAX_FILES_PER_POLL: Final = 500
+
+
+class Poller:
+    """Fetches from and answers one push partner at a time."""
+
+    def __init__(self, home: Home, ledger: Ledger, inbound: Inbound, deliverer: Deliverer) -> None:
+        self.home = home
+        self.ledger = ledger
+        self.inbound = inbound
+        self.deliverer = deliverer
+
+    def poll(self, partner: Partner) -> None:
+        """Fetch and handle everything the partner left for us, then send the receipts we owe."""
+        if not partner.enabled:
+            return
+        try:
+            with self.deliverer.session(partner) as sftp:
+                self.fetch_all(partner, sftp)
+                self.send_receipts(partner, sftp)
+        except Transient as err:
+            log.warning("poll of %s: %s", partner.id, err)
+        except GatewayError as err:
+            log.error("poll of %s: %s", partner.id, err)
+
+    def fetch_all(self, partner: Partner, sftp: SftpPartner) -> None:
+        """Fetch, handle and remove each file addressed to us, up to a bound per poll."""
+        listing = sftp.list_download()
+        wanted = [(f, m) for f in listing if (m := WIRE_NAME.fullmatch(f.name))]
+        if skipped := len(listing) - len(wanted):
+            log.warning(
+                "poll of %s: %d files with names outside the contract left alone",
+                partner.id,
+                skipped,
+            )
+        folder = self.home.incoming / partner.id
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for remote, match in wanted[:MAX_FILES_PER_POLL]:
+            limit = self.inbound.max_bytes(match["suffix"])
+            if remote.size > limit:
+                self.ledger.record("fetch.refused", partner=partner.id,
+                                   detail={"name": remote.name, "size": remote.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
+                sftp.remove_download(remote.name)
+                continue
+            local = folder / remote.name
+            sftp.fetch(remote.name, local, limit)
+            self.inbound.handle(partner, local, match["pid"], match["suffix"])
+            sftp.remove_download(remote.name)
+
+    def send_receipts(self, partner: Partner, sftp: SftpPartner) -> None:
+        """Upload every receipt we owe this partner."""
+        for package in self.ledger.receipts_due(partner.id):
+            path = self.inbound.receipt_file(package.package_id)
+            uploaded = sftp.put_atomic(path, receipt_name(package.package_id), sha256_file(path))
+            self.ledger.note(
+                package.package_id, "receipt.sent", {"path": uploaded.path}, receipt_state="sent"
+            )
