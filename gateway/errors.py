@@ -77,4 +77,12 @@ class Timeout(Transient):
 
 
 class Rejected(Permanent):
-    """Input from a partner failed a check; it is quarantined and answered, never used."""
+    """Input from a partner failed a check; it is quarantined and answered, never used.
+
+    `signer` is the partner's pinned key when its signature verified before the check
+    failed: only then is the sender authenticated, and told why in a rejected receipt.
+    """
+
+    def __init__(self, message: str, signer: str | None = None) -> None:
+        super().__init__(message)
+        self.signer = signer

@@ -158,6 +158,7 @@ class Inbound:
                                    sender_key=signer, recipient_key=manifest.recipient.key)  # fmt: skip
             path.unlink()
         except Rejected as problem:
+            signer = signer or problem.signer
             authenticated = signer is not None  # a rejected receipt goes only to a proven sender
             if authenticated:
                 self._receipt_out(pid, partner, digest, str(problem))

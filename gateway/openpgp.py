@@ -319,32 +319,41 @@ class Keyring:
             raise
 
 
-_BAD_SIGNATURES: Final = {"BADSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "ERRSIG", "NO_PUBKEY"}
+#: What a bad signature line means, most specific first (gpg reports an unknown key as
+#: both ERRSIG and NO_PUBKEY: the operator needs to hear "not pinned").
+_BAD_SIGNATURES: Final = {
+    "NO_PUBKEY": "it is signed by a key that is not pinned for this partner",
+    "REVKEYSIG": "the signer's key is revoked",
+    "EXPKEYSIG": "the signer's key has expired",
+    "BADSIG": "the signature is bad",
+    "EXPSIG": "the signature has expired",
+    "ERRSIG": "the signature cannot be checked",
+}
 
 
 def _check_opened(result: Any, signers: frozenset[str], encrypted: bool) -> str:
     lines = _status(result.stderr or "")
     keywords = {line[0] for line in lines if line}
     valid = [line for line in lines if line[0] == "VALIDSIG"]
-    if bad := sorted(keywords & _BAD_SIGNATURES):
-        why = {"EXPKEYSIG": "the signer's key has expired", "REVKEYSIG": "the signer's key is revoked",
-               "NO_PUBKEY": "the signer's key is not pinned", "BADSIG": "the signature is bad",
-               "EXPSIG": "the signature has expired", "ERRSIG": "the signature cannot be checked"}  # fmt: skip
-        raise Rejected(f"{why[bad[0]]}")
-    if encrypted and (
-        "DECRYPTION_OKAY" not in keywords or keywords & {"DECRYPTION_FAILED", "BADMDC"}
-    ):
-        raise Rejected("it is not encrypted to this gateway's key, or its integrity check failed")
+    for keyword, why in _BAD_SIGNATURES.items():
+        if keyword in keywords:
+            raise Rejected(why)
     if not valid or "GOODSIG" not in keywords:
         raise Rejected("it carries no valid signature")
     if len(valid) > 1:
         raise Rejected("it carries more than one signature")
-    signer = valid[0][-1]  # the primary key's fingerprint
+    signer = str(valid[0][-1])  # the primary key's fingerprint
     if signer not in signers:
         raise Rejected(f"it is signed by {signer}, which is not the partner's pinned key")
+    if encrypted and (
+        "DECRYPTION_OKAY" not in keywords or keywords & {"DECRYPTION_FAILED", "BADMDC"}
+    ):
+        raise Rejected(
+            "it is not encrypted to this gateway's key, or its integrity check failed", signer
+        )
     if result.returncode != 0:
-        raise Rejected(f"GnuPG could not open it (return code {result.returncode})")
-    return str(signer)
+        raise Rejected(f"GnuPG could not open it (return code {result.returncode})", signer)
+    return signer
 
 
 def _status(stderr: str) -> list[list[str]]:

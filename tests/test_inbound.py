@@ -1,0 +1,557 @@
+"""What a partner leaves for the gateway: receipts for its packages, and packages of its own.
+
+The partner's side is played by plain `gpg` (and Python's `tarfile` for the tar), built
+by hand as docs/partners.md shows; a second keyring, FR-CJN, is never pinned and plays a
+forger. Each test asserts the end state: ledger state and events, spool/inbound,
+quarantine entries with their reasons, and the files on the partner's server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import re
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.home import Home
+from gateway.lifecycle import State
+from gateway.names import new_ulid
+from gateway.records import Event, Package
+from tests.conftest import (
+    GATEWAY_ID,
+    PARTNER_ID,
+    PartnerPgp,
+    cli,
+    gateway,
+    run_once,
+    send,
+    set_setting,
+    state,
+)
+from tests.sshd import SshServer
+
+FORGER_ID = "FR-CJN"
+PAYLOAD = b"<response>no convictions recorded</response>\n"
+PAYLOAD_NAME = "response.xml"
+
+
+@dataclasses.dataclass
+class Desk:
+    """The partner's desk: its gpg, a forger's gpg, its SFTP server and the gateway it talks to."""
+
+    home: Home
+    pgp: PartnerPgp
+    forger: PartnerPgp
+    server: SshServer
+    gateway_fpr: str
+    tmp: Path
+
+
+@pytest.fixture
+def desk(exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path) -> Iterator[Desk]:
+    """The exchange, with the gateway key imported and lsigned by the partner and the forger."""
+    home, pgp, server = exchange
+    with gateway(home) as gw:
+        fpr = gw.own_key
+    armored = cli(home, "keys", "export", "--openpgp").stdout
+    forger = PartnerPgp(short_tmp / "forger-gnupg", FORGER_ID)
+    try:
+        for keyring in (pgp, forger):
+            keyring.trust_gateway(armored)
+            keyring.gpg("--quick-lsign-key", fpr)
+        yield Desk(home, pgp, forger, server, fpr, short_tmp)
+    finally:
+        forger.close()
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def now() -> str:
+    """UTC now as the contract writes times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def partner_pid() -> str:
+    """A fresh package id of the partner's."""
+    return f"{PARTNER_ID}-{new_ulid()}"
+
+
+def events(home: Home, pid: str | None = None) -> list[Event]:
+    """The audit trail, for one package or all."""
+    with gateway(home) as gw:
+        return list(gw.ledger.events(pid))
+
+
+def actions(home: Home, pid: str) -> list[str]:
+    """The actions recorded for one package, in order."""
+    return [e.action for e in events(home, pid)]
+
+
+def package(home: Home, pid: str) -> Package:
+    """One package's ledger row."""
+    with gateway(home) as gw:
+        return gw.ledger.package(pid)
+
+
+def quarantined(home: Home) -> list[tuple[dict[str, Any], bytes]]:
+    """Every quarantine entry: its reason file and the bytes kept."""
+    entries = []
+    for reason in sorted(home.quarantine.glob("*.reason.json")):
+        report = json.loads(reason.read_text())
+        kept = home.quarantine / report["id"]
+        entries.append((report, kept.read_bytes() if kept.is_file() else b""))
+    return entries
+
+
+def only_quarantined(home: Home) -> tuple[dict[str, Any], bytes]:
+    """The one quarantine entry there must be."""
+    entries = quarantined(home)
+    assert len(entries) == 1, [report for report, _ in entries]
+    return entries[0]
+
+
+def open_our_receipt(desk: Desk, pid: str) -> dict[str, Any]:
+    """Decrypt and verify the gateway's receipt in server.upload with plain gpg; its JSON."""
+    plain, status = desk.pgp.decrypt(desk.server.upload / f"{pid}.receipt")
+    assert any(line.startswith("VALIDSIG ") and line.endswith(f" {desk.gateway_fpr}")
+               for line in status), "signed by the gateway's key"  # fmt: skip
+    assert "DECRYPTION_OKAY" in status
+    doc: dict[str, Any] = json.loads(plain)
+    return doc
+
+
+# -- receipts built by hand ---------------------------------------------------------------
+
+FORMS = ("armor", "clearsign", "binary", "encrypted")
+
+
+def receipt_json(pid: str, ciphertext_sha256: str, **changes: Any) -> bytes:
+    """A receipt's JSON as a partner writes it; `changes` set or (with None) drop fields."""
+    doc = {"schema": "gateway-receipt/1", "package_id": pid, "from": PARTNER_ID,
+           "to": GATEWAY_ID, "received_at": now(), "ciphertext_sha256": ciphertext_sha256,
+           "disposition": "accepted"}  # fmt: skip
+    doc.update(changes)
+    return json.dumps({k: v for k, v in doc.items() if v is not None}, indent=2).encode()
+
+
+def sign(pgp: PartnerPgp, data: bytes, form: str = "armor", gateway_fpr: str = "") -> bytes:
+    """Sign `data` with plain gpg in one of the receipt forms of SPEC section 5."""
+    args = {"armor": ["--sign", "--armor"], "clearsign": ["--clearsign"], "binary": ["--sign"],
+            "encrypted": ["--recipient", gateway_fpr, "--sign", "--encrypt"]}[form]  # fmt: skip
+    return pgp.gpg("--local-user", pgp.fingerprint, *args, "--output", "-", input=data).stdout
+
+
+def delivered(desk: Desk, name: str = "notice.xml") -> tuple[str, str]:
+    """Send a package to the partner and deliver it; its id and the sha256 of its .pgp."""
+    source = desk.tmp / name
+    source.write_bytes(b"<conviction>fictional</conviction>\n")
+    pid = send(desk.home, source)
+    run_once(desk.home)
+    assert state(desk.home, pid) is State.DELIVERED
+    return pid, sha256((desk.server.upload / f"{pid}.pgp").read_bytes())
+
+
+def leave(desk: Desk, name: str, data: bytes) -> Path:
+    """Put a file in the partner's download folder, where the gateway fetches."""
+    path = desk.server.download / name
+    path.write_bytes(data)
+    return path
+
+
+# -- packages built by hand ---------------------------------------------------------------
+
+
+def manifest(desk: Desk, pid: str, content: bytes = PAYLOAD, **changes: Any) -> dict[str, Any]:
+    """The manifest a partner writes for `content`; `changes` replace fields."""
+    doc = {"schema": "gateway-envelope/1", "package_id": pid, "kind": "response",
+           "sender": {"id": PARTNER_ID, "key": desk.pgp.fingerprint},
+           "recipient": {"id": GATEWAY_ID, "key": desk.gateway_fpr}, "created_at": now(),
+           "payload": {"name": PAYLOAD_NAME, "size": len(content), "sha256": sha256(content)}}  # fmt: skip
+    doc.update(changes)
+    return doc
+
+
+def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE) -> tuple[tarfile.TarInfo, bytes]:  # fmt: skip
+    """One tar member: a regular file, or a link (`kind`) whose target is `data`."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mtime, info.mode = kind, int(time.time()), 0o600
+    if kind == tarfile.REGTYPE:
+        info.size = len(data)
+    else:
+        info.linkname, data = data.decode(), b""
+    return info, data
+
+
+def tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    """A POSIX tar of these members, in this order."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return out.getvalue()
+
+
+def envelope(doc: dict[str, Any], payload: bytes = PAYLOAD, name: str = PAYLOAD_NAME) -> bytes:
+    """The tar of SPEC section 4: manifest.json then payload/<name>."""
+    return tar(member("manifest.json", json.dumps(doc, indent=2).encode()),
+               member(f"payload/{name}", payload))  # fmt: skip
+
+
+def seal(desk: Desk, plain: bytes, signer: PartnerPgp | None = None, encrypt: bool = True) -> bytes:
+    """Sign (as the partner, unless `signer`) and encrypt to the gateway, as docs/partners.md 5."""
+    pgp = signer or desk.pgp
+    to = ["--recipient", desk.gateway_fpr, "--encrypt"] if encrypt else []
+    return pgp.gpg("--local-user", pgp.fingerprint, "--compress-algo", "none", "--cipher-algo",
+                   "AES256", "--digest-algo", "SHA256", *to, "--sign", "--output", "-",
+                   input=plain).stdout  # fmt: skip
+
+
+# -- receipts for the gateway's packages --------------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_good_receipt_acknowledges_the_package(desk: Desk, form: str) -> None:
+    pid, digest = delivered(desk)
+    signed = sign(desk.pgp, receipt_json(pid, digest), form, desk.gateway_fpr)
+    leave(desk, f"{pid}.receipt", signed)
+
+    run_once(desk.home)
+
+    assert state(desk.home, pid) is State.ACKNOWLEDGED
+    assert (desk.home.receipts_in / f"{pid}.receipt").read_bytes() == signed, "evidence kept"
+    assert not (desk.server.download / f"{pid}.receipt").exists(), "fetched, then removed"
+    assert actions(desk.home, pid)[-1] == "receipt"
+    assert quarantined(desk.home) == []
+
+
+def test_rejected_receipt_refuses_the_package_with_its_reason(desk: Desk) -> None:
+    pid, digest = delivered(desk)
+    why = "payload schema ECRIS-NOT-2 is not supported here"
+    doc = receipt_json(pid, digest, disposition="rejected", reason=why)
+    leave(desk, f"{pid}.receipt", sign(desk.pgp, doc))
+
+    run_once(desk.home)
+
+    assert state(desk.home, pid) is State.REFUSED
+    shown = cli(desk.home, "ledger", "show", pid, "--json")
+    assert shown.exit_code == 0, shown.stderr
+    assert why in json.loads(shown.stdout)["package"]["last_error"]
+    assert not (desk.server.download / f"{pid}.receipt").exists()
+
+
+def _unpinned(desk: Desk, pid: str, digest: str) -> bytes:
+    return sign(desk.forger, receipt_json(pid, digest))
+
+
+def _wrong_hash(desk: Desk, pid: str, digest: str) -> bytes:
+    return sign(desk.pgp, receipt_json(pid, sha256(b"some other ciphertext")))
+
+
+def _from_other(desk: Desk, pid: str, digest: str) -> bytes:
+    return sign(desk.pgp, receipt_json(pid, digest, **{"from": FORGER_ID}))
+
+
+def _malformed(desk: Desk, pid: str, digest: str) -> bytes:
+    return sign(desk.pgp, b'{"schema": "gateway-receipt/1", "package_id": ')
+
+
+def _unsigned(desk: Desk, pid: str, digest: str) -> bytes:
+    return receipt_json(pid, digest)
+
+
+BAD_RECEIPTS: dict[str, tuple[Callable[[Desk, str, str], bytes], str]] = {
+    "signed by an unpinned key": (_unpinned, r"not pinned"),
+    "wrong ciphertext_sha256": (_wrong_hash, r"ciphertext_sha256"),
+    "from another partner": (_from_other, rf"from {FORGER_ID}"),
+    "malformed JSON": (_malformed, r"not UTF-8 JSON"),
+    "unsigned plain JSON": (_unsigned, r"no valid signature"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RECEIPTS)
+def test_bad_receipt_is_quarantined_and_changes_nothing(desk: Desk, case: str) -> None:
+    build, reason = BAD_RECEIPTS[case]
+    pid, digest = delivered(desk)
+    bad = build(desk, pid, digest)
+    leave(desk, f"{pid}.receipt", bad)
+
+    run_once(desk.home)
+
+    assert state(desk.home, pid) is State.DELIVERED, "the package's state does not change"
+    assert "receipt.quarantined" in actions(desk.home, pid)
+    report, kept = only_quarantined(desk.home)
+    assert re.search(reason, report["reason"]), report
+    assert report["what_arrived"] == "receipt"
+    assert report["original_name"] == f"{pid}.receipt"
+    assert kept == bad
+    assert not (desk.server.download / f"{pid}.receipt").exists(), "fetched, then removed"
+    assert not (desk.home.receipts_in / f"{pid}.receipt").exists()
+
+
+def test_receipt_for_an_unknown_package_is_quarantined(desk: Desk) -> None:
+    pid, digest = delivered(desk)
+    unknown = f"{GATEWAY_ID}-{new_ulid()}"
+    bad = sign(desk.pgp, receipt_json(unknown, digest))
+    leave(desk, f"{unknown}.receipt", bad)
+
+    run_once(desk.home)
+
+    assert state(desk.home, pid) is State.DELIVERED
+    recorded = [e for e in events(desk.home) if e.action == "receipt.quarantined"]
+    assert len(recorded) == 1 and f"{unknown}.receipt" in str(recorded[0].detail)
+    report, kept = only_quarantined(desk.home)
+    assert "no package of ours" in report["reason"] and kept == bad
+    assert not (desk.server.download / f"{unknown}.receipt").exists()
+
+
+def test_receipt_named_for_one_package_but_about_another_is_quarantined(desk: Desk) -> None:
+    first, _ = delivered(desk, "a.xml")
+    second, second_digest = delivered(desk, "b.xml")
+    bad = sign(desk.pgp, receipt_json(second, second_digest))
+    leave(desk, f"{first}.receipt", bad)
+
+    run_once(desk.home)
+
+    assert state(desk.home, first) is State.DELIVERED
+    assert state(desk.home, second) is State.DELIVERED
+    assert "receipt.quarantined" in actions(desk.home, first)
+    report, kept = only_quarantined(desk.home)
+    assert f"named for {first}" in report["reason"] and second in report["reason"]
+    assert kept == bad
+    assert not (desk.server.download / f"{first}.receipt").exists()
+
+
+def test_the_same_receipt_twice_is_a_duplicate(desk: Desk) -> None:
+    pid, digest = delivered(desk)
+    signed = sign(desk.pgp, receipt_json(pid, digest))
+    leave(desk, f"{pid}.receipt", signed)
+    run_once(desk.home)
+    assert state(desk.home, pid) is State.ACKNOWLEDGED
+
+    leave(desk, f"{pid}.receipt", signed)
+    run_once(desk.home)
+
+    assert state(desk.home, pid) is State.ACKNOWLEDGED
+    assert actions(desk.home, pid).count("receipt.duplicate") == 1
+    assert actions(desk.home, pid).count("receipt") == 1
+    assert quarantined(desk.home) == []
+    assert (desk.home.receipts_in / f"{pid}.receipt").read_bytes() == signed
+    assert not (desk.server.download / f"{pid}.receipt").exists()
+
+
+def test_a_different_second_receipt_after_acknowledgement_is_quarantined(desk: Desk) -> None:
+    pid, digest = delivered(desk)
+    first = sign(desk.pgp, receipt_json(pid, digest, received_at="2026-01-01T00:00:00Z"))
+    leave(desk, f"{pid}.receipt", first)
+    run_once(desk.home)
+    assert state(desk.home, pid) is State.ACKNOWLEDGED
+
+    why = "changed our mind"
+    second = sign(desk.pgp, receipt_json(pid, digest, disposition="rejected", reason=why))
+    leave(desk, f"{pid}.receipt", second)
+    run_once(desk.home)
+
+    assert state(desk.home, pid) is State.ACKNOWLEDGED
+    assert "receipt.quarantined" in actions(desk.home, pid)
+    report, kept = only_quarantined(desk.home)
+    assert "different content" in report["reason"] and kept == second
+    assert (desk.home.receipts_in / f"{pid}.receipt").read_bytes() == first, "evidence kept"
+    assert not (desk.server.download / f"{pid}.receipt").exists()
+
+
+def test_overdue_lists_a_delivered_package_until_its_receipt(desk: Desk) -> None:
+    set_setting(desk.home, "receipts.overdue_after_seconds", 1)
+    pid, digest = delivered(desk)
+    time.sleep(1.1)
+
+    def overdue() -> list[str]:
+        listed = cli(desk.home, "ledger", "list", "--state", "overdue", "--json")
+        assert listed.exit_code == 0, listed.stderr
+        return [row["package_id"] for row in json.loads(listed.stdout)]
+
+    assert overdue() == [pid]
+    leave(desk, f"{pid}.receipt", sign(desk.pgp, receipt_json(pid, digest)))
+    run_once(desk.home)
+    assert state(desk.home, pid) is State.ACKNOWLEDGED
+    assert overdue() == []
+
+
+# -- packages from the partner ------------------------------------------------------------
+
+
+def test_good_package_is_delivered_and_receipted(desk: Desk) -> None:
+    pid = partner_pid()
+    doc = manifest(desk, pid, reference="US-CASE-7")
+    wire = leave(desk, f"{pid}.pgp", seal(desk, envelope(doc))).read_bytes()
+
+    run_once(desk.home)
+
+    folder = desk.home.inbound / PARTNER_ID / pid
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", PAYLOAD_NAME])
+    assert (folder / PAYLOAD_NAME).read_bytes() == PAYLOAD
+    assert json.loads((folder / "manifest.json").read_bytes()) == doc
+    row = package(desk.home, pid)
+    assert row.state is State.ACCEPTED and row.direction == "in" and row.partner == PARTNER_ID
+    assert (row.kind, row.payload_name, row.payload_size, row.payload_sha256) == (
+        "response", PAYLOAD_NAME, len(PAYLOAD), sha256(PAYLOAD))  # fmt: skip
+    assert row.reference == "US-CASE-7" and row.sender_key == desk.pgp.fingerprint
+    assert row.ciphertext_sha256 == sha256(wire) and row.receipt_state == "sent"
+    assert not (desk.server.download / f"{pid}.pgp").exists(), "fetched, then removed"
+    assert quarantined(desk.home) == []
+
+    receipt = open_our_receipt(desk, pid)
+    assert receipt["disposition"] == "accepted" and "reason" not in receipt
+    assert receipt["ciphertext_sha256"] == sha256(wire)
+    assert (receipt["package_id"], receipt["from"], receipt["to"]) == (pid, GATEWAY_ID, PARTNER_ID)
+
+
+def _tar_member_case(*members: Callable[[Desk, str], tuple[tarfile.TarInfo, bytes]]) -> Callable[[Desk, str], bytes]:  # fmt: skip
+    """A case whose tar is manifest.json then `members`."""
+
+    def build(desk: Desk, pid: str) -> bytes:
+        head = member("manifest.json", json.dumps(manifest(desk, pid)).encode())
+        return seal(desk, tar(head, *(m(desk, pid) for m in members)))
+
+    return build
+
+
+def _payload(desk: Desk, pid: str) -> tuple[tarfile.TarInfo, bytes]:
+    return member(f"payload/{PAYLOAD_NAME}", PAYLOAD)
+
+
+def _plain(doc: Callable[[Desk, str], dict[str, Any]], **kw: Any) -> Callable[[Desk, str], bytes]:
+    """A case that seals a correct tar of the manifest `doc` builds."""
+    return lambda desk, pid: seal(desk, envelope(doc(desk, pid)), **kw)
+
+
+# name -> (build the .pgp, reason pattern, whether the partner is authenticated: a rejected receipt)
+BAD_PACKAGES: dict[str, tuple[Callable[[Desk, str], bytes], str, bool]] = {
+    "addressed to another authority (forwarded)": (
+        _plain(lambda d, p: manifest(d, p, recipient={"id": FORGER_ID, "key": d.forger.fingerprint})),
+        rf"addressed to {FORGER_ID}", True),
+    "addressed to us but another key": (
+        _plain(lambda d, p: manifest(d, p, recipient={"id": GATEWAY_ID, "key": d.forger.fingerprint})),
+        r"addressed to GB-ACRO with key [0-9A-F]{40}, not to this gateway", True),
+    "signed by an unpinned key": (
+        lambda d, p: seal(d, envelope(manifest(d, p)), signer=d.forger),
+        r"not pinned", False),
+    "payload hash wrong": (
+        _plain(lambda d, p: manifest(d, p, payload={"name": PAYLOAD_NAME, "size": len(PAYLOAD),
+                                                    "sha256": sha256(b"other")})),
+        r"SHA-256", True),
+    "payload size wrong": (
+        _plain(lambda d, p: manifest(d, p, payload={"name": PAYLOAD_NAME, "size": len(PAYLOAD) + 1,
+                                                    "sha256": sha256(PAYLOAD)})),
+        r"size", True),
+    "extra tar member": (
+        _tar_member_case(_payload, lambda d, p: member("payload/extra.txt", b"more")),
+        r"more than manifest.json and the payload", True),
+    "member named ../x": (
+        _tar_member_case(lambda d, p: member("../x", PAYLOAD)), r"second member", True),
+    "absolute member": (
+        _tar_member_case(lambda d, p: member("/tmp/x", PAYLOAD)), r"second member", True),
+    "../x after the payload": (
+        _tar_member_case(_payload, lambda d, p: member("../x", b"escape")),
+        r"more than manifest.json", True),
+    "symlink member": (
+        _tar_member_case(lambda d, p: member(f"payload/{PAYLOAD_NAME}", b"/etc/passwd", tarfile.SYMTYPE)),
+        r"second member", True),
+    "sender not the partner": (
+        _plain(lambda d, p: manifest(d, p, sender={"id": FORGER_ID, "key": d.pgp.fingerprint})),
+        rf"sender is {FORGER_ID}", True),
+    "package id not the file's": (
+        _plain(lambda d, p: manifest(d, p, package_id=partner_pid())), rf"manifest is for {PARTNER_ID}-",
+        True),
+    "only signed, not encrypted": (
+        _plain(manifest, encrypt=False), r"not encrypted", True),
+    "gzip-compressed tar": (
+        lambda d, p: seal(d, gzip.compress(envelope(manifest(d, p)))),
+        r"not a valid uncompressed tar", True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_PACKAGES)
+def test_bad_package_is_rejected_and_quarantined(desk: Desk, case: str) -> None:
+    build, reason, authenticated = BAD_PACKAGES[case]
+    pid = partner_pid()
+    wire = build(desk, pid)
+    leave(desk, f"{pid}.pgp", wire)
+
+    run_once(desk.home)
+
+    row = package(desk.home, pid)
+    assert row.state is State.REJECTED and row.direction == "in"
+    assert row.last_error and re.search(reason, row.last_error), row.last_error
+    assert not (desk.home.inbound / PARTNER_ID / pid).exists(), "nothing delivered"
+    assert list((desk.home.inbound / PARTNER_ID).iterdir()) == []
+    assert not (desk.home.work / "x").exists() and not (desk.home.spool / "x").exists()
+    report, kept = only_quarantined(desk.home)
+    assert re.search(reason, report["reason"]), report
+    assert report["package_id"] == pid and kept == wire
+    assert "reject" in actions(desk.home, pid)
+    assert not (desk.server.download / f"{pid}.pgp").exists(), "fetched, then removed"
+
+    if not authenticated:
+        assert not (desk.server.upload / f"{pid}.receipt").exists(), "no receipt to a stranger"
+        return
+    receipt = open_our_receipt(desk, pid)
+    assert receipt["disposition"] == "rejected"
+    assert re.search(reason, receipt["reason"]), receipt
+    assert receipt["ciphertext_sha256"] == sha256(wire)
+    assert (receipt["package_id"], receipt["from"], receipt["to"]) == (pid, GATEWAY_ID, PARTNER_ID)
+
+
+def test_replayed_package_is_not_delivered_twice(desk: Desk) -> None:
+    pid = partner_pid()
+    wire = seal(desk, envelope(manifest(desk, pid)))
+    leave(desk, f"{pid}.pgp", wire)
+    run_once(desk.home)
+    assert state(desk.home, pid) is State.ACCEPTED
+    (desk.server.upload / f"{pid}.receipt").unlink()  # the partner took its receipt
+    folder = desk.home.inbound / PARTNER_ID
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+
+    leave(desk, f"{pid}.pgp", wire)
+    run_once(desk.home)
+
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    with gateway(desk.home) as gw:
+        assert [p.package_id for p in gw.ledger.packages(direction="in")] == [pid]
+    assert state(desk.home, pid) is State.ACCEPTED
+    assert actions(desk.home, pid).count("replay") == 1
+    assert actions(desk.home, pid).count("accept") == 1
+    assert not (desk.server.download / f"{pid}.pgp").exists()
+    assert open_our_receipt(desk, pid)["disposition"] == "accepted", "the receipt is sent again"
+
+
+@pytest.mark.parametrize(
+    "name", ["notes.txt", "US-NCB-bad.pgp", f".{PARTNER_ID}-01JDQ8N5V3K7Q2Y9ZC4T6W8E1M.pgp.part"]
+)
+def test_file_named_outside_the_contract_is_left_alone(desk: Desk, name: str) -> None:
+    run_once(desk.home)  # settle whatever a first pass records
+    before = events(desk.home)
+    path = leave(desk, name, b"not for the gateway")
+
+    run_once(desk.home)
+
+    assert path.read_bytes() == b"not for the gateway", "left on the server"
+    assert events(desk.home) == before, "nothing recorded"
+    assert quarantined(desk.home) == []
+    with gateway(desk.home) as gw:
+        assert gw.ledger.packages(direction="in") == []
+    assert list((desk.home.incoming / PARTNER_ID).iterdir()) == []
