@@ -143,21 +143,34 @@ class Gateway:
         existing = self.home.known_hosts.read_text() if self.home.known_hosts.exists() else ""
         write_atomic(self.home.known_hosts, (existing + line).encode())
         partner = Partner(
-            id=partner_id,
-            transport="push",
-            host=host,
-            port=port,
-            user=match["user"],
-            upload_dir=upload_dir,
-            download_dir=download_dir,
-            openpgp_key=key.fingerprint,
-            ssh_key=None,
-            hide_recipient=int(hide_recipient),
-            enabled=1,
-            added_at=utc(self.ledger.clock()),
-        )
+            id=partner_id, transport="push", openpgp_key=key.fingerprint,
+            added_at=utc(self.ledger.clock()), host=host, port=port, user=match["user"],
+            upload_dir=upload_dir, download_dir=download_dir, hide_recipient=int(hide_recipient),
+        )  # fmt: skip
         self.ledger.add_partner(partner, reason)
         self.home.create_partner_folders(partner_id)
+        return partner
+
+    def add_pull_partner(self, partner_id: str, key_file: Path, fpr: str, ssh_key_file: Path,
+                         reason: str, hide_recipient: bool = True) -> Partner:  # fmt: skip
+        """Register a pull partner: pin its OpenPGP key and the SSH key it logs in with."""
+        partner_id = authority_id(partner_id)
+        fpr = parse_fingerprint(fpr.replace(" ", "").upper(), "--fingerprint")
+        try:
+            key_type, blob = sshkeys.parse_public(ssh_key_file.read_text(), "--ssh-key")
+        except (OSError, UnicodeDecodeError):
+            raise UsageError(f"cannot read the SSH key file {ssh_key_file}") from None
+        self._refuse_existing(partner_id)
+        key = self.keyring.import_pinned(key_file, fpr)
+        partner = Partner(
+            id=partner_id, transport="pull", openpgp_key=key.fingerprint,
+            added_at=utc(self.ledger.clock()), ssh_key=f"{key_type} {blob}",
+            hide_recipient=int(hide_recipient),
+        )  # fmt: skip
+        self.ledger.add_partner(partner, reason)
+        self.home.create_partner_folders(partner_id)
+        for folder in ("", "download", "upload"):
+            (self.home.mailbox / partner_id / folder).mkdir(mode=0o700, exist_ok=True)
         return partner
 
     def _refuse_existing(self, partner_id: str) -> None:

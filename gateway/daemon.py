@@ -21,8 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gateway.app import Gateway
+from gateway.dropserver import DropServer, Limits
 from gateway.errors import HomeError
 from gateway.lifecycle import State
+from gateway.mailbox import Mailboxes
 from gateway.runner import Runner
 from gateway.spool import Entry, entries, locate
 from gateway.watch import Hint, SpoolWatcher
@@ -30,6 +32,18 @@ from gateway.watch import Hint, SpoolWatcher
 log = logging.getLogger("gateway")
 SHUTDOWN_SECONDS = 8.0
 _WAKE = Hint(Path("/"), renamed=False)
+
+
+def drop_server(gw: Gateway, mailboxes: Mailboxes, listen: str) -> DropServer:
+    """The drop server for this home, listening on `listen` (not yet started)."""
+    s = gw.settings
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise HomeError(f"{listen!r} is not ADDRESS:PORT to listen on, e.g. 0.0.0.0:2222")
+    limits = Limits(max_connections=s.serve_max_connections, max_auth_attempts=s.serve_max_auth_attempts,
+                    ban_after_failures=s.serve_ban_after_failures, ban_seconds=s.serve_ban_seconds,
+                    idle_seconds=s.serve_idle_timeout_seconds, max_upload_bytes=s.serve_max_upload_bytes)  # fmt: skip
+    return DropServer((host.strip("[]"), int(port)), gw.home.host_key, mailboxes.hooks(), limits)
 
 
 @contextlib.contextmanager
@@ -66,6 +80,12 @@ class Daemon:
         self.busy_lock = threading.Lock()
         self.unsettled: dict[Path, float] = {}
         self.next_poll: dict[str, float] = {}
+        self.runner.mailboxes.wake = lambda: self.hints.put(_WAKE)
+        self.drop_server = (
+            drop_server(gw, self.runner.mailboxes, gw.settings.serve_listen)
+            if gw.settings.serve_listen
+            else None
+        )
         self.workers = [
             threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
             for n in range(gw.settings.daemon_workers)
@@ -76,6 +96,8 @@ class Daemon:
         settings = self.gw.settings
         log.info("daemon started: %s, %d workers", self.gw.home.root, len(self.workers))
         self.runner.recover()
+        if self.drop_server is not None:
+            self.drop_server.start()
         self.watcher.start()
         for worker in self.workers:
             worker.start()
@@ -128,8 +150,11 @@ class Daemon:
         for package in self.gw.ledger.due(frozenset({State.RECEIVED}), now):
             self._submit(package.package_id, functools.partial(self.runner.seal, package))
         batches = self.runner.due_batches(now)
-        for partner in self.runner.push_partners():
-            poll = time.monotonic() >= self.next_poll.get(partner.id, 0.0)
+        for partner in self.gw.ledger.partners():
+            # A pull partner's mailbox is a local folder: looked at on every turn.
+            poll = partner.transport == "pull" or time.monotonic() >= self.next_poll.get(
+                partner.id, 0.0
+            )
             packages = batches.get(partner.id, [])
             if not (packages or poll):
                 continue
@@ -177,6 +202,8 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop watching, let workers finish their step for a few seconds, then leave."""
         self.watcher.stop()
+        if self.drop_server is not None:
+            self.drop_server.stop()
         for _ in self.workers:
             self.jobs.put(None)
         deadline = time.monotonic() + SHUTDOWN_SECONDS

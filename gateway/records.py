@@ -21,17 +21,17 @@ class Partner:
     """A registered partner agency."""
 
     id: str
-    transport: str  # "push" or "pull"
-    host: str | None
-    port: int | None
-    user: str | None
-    upload_dir: str | None
-    download_dir: str | None
+    transport: str  # "push": we log in to its server; "pull": it logs in to our drop server
     openpgp_key: str
-    ssh_key: str | None
-    hide_recipient: int
-    enabled: int
     added_at: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    upload_dir: str | None = None
+    download_dir: str | None = None
+    ssh_key: str | None = None  # pull: the key it logs in with, 'TYPE BASE64'
+    hide_recipient: int = 1
+    enabled: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

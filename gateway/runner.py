@@ -16,6 +16,7 @@ from gateway.errors import GatewayError
 from gateway.inbound import Inbound
 from gateway.intake import Intake
 from gateway.lifecycle import State
+from gateway.mailbox import Mailboxes
 from gateway.names import new_package_id
 from gateway.poll import Poller
 from gateway.records import Package, Partner
@@ -35,6 +36,7 @@ class Runner:
         self.deliverer = Deliverer(gw.home, gw.ledger, gw.settings, self.retry)
         self.inbound = Inbound(gw.home, gw.ledger, gw.keyring, gw.settings)
         self.poller = Poller(gw.home, gw.ledger, self.inbound, self.deliverer)
+        self.mailboxes = Mailboxes(gw.home, gw.ledger, self.inbound)
 
     def once(self) -> None:
         """Recover, take in everything waiting (letting fresh files settle), seal, deliver, poll."""
@@ -92,19 +94,25 @@ class Runner:
             batches[str(package.partner)].append(package)
         return batches
 
-    def push_partners(self) -> list[Partner]:
-        """The partners this gateway logs in to."""
-        return [p for p in self.gw.ledger.partners() if p.transport == "push"]
-
     def partner_round(self, partner: Partner, packages: list[Package], poll: bool) -> None:
-        """One visit to a push partner: deliver what is due, then fetch and answer if `poll`."""
-        if packages:
-            self.deliverer.deliver(partner, packages)
-        if poll:
-            self.poller.poll(partner)
+        """One turn with a partner: deliver or publish what is due; fetch and answer if `poll`.
+
+        A push partner is visited over SFTP; a pull partner's mailbox is local.
+        """
+        if partner.transport == "push":
+            if packages:
+                self.deliverer.deliver(partner, packages)
+            if poll:
+                self.poller.poll(partner)
+            return
+        self.mailboxes.apply_events()
+        if partner.enabled:
+            self.mailboxes.publish(partner, packages)
+            self.mailboxes.take_uploads(partner)
+            self.mailboxes.publish_receipts(partner)
 
     def exchange_all(self) -> None:
-        """Deliver to and poll every push partner once."""
+        """Deliver to, publish for, and poll every partner once."""
         batches = self.due_batches(time.time())
-        for partner in self.push_partners():
+        for partner in self.gw.ledger.partners():
             self.partner_round(partner, batches.get(partner.id, []), poll=True)

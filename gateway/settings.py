@@ -78,6 +78,12 @@ SETTINGS: Final = (
         "",
         "Address:port of the drop server for pull partners, e.g. 0.0.0.0:2222; empty: off.",
     ),
+    Setting("serve.max_connections", 20, "Most drop-server sessions at once; more are refused."),
+    Setting("serve.max_auth_attempts", 3, "Keys one connection may try before it is refused."),
+    Setting("serve.ban_after_failures", 10, "Failed logins from one address before it is banned."),
+    Setting("serve.ban_seconds", 600, "How long a banned address is refused."),
+    Setting("serve.idle_timeout_seconds", 300, "A drop-server session idle this long is closed."),
+    Setting("serve.max_upload_bytes", 2 * 1024**3 + 1024**2, "Largest file a partner may upload."),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
@@ -102,6 +108,12 @@ class Settings:
     retry_give_up_after_seconds: int = 259200
     receipts_overdue_after_seconds: int = 86400
     serve_listen: str = ""
+    serve_max_connections: int = 20
+    serve_max_auth_attempts: int = 3
+    serve_ban_after_failures: int = 10
+    serve_ban_seconds: int = 600
+    serve_idle_timeout_seconds: int = 300
+    serve_max_upload_bytes: int = 2 * 1024**3 + 1024**2
 
 
 def load(path: Path) -> Settings:

@@ -17,7 +17,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "gateway"
 #: library -> the only modules allowed to import it
 OWNERS = {
     "gnupg": {"gateway/openpgp.py"},
-    "paramiko": {"gateway/sftp.py"},
+    "paramiko": {"gateway/sftp.py", "gateway/dropserver.py"},  # client side, server side
     "watchdog": {"gateway/watch.py"},
     "sqlite_utils": {"gateway/ledger.py"},
     "sqlite3": {"gateway/ledger.py"},

@@ -123,11 +123,12 @@ def _register() -> None:
         retry_cmd,
         run_cmd,
         send_cmd,
+        serve_cmd,
         status_cmd,
     )
 
     for module in (init_cmd, keys_cmd, partner_cmd, send_cmd, run_cmd, status_cmd, ledger_cmd,
-                   retry_cmd, cancel_cmd):  # fmt: skip
+                   retry_cmd, cancel_cmd, serve_cmd):  # fmt: skip
         main.add_command(module.command)
 
 

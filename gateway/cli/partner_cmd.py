@@ -35,26 +35,32 @@ def command() -> None:
     "--push",
     "url",
     metavar="sftp://USER@HOST[:PORT]",
-    required=True,
-    help="The partner's SFTP server, which the gateway pushes to.",
+    help="Push partner: its SFTP server, which the gateway logs in to.",
 )
 @click.option(
     "--host-key",
-    required=True,
     metavar="'TYPE BASE64'",
-    help="The partner server's SSH host key, confirmed out of band.",
+    help="Push partner: its server's SSH host key, confirmed out of band.",
+)
+@click.option(
+    "--pull", is_flag=True, help="Pull partner: it logs in to this gateway's drop server."
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Pull partner: file with the SSH public key it logs in with.",
 )
 @click.option(
     "--upload-dir",
     default="upload",
     show_default=True,
-    help="Folder on the partner's server that packages are put in.",
+    help="Push partner: folder on its server that packages are put in.",
 )
 @click.option(
     "--download-dir",
     default="download",
     show_default=True,
-    help="Folder on the partner's server that receipts are fetched from.",
+    help="Push partner: folder on its server that receipts and packages are fetched from.",
 )
 @click.option(
     "--show-recipient",
@@ -63,40 +69,34 @@ def command() -> None:
 )
 @click.option("--reason", required=True, help="Why: recorded in the audit trail.")
 @with_gateway
-def add(
-    gw: Gateway,
-    partner_id: str,
-    openpgp_key: Path,
-    fingerprint: str,
-    url: str,
-    host_key: str,
-    upload_dir: str,
-    download_dir: str,
-    show_recipient: bool,
-    reason: str,
-) -> None:
-    """Register a partner, pinning its OpenPGP key and SSH host key.
+def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: str | None,
+        host_key: str | None, pull: bool, ssh_key: Path | None, upload_dir: str, download_dir: str,
+        show_recipient: bool, reason: str) -> None:  # fmt: skip
+    """Register a partner, pinning its OpenPGP key and its SSH key.
 
     The key file must hold exactly the key with FINGERPRINT, valid and not revoked.
+    A push partner needs --push and --host-key; a pull partner --pull and --ssh-key.
 
     \b
-    Example:
+    Examples:
       gateway partner add US-NCB --openpgp-key us-ncb.asc \\
         --fingerprint 0123...CDEF --push sftp://gbacro@sftp.ncb.example:22 \\
         --host-key 'ssh-ed25519 AAAAC3Nz...' --reason 'MoU 2026, key checked by phone'
+      gateway partner add AU-AFP --openpgp-key au-afp.asc --fingerprint 4567...89AB \\
+        --pull --ssh-key au-afp.pub --reason 'MoU 2026, keys checked by phone'
     """
-    partner = gw.add_push_partner(
-        partner_id,
-        openpgp_key,
-        fingerprint,
-        url,
-        host_key,
-        reason,
-        upload_dir,
-        download_dir,
-        not show_recipient,
-    )
-    click.echo(f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/")
+    if pull and not url and ssh_key and not host_key:
+        partner = gw.add_pull_partner(
+            partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient
+        )
+        click.echo(f"added {partner.id}: it logs in to the drop server as {partner.id}")
+        return
+    if not pull and url and host_key and not ssh_key:
+        partner = gw.add_push_partner(partner_id, openpgp_key, fingerprint, url, host_key, reason,
+                                      upload_dir, download_dir, not show_recipient)  # fmt: skip
+        click.echo(f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/")
+        return
+    raise click.UsageError("give either --push URL --host-key KEY, or --pull --ssh-key FILE")
 
 
 def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
@@ -119,6 +119,7 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "openpgp_expires": utc(key.expires) if key.expires else None,
         "openpgp_problem": key.problem(),
         "host_key": sshkeys.fingerprint(host_key) if host_key else None,
+        "ssh_key": sshkeys.fingerprint(partner.ssh_key) if partner.ssh_key else None,
         "added_at": partner.added_at,
         "health": "disabled" if not partner.enabled else ("failing" if problems else "ok"),
         "last_problem": problems[-1] if problems else None,
