@@ -201,7 +201,8 @@ class _Server(paramiko.ServerInterface):  # type: ignore[misc]
         self.drop = drop
         self.address = address
         self.partner: str | None = None
-        self.attempts = 0
+        self.candidate: str | None = None
+        self.keys_tried: set[bytes] = set()
         self.last_activity = time.monotonic()
 
     @property
@@ -212,8 +213,11 @@ class _Server(paramiko.ServerInterface):  # type: ignore[misc]
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        self.attempts += 1
-        if self.attempts > self.drop.limits.max_auth_attempts:
+        # paramiko asks twice per key (is it acceptable? then, signed, does it match?):
+        # count keys, not questions. Success here proves nothing until the signature is
+        # checked, so the partner is named only when it opens a channel (after login).
+        self.keys_tried.add(key.asbytes())
+        if len(self.keys_tried) > self.drop.limits.max_auth_attempts:
             log.warning(
                 "drop server: %s tried more than %d keys",
                 self.address,
@@ -222,15 +226,18 @@ class _Server(paramiko.ServerInterface):  # type: ignore[misc]
             return paramiko.AUTH_FAILED
         expected = self.drop.hooks.authorized_key(username)
         if expected is not None and hmac.compare_digest(key.asbytes(), expected):
-            self.partner = username
-            log.info("drop server: %s logged in", self.who)
+            self.candidate = username
             return paramiko.AUTH_SUCCESSFUL
         self.drop.failed_login(self.address)
         log.warning("drop server: login refused for %r from %s", username[:64], self.address)
         return paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        if kind == "session" and self.partner is not None:
+        # paramiko asks this only of an authenticated connection.
+        if kind == "session" and self.candidate is not None:
+            if self.partner is None:
+                self.partner = self.candidate
+                log.info("drop server: %s logged in", self.who)
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
@@ -243,12 +250,12 @@ class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
         self.mailbox, self.name = mailbox, name
         self.readfile = os.fdopen(fd, "rb")
         self.size = os.fstat(fd).st_size
-        self.end = 0
+        self.ranges: list[tuple[int, int]] = []  # bytes read so far, merged
 
     def read(self, offset: int, length: int) -> bytes | int:
         data = super().read(offset, length)
-        if isinstance(data, bytes):
-            self.end = max(self.end, offset + len(data)) if offset <= self.end else self.end
+        if isinstance(data, bytes) and data:
+            self.ranges = _merge([*self.ranges, (offset, offset + len(data))])
         self.mailbox.touch()
         return data
 
@@ -257,7 +264,7 @@ class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
 
     def close(self) -> None:
         super().close()
-        if self.end >= self.size and not self.mailbox.ended:
+        if self.ranges == [(0, self.size)] and not self.mailbox.ended:
             self.mailbox.read_whole.add(self.name)
             self.mailbox.hooks.downloaded(self.mailbox.partner, self.name)
 
@@ -270,11 +277,13 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         self.mailbox, self.final, self.inflight = mailbox, final, inflight
         self.writefile = os.fdopen(fd, "wb")
         self.written = 0
+        self.refused = False
 
     def write(self, offset: int, data: bytes) -> int:
         self.mailbox.touch()
         self.written = max(self.written, offset + len(data))
         if self.written > self.mailbox.limits.max_upload_bytes:
+            self.refused = True
             log.warning("drop server: %s upload over %d bytes refused", self.mailbox.partner,
                         self.mailbox.limits.max_upload_bytes)  # fmt: skip
             return SFTP_PERMISSION_DENIED
@@ -284,9 +293,11 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         return _attributes(os.fstat(self.writefile.fileno()), self.final.name)
 
     def close(self) -> None:
-        if self.mailbox.ended:  # the session was cut: this upload never completed
+        if self.mailbox.ended or self.refused:  # cut off, or too large: never a file
             self.writefile.close()
             self.inflight.unlink(missing_ok=True)
+            if self.refused:
+                raise OSError(errno.EFBIG, "upload over the size limit")
             return
         try:
             self.writefile.flush()
@@ -298,6 +309,17 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         fsync_dir(self.final.parent)
         if not is_temporary(self.final.name):
             self.mailbox.hooks.uploaded(self.mailbox.partner, self.final.name)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge overlapping or touching [start, end) ranges."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _attributes(st: os.stat_result, name: str) -> paramiko.SFTPAttributes:
