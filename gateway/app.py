@@ -173,6 +173,25 @@ class Gateway:
             (self.home.mailbox / partner_id / folder).mkdir(mode=0o700, exist_ok=True)
         return partner
 
+    def rotate_partner_key(self, partner_id: str, key_file: Path, fpr: str, reason: str) -> KeyInfo:
+        """Pin a partner's new OpenPGP key; new packages use it, the old one still verifies a while."""
+        self.ledger.partner(partner_id)
+        fpr = parse_fingerprint(fpr.replace(" ", "").upper(), "--fingerprint")
+        key = self.keyring.import_pinned(key_file, fpr)
+        self.ledger.rotate_partner_key(partner_id, key.fingerprint, reason)
+        return key
+
+    def rotate_own_key(self, reason: str) -> KeyInfo:
+        """Make a new OpenPGP key for the gateway; it signs from now on.
+
+        The old key stays in the keyring, so packages still addressed to it open.
+        """
+        fpr = self.keyring.generate(self.settings.gateway_id, self.settings.gnupg_key_days)
+        self.ledger.add_own_key(
+            fpr, {"by": "keys rotate", "reason": reason, "previous": self.own_key}
+        )
+        return self.keyring.key(fpr)
+
     def _refuse_existing(self, partner_id: str) -> None:
         if any(p.id == partner_id for p in self.ledger.partners()):
             raise PartnerError(

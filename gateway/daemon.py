@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from gateway import audit
 from gateway.app import Gateway
 from gateway.dropserver import DropServer, Limits
 from gateway.errors import HomeError
@@ -75,7 +76,7 @@ class Daemon:
         self.runner = Runner(gw)
         self.hints: queue.Queue[Hint] = queue.Queue()
         self.watcher = SpoolWatcher(gw.home.outbound, self.hints)
-        self.jobs: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue()
+        self.jobs: queue.Queue[tuple[str, Callable[[], object]] | None] = queue.Queue()
         self.busy: set[str] = set()
         self.busy_lock = threading.Lock()
         self.unsettled: dict[Path, float] = {}
@@ -102,6 +103,7 @@ class Daemon:
         for worker in self.workers:
             worker.start()
         next_scan = 0.0
+        next_checkpoint = time.monotonic() + settings.audit_checkpoint_seconds
         try:
             while not self.stop.is_set():
                 if not self.watcher.alive():
@@ -114,6 +116,9 @@ class Daemon:
                     self.scan()
                     next_scan = time.monotonic() + settings.daemon_scan_seconds
                 self.recheck_unsettled()
+                if time.monotonic() >= next_checkpoint:
+                    self._submit("audit", functools.partial(audit.checkpoint, self.gw))
+                    next_checkpoint = time.monotonic() + settings.audit_checkpoint_seconds
                 self.dispatch()
                 self.wait()
         finally:
@@ -162,7 +167,7 @@ class Daemon:
             if self._submit(f"partner:{partner.id}", job) and poll:
                 self.next_poll[partner.id] = time.monotonic() + self.gw.settings.daemon_poll_seconds
 
-    def _submit(self, key: str, job: Callable[[], None]) -> bool:
+    def _submit(self, key: str, job: Callable[[], object]) -> bool:
         """Queue `job` unless a worker already has work under `key`; say whether queued."""
         with self.busy_lock:
             if key in self.busy:
@@ -215,4 +220,6 @@ class Daemon:
             log.warning(
                 "abandoning steps in hand (%s); the next start carries on", ", ".join(abandoned)
             )
+        else:
+            audit.checkpoint(self.gw)
         log.info("daemon stopped")

@@ -65,7 +65,7 @@ class Inbound:
         try:
             if path.stat().st_size > self.max_bytes(".receipt"):
                 raise Rejected("the receipt is too large to be one")
-            signer = self.keyring.open_message(path, plain, frozenset({partner.openpgp_key}),
+            signer = self.keyring.open_message(path, plain, self._signers(partner),
                                                encrypted=False, max_output=MAX_RECEIPT_BYTES)  # fmt: skip
             receipt = parse_receipt(plain.read_bytes())
             if receipt.package_id != pid:
@@ -141,7 +141,7 @@ class Inbound:
         work.mkdir(mode=0o700)
         signer = None
         try:
-            signer = self.keyring.open_message(path, work / "envelope.tar", frozenset({partner.openpgp_key}),
+            signer = self.keyring.open_message(path, work / "envelope.tar", self._signers(partner),
                                                encrypted=True, max_output=self.max_bytes(".pgp"))  # fmt: skip
             manifest = unpack(
                 work / "envelope.tar", work / "payload", self.settings.daemon_max_package_bytes
@@ -244,6 +244,10 @@ class Inbound:
         self.keyring.seal(io.BytesIO(receipt.to_json()), tmp, own, partner.openpgp_key,
                           hide=bool(partner.hide_recipient))  # fmt: skip
         publish(tmp, out)
+
+    def _signers(self, partner: Partner) -> frozenset[str]:
+        """The partner's key, and its keys retired within the rotation overlap."""
+        return self.ledger.partner_signers(partner.id, self.settings.keys_overlap_days * 86400)
 
     def receipt_file(self, pid: str) -> Path:
         """Where our receipt for inbound package `pid` is kept."""

@@ -296,6 +296,22 @@ class Keyring:
             out.unlink(missing_ok=True)
             raise
 
+    def sign_clear(self, text: io.BytesIO, out: Path, signer: str) -> None:
+        """Clearsign `text` with `signer` into `out`, checking GnuPG said it signed with it."""
+        self._start_agent()
+        try:
+            with self._gpg.deadline("sign"):
+                result = self._gpg.sign_file(text, keyid=signer, clearsign=True, output=str(out),
+                                             extra_args=["--digest-algo", "SHA256"])  # fmt: skip
+            created = [line for line in _status(result.stderr or "") if line[0] == "SIG_CREATED"]
+            if result.returncode != 0 or len(created) != 1 or created[0][-1] != signer:
+                raise CryptoFailed(
+                    f"GnuPG did not sign with {signer} (return code {result.returncode})"
+                )
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+
     def open_message(self, source: Path, out: Path, signers: frozenset[str], *,
                      encrypted: bool, max_output: int) -> str:  # fmt: skip
         """Decrypt (where encrypted) and verify `source` into `out`; return the signer.

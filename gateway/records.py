@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,12 @@ from gateway.lifecycle import State
 def utc(ts: float) -> str:
     """A timestamp as UTC ISO 8601 with milliseconds, e.g. 2026-11-28T18:00:00.000Z."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def chain_hash(fields: Sequence[object]) -> str:
+    """SHA-256 over an event's fields, `prev_hash` last, in one canonical JSON form."""
+    canonical = json.dumps(list(fields), separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,17 +100,4 @@ class Event:
 
     def expected_hash(self) -> str:
         """The hash this event must carry, given its content and the hash before it."""
-        fields = [
-            self.id,
-            self.at,
-            self.actor,
-            self.action,
-            self.category,
-            self.partner,
-            self.package_id,
-            self.state,
-            self.detail,
-            self.prev_hash,
-        ]
-        canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return chain_hash(dataclasses.astuple(self)[:10])

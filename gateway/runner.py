@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from gateway.app import Gateway
 from gateway.delivery import Deliverer
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, KeyProblem
 from gateway.inbound import Inbound
 from gateway.intake import Intake
 from gateway.lifecycle import State
@@ -31,7 +31,7 @@ class Runner:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.intake = Intake(gw.home, gw.ledger, gw.settings)
-        self.sealer = Sealer(gw.home, gw.ledger, gw.keyring, gw.settings.gateway_id, gw.own_key)
+        self.sealer = Sealer(gw.home, gw.ledger, gw.keyring, gw.settings.gateway_id)
         self.retry = Retry(gw.ledger, gw.settings)
         self.deliverer = Deliverer(gw.home, gw.ledger, gw.settings, self.retry)
         self.inbound = Inbound(gw.home, gw.ledger, gw.keyring, gw.settings)
@@ -99,6 +99,7 @@ class Runner:
 
         A push partner is visited over SFTP; a pull partner's mailbox is local.
         """
+        packages = self.sendable(packages)
         if partner.transport == "push":
             if packages:
                 self.deliverer.deliver(partner, packages)
@@ -110,6 +111,24 @@ class Runner:
             self.mailboxes.publish(partner, packages)
             self.mailboxes.take_uploads(partner)
             self.mailboxes.publish_receipts(partner)
+
+    def sendable(self, packages: list[Package]) -> list[Package]:
+        """The packages whose recipient key is still good; the others are held, never sent."""
+        problems: dict[str, str | None] = {}
+        for fpr in {str(p.recipient_key) for p in packages}:
+            try:
+                problems[fpr] = self.gw.keyring.key(fpr).problem()
+            except KeyProblem as err:
+                problems[fpr] = str(err)
+        good = []
+        for package in packages:
+            if problem := problems[str(package.recipient_key)]:
+                self.retry.setback(package, KeyProblem(
+                    f"sealed for {package.recipient_key}, but {problem}: once the partner's key is "
+                    "renewed, `gateway retry`; if it was replaced, cancel and send the original again"))  # fmt: skip
+            else:
+                good.append(package)
+        return good
 
     def exchange_all(self) -> None:
         """Deliver to, publish for, and poll every partner once."""

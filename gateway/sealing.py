@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 
 from gateway.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
-from gateway.errors import NotFound, PartnerError
+from gateway.errors import KeyProblem, NotFound, PartnerError
 from gateway.files import fsync_dir, publish, sha256_file
 from gateway.home import Home
 from gateway.intake import PAYLOAD
@@ -42,13 +42,11 @@ def manifest_for(package: Package, sender: Party, recipient: Party) -> Manifest:
 class Sealer:
     """Seals received packages for their partner."""
 
-    def __init__(
-        self, home: Home, ledger: Ledger, keyring: Keyring, gateway_id: str, own_key: str
-    ) -> None:
+    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, gateway_id: str) -> None:
         self.home = home
         self.ledger = ledger
         self.keyring = keyring
-        self.sender = Party(gateway_id, own_key)
+        self.gateway_id = gateway_id
 
     def seal(self, package: Package) -> Package:
         """Seal one `received` package and erase its plaintext."""
@@ -57,7 +55,13 @@ class Sealer:
             raise PartnerError(
                 f"partner {partner.id} is disabled: `gateway partner enable` it, then retry"
             )
-        manifest = manifest_for(package, self.sender, Party(partner.id, partner.openpgp_key))
+        own_key = self.ledger.own_key()
+        if own_key is None:
+            raise KeyProblem(
+                "the ledger names no key of the gateway's own: restore ledger.db from backup"
+            )
+        sender = Party(self.gateway_id, own_key)
+        manifest = manifest_for(package, sender, Party(partner.id, partner.openpgp_key))
         final = self.home.sealed_file(package.package_id)
         tmp = final.with_name(f".{final.name}.tmp")
         mtime = int(self.ledger.clock())
@@ -66,7 +70,7 @@ class Sealer:
             self.keyring.seal(
                 plaintext,
                 tmp,
-                self.sender.key,
+                sender.key,
                 partner.openpgp_key,
                 hide=bool(partner.hide_recipient),
             )
@@ -77,12 +81,12 @@ class Sealer:
             State.SEALED,
             "seal",
             {
-                "sender_key": self.sender.key,
+                "sender_key": sender.key,
                 "recipient_key": partner.openpgp_key,
                 "ciphertext_sha256": digest,
                 "ciphertext_size": size,
             },
-            sender_key=self.sender.key,
+            sender_key=sender.key,
             recipient_key=partner.openpgp_key,
             ciphertext_sha256=digest,
             ciphertext_size=size,

@@ -78,6 +78,17 @@ SETTINGS: Final = (
         "",
         "Address:port of the drop server for pull partners, e.g. 0.0.0.0:2222; empty: off.",
     ),
+    Setting(
+        "audit.checkpoint_seconds",
+        3600,
+        "How often the daemon signs a checkpoint of the audit trail (also when it stops).",
+    ),
+    Setting(
+        "keys.overlap_days",
+        30,
+        "After a partner key rotation, how long the old key still verifies its receipts and packages.",
+    ),
+    Setting("keys.warn_days", 30, "Warn this many days before any key in use expires."),
     Setting("serve.max_connections", 20, "Most drop-server sessions at once; more are refused."),
     Setting("serve.max_auth_attempts", 3, "Keys one connection may try before it is refused."),
     Setting("serve.ban_after_failures", 10, "Failed logins from one address before it is banned."),
@@ -87,6 +98,7 @@ SETTINGS: Final = (
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
+_ZERO_ALLOWED: Final = {"daemon.settle_seconds", "keys.overlap_days"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +120,9 @@ class Settings:
     retry_give_up_after_seconds: int = 259200
     receipts_overdue_after_seconds: int = 86400
     serve_listen: str = ""
+    audit_checkpoint_seconds: int = 3600
+    keys_overlap_days: int = 30
+    keys_warn_days: int = 30
     serve_max_connections: int = 20
     serve_max_auth_attempts: int = 3
     serve_ban_after_failures: int = 10
@@ -147,7 +162,7 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
                 raise HomeError(
                     f"{where}: {name} must be {'a whole number' if kind == 'int' else 'a string'}"
                 )
-            if isinstance(value, int) and value < (0 if name == "daemon.settle_seconds" else 1):
+            if isinstance(value, int) and value < (0 if name in _ZERO_ALLOWED else 1):
                 raise HomeError(f"{where}: {name} must be a positive number")
             values[name.replace(".", "_")] = value
     if "gateway_id" not in values:
@@ -162,12 +177,12 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
 def render(gateway_id: str) -> str:
     """The text of a new `gateway.toml`: every setting, its default and its meaning."""
     out: list[str] = ["# Exchange gateway settings. Every setting is shown with its default.\n"]
-    section = ""
-    for s in SETTINGS:
-        head, key = s.name.split(".")
-        if head != section:
-            section = head
-            out.append(f"\n[{section}]\n")
-        value = gateway_id if s.name == "gateway.id" else s.default
-        out.append(f"# {s.doc}\n{key} = {json.dumps(value)}\n")
+    sections = dict.fromkeys(s.name.split(".")[0] for s in SETTINGS)
+    for section in sections:
+        out.append(f"\n[{section}]\n")
+        for s in SETTINGS:
+            head, key = s.name.split(".")
+            if head == section:
+                value = gateway_id if s.name == "gateway.id" else s.default
+                out.append(f"# {s.doc}\n{key} = {json.dumps(value)}\n")
     return "".join(out)

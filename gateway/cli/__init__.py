@@ -115,7 +115,9 @@ def main(ctx: click.Context, home: str | None, debug: bool, log_format: str) -> 
 
 def _register() -> None:
     from gateway.cli import (
+        audit_cmd,
         cancel_cmd,
+        doctor_cmd,
         init_cmd,
         keys_cmd,
         ledger_cmd,
@@ -128,7 +130,7 @@ def _register() -> None:
     )
 
     for module in (init_cmd, keys_cmd, partner_cmd, send_cmd, run_cmd, status_cmd, ledger_cmd,
-                   retry_cmd, cancel_cmd, serve_cmd):  # fmt: skip
+                   retry_cmd, cancel_cmd, serve_cmd, audit_cmd, doctor_cmd):  # fmt: skip
         main.add_command(module.command)
 
 

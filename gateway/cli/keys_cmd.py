@@ -73,3 +73,22 @@ def export(gw: Gateway, what: str | None) -> None:
         click.echo(gw.keyring.export_public(gw.own_key).rstrip())
     else:
         click.echo(gw.home.ssh_identity_pub.read_text().rstrip())
+
+
+@command.command("rotate")
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def rotate(gw: Gateway, reason: str) -> None:
+    """Make a new OpenPGP key for the gateway; it signs from now on.
+
+    Give partners the new key (`gateway keys export --openpgp`) and its fingerprint;
+    packages they still encrypt to the old key keep opening.
+
+    \b
+    Example:
+      gateway keys rotate --reason 'annual rotation'
+    """
+    key = gw.rotate_own_key(reason)
+    click.echo(
+        f"new OpenPGP key {key.fingerprint}: send `gateway keys export --openpgp` to every partner"
+    )

@@ -164,3 +164,63 @@ def show(gw: Gateway, partner_id: str, as_json: bool) -> None:
     """
     row = describe(gw, gw.ledger.partner(partner_id))
     emit(row, as_json, lambda: "\n".join(f"{k:<16} {v}" for k, v in row.items()))
+
+
+@command.command("rotate-key")
+@click.argument("partner_id", metavar="ID")
+@click.option(
+    "--openpgp-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File with the partner's new OpenPGP public key, and nothing else.",
+)
+@click.option(
+    "--fingerprint", required=True, help="The new key's fingerprint, confirmed out of band."
+)
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def rotate_key(
+    gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, reason: str
+) -> None:
+    """Pin a partner's new OpenPGP key.
+
+    New packages are sealed for the new key; receipts and packages signed by the old key
+    are still accepted for keys.overlap_days. Held packages go on with `gateway retry`.
+
+    \b
+    Example:
+      gateway partner rotate-key US-NCB --openpgp-key us-ncb-2027.asc \\
+        --fingerprint 89AB...CDEF --reason 'annual rotation, checked by phone'
+    """
+    key = gw.rotate_partner_key(partner_id, openpgp_key, fingerprint, reason)
+    click.echo(f"{partner_id} now uses {key.fingerprint}")
+
+
+@command.command("disable")
+@click.argument("partner_id", metavar="ID")
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def disable(gw: Gateway, partner_id: str, reason: str) -> None:
+    """Stop all traffic with a partner: its packages wait as held, its logins are refused.
+
+    \b
+    Example:
+      gateway partner disable US-NCB --reason 'partner reports a compromised server'
+    """
+    gw.ledger.set_enabled(partner_id, False, reason)
+    click.echo(f"{partner_id} disabled")
+
+
+@command.command("enable")
+@click.argument("partner_id", metavar="ID")
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def enable(gw: Gateway, partner_id: str, reason: str) -> None:
+    """Resume traffic with a partner; its held packages go on with `gateway retry`.
+
+    \b
+    Example:
+      gateway partner enable US-NCB --reason 'server rebuilt, host key unchanged'
+    """
+    gw.ledger.set_enabled(partner_id, True, reason)
+    click.echo(f"{partner_id} enabled")

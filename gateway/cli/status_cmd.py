@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from gateway import health
 from gateway.app import Gateway
 from gateway.cli import emit, json_option, with_gateway
 from gateway.records import utc
@@ -21,7 +22,6 @@ COLUMNS = {
     "acknowledged": ("acknowledged",),
     "rejected": ("rejected",),
 }
-WARN_DAYS = 30
 
 
 @click.command("status")
@@ -30,7 +30,7 @@ WARN_DAYS = 30
 def command(gw: Gateway, as_json: bool) -> None:
     """Per partner: queued, in flight, awaiting receipt, overdue, held, failed.
 
-    Also warns of keys that expire within 30 days.
+    Also warns of keys that expire within keys.warn_days, or no longer work.
 
     \b
     Example:
@@ -48,14 +48,7 @@ def command(gw: Gateway, as_json: bool) -> None:
         for column, states in COLUMNS.items():
             row[column] = sum(counts.get((ledger_id, s), 0) for s in states)
         rows.append(row)
-    warnings = []
-    keys = [("the gateway's own key", gw.own_key_info)]
-    keys += [(f"{p.id}'s key", gw.keyring.key(p.openpgp_key)) for p in gw.ledger.partners()]
-    for what, key in keys:
-        if key.problem():
-            warnings.append(f"{what} {key.fingerprint}: {key.problem()}")
-        elif key.expires and key.expires - now < WARN_DAYS * 86400:
-            warnings.append(f"{what} {key.fingerprint} expires {utc(key.expires)}: rotate it")
+    warnings = [f.what + f": {f.todo}" for f in health.keys(gw) if f.level != "ok"]
     result = {"partners": rows, "warnings": warnings}
 
     def text() -> str:

@@ -1,0 +1,67 @@
+"""`gateway audit`: check and export the audit trail."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from gateway import audit
+from gateway.app import Gateway
+from gateway.cli import fail, with_gateway
+
+
+@click.group("audit")
+def command() -> None:
+    """The tamper-evident audit trail (DPA 2018 s.62)."""
+
+
+@command.command("verify")
+@with_gateway
+def verify(gw: Gateway) -> None:
+    """Recompute the hash chain and check every signed checkpoint; exit 1 if broken.
+
+    \b
+    Example:
+      gateway audit verify
+    """
+    verdict = audit.verify(gw)
+    if verdict.problem:
+        fail(
+            f"{verdict.problem}; the trail after it cannot be trusted: restore ledger.db from backup and investigate"
+        )
+    click.echo(
+        f"audit trail intact: {verdict.events} events, {verdict.checkpoints} signed checkpoints"
+    )
+
+
+@command.command("checkpoint")
+@with_gateway
+def checkpoint(gw: Gateway) -> None:
+    """Sign the trail's newest event with the gateway's key, kept outside the ledger.
+
+    The daemon also writes one every audit.checkpoint_seconds and when it stops.
+
+    \b
+    Example:
+      gateway audit checkpoint
+    """
+    click.echo(f"checkpoint written: {audit.checkpoint(gw)}")
+
+
+@command.command("export")
+@click.option(
+    "--since",
+    metavar="TIME",
+    help="Only events at or after this UTC time, e.g. 2026-11-01T00:00:00Z.",
+)
+@with_gateway
+def export(gw: Gateway, since: str | None) -> None:
+    """Write the audit trail as JSON lines (the export itself is recorded).
+
+    \b
+    Example:
+      gateway audit export --since 2026-11-01T00:00:00Z > audit.jsonl
+    """
+    for row in audit.export(gw, since):
+        click.echo(json.dumps(row, ensure_ascii=False, sort_keys=True))
