@@ -27,7 +27,7 @@ GATEWAY_ID = "GB-ACRO"
 PARTNER_ID = "US-NCB"
 
 
-def _processes_under(path: Path) -> list[int]:
+def processes_under(path: Path) -> list[int]:
     """Processes whose command line names `path` (e.g. a gpg-agent for a test keyring)."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -71,7 +71,7 @@ def short_tmp() -> Iterator[Path]:
             check=False,
         )
     deadline = time.monotonic() + 3  # a killed agent takes a moment to exit
-    while (leaked := _processes_under(path)) and time.monotonic() < deadline:
+    while (leaked := processes_under(path)) and time.monotonic() < deadline:
         time.sleep(0.05)
     described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                  for pid in leaked if Path(f"/proc/{pid}").exists()]  # fmt: skip

@@ -117,6 +117,7 @@ def _register() -> None:
     from gateway.cli import (
         audit_cmd,
         cancel_cmd,
+        demo_cmd,
         doctor_cmd,
         init_cmd,
         keys_cmd,
@@ -130,7 +131,7 @@ def _register() -> None:
     )
 
     for module in (init_cmd, keys_cmd, partner_cmd, send_cmd, run_cmd, status_cmd, ledger_cmd,
-                   retry_cmd, cancel_cmd, serve_cmd, audit_cmd, doctor_cmd):  # fmt: skip
+                   retry_cmd, cancel_cmd, serve_cmd, audit_cmd, doctor_cmd, demo_cmd):  # fmt: skip
         main.add_command(module.command)
 
 
