@@ -38,6 +38,7 @@ _SEAL_ARGS: Final = [
 _AES256: Final = "9"
 _SHA256_OR_BETTER: Final = {"8", "9", "10"}
 _AGENT_CONF: Final = "default-cache-ttl 0\nmax-cache-ttl 0\n"
+LISTING_SECONDS: Final = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +154,8 @@ class Keyring:
         self._gpg.buffer_size = 1024 * 1024
         self._agent_lock = threading.Lock()
         self._agent_started = False
+        self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._listing_lock = threading.Lock()
 
     def _start_agent(self) -> None:
         """Start gpg-agent once, before any signing: gpg runs racing to start it fail."""
@@ -233,6 +236,8 @@ class Keyring:
             raise KeyProblem(f"{fingerprint}: {problem}; ask the partner for a current key")
         with self._gpg.deadline("import a key"):
             result = self._gpg.import_keys_file(str(key_file))
+        with self._listing_lock:
+            self._listings.clear()
         if sorted(set(result.fingerprints)) != [fingerprint] or result.returncode != 0:
             raise KeyProblem(
                 f"GnuPG did not import {fingerprint} from {key_file}; nothing was pinned"
@@ -240,13 +245,23 @@ class Keyring:
         return self.key(fingerprint)
 
     def key(self, fingerprint: str) -> KeyInfo:
-        """The key with this primary fingerprint in the keyring."""
-        with self._gpg.deadline("list keys"):
-            found = [
-                k
-                for k in self._gpg.list_keys(keys=[fingerprint])
-                if k["fingerprint"] == fingerprint
-            ]
+        """The key with this primary fingerprint in the keyring, its validity as of now.
+
+        A key's listing is kept for a few seconds (every seal checks two keys; a gpg
+        run costs about 10 ms here); expiry is still judged against the current time,
+        and anything that changes the keyring forgets what was kept.
+        """
+        with self._listing_lock:
+            fetched, found = self._listings.get(fingerprint, (0.0, []))
+        if time.monotonic() - fetched > LISTING_SECONDS:
+            with self._gpg.deadline("list keys"):
+                found = [
+                    k
+                    for k in self._gpg.list_keys(keys=[fingerprint])
+                    if k["fingerprint"] == fingerprint
+                ]
+            with self._listing_lock:
+                self._listings[fingerprint] = (time.monotonic(), found)
         if len(found) != 1:
             raise KeyProblem(
                 f"key {fingerprint} is not in the keyring {self.home}: restore keys/ from backup "
