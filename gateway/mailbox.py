@@ -116,14 +116,17 @@ class Mailboxes:
                              "sha256": sha256_file(final)}, receipt_state="sent")  # fmt: skip
 
     def take_uploads(self, partner: Partner) -> None:
-        """Handle every complete file the partner uploaded, like a fetched one."""
+        """Handle every complete file the partner uploaded, like a fetched one.
+
+        Each is first moved to `spool/incoming/<PARTNER>/`; whatever waits there (a run
+        that trouble or a crash cut short) is handled again until its outcome is recorded.
+        """
         upload = self.folder(partner.id) / "upload"
         incoming = self.home.incoming / partner.id
         incoming.mkdir(mode=0o700, exist_ok=True)
         for name in sorted(os.listdir(upload)):
-            match = WIRE_NAME.fullmatch(name)
-            if is_temporary(name) or match is None or not (upload / name).is_file():
-                continue
-            local = incoming / name
-            os.replace(upload / name, local)
-            self.inbound.handle(partner, local, match["pid"], match["suffix"])
+            if WIRE_NAME.fullmatch(name) and not is_temporary(name) and (upload / name).is_file():
+                os.replace(upload / name, incoming / name)
+        for name in sorted(os.listdir(incoming)):
+            if match := WIRE_NAME.fullmatch(name):
+                self.inbound.handle(partner, incoming / name, match["pid"], match["suffix"])

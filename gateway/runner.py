@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from gateway.app import Gateway
 from gateway.delivery import Deliverer
-from gateway.errors import GatewayError, KeyProblem
+from gateway.errors import GatewayError, KeyProblem, PartnerError
 from gateway.inbound import Inbound
 from gateway.intake import Intake
 from gateway.lifecycle import State
@@ -107,10 +107,12 @@ class Runner:
                 self.poller.poll(partner)
             return
         self.mailboxes.apply_events()
-        if partner.enabled:
-            self.mailboxes.publish(partner, packages)
-            self.mailboxes.take_uploads(partner)
-            self.mailboxes.publish_receipts(partner)
+        if not partner.enabled:
+            self.retry.setback_all(packages, PartnerError(f"partner {partner.id} is disabled"))
+            return
+        self.mailboxes.publish(partner, packages)
+        self.mailboxes.take_uploads(partner)
+        self.mailboxes.publish_receipts(partner)
 
     def sendable(self, packages: list[Package]) -> list[Package]:
         """The packages whose recipient key is still good; the others are held, never sent."""
