@@ -25,12 +25,14 @@ def retry(gw: Gateway, package_id: str, reason: str) -> Package:
         sealed = package.ciphertext_sha256 is not None and gw.home.sealed_file(package_id).exists()
         target = State.SEALED if sealed else State.RECEIVED
         return gw.ledger.transition(
-            package_id, target, "retry", detail, failures=0, next_attempt_at=None, last_error=None
-        )
+            package_id, target, "retry", detail, failures=0, next_attempt_at=None, last_error=None,
+            retry_from=gw.ledger.clock(),
+        )  # fmt: skip
     if package.state in (State.RECEIVED, State.SEALED):
         return gw.ledger.note(
-            package_id, "retry", detail, failures=0, next_attempt_at=None, last_error=None
-        )
+            package_id, "retry", detail, failures=0, next_attempt_at=None, last_error=None,
+            retry_from=gw.ledger.clock(),
+        )  # fmt: skip
     raise IllegalTransition(f"{package_id} is {package.state}: there is nothing to retry")
 
 
@@ -52,6 +54,7 @@ def cancel(gw: Gateway, package_id: str, reason: str) -> Package:
     leftovers = {
         "plaintext payload": gw.home.work / package_id,
         "sealed package": gw.home.sealed_file(package_id),
+        "published copy": gw.home.mailbox / str(package.partner) / "download" / f"{package_id}.pgp",
     }
     for what, path in leftovers.items():
         if path.exists():
@@ -60,6 +63,7 @@ def cancel(gw: Gateway, package_id: str, reason: str) -> Package:
             gw.ledger.record(
                 "erase",
                 package_id=package_id,
+                partner=package.partner,
                 category="erasure",
                 detail={"what": what, "reason": "cancelled"},
             )

@@ -6,8 +6,8 @@ is closed with it (the ledger connection, the keyring's gpg-agent).
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import re
 import time
 from collections.abc import Callable
@@ -31,11 +31,16 @@ _SFTP_URL = re.compile(
 
 
 def actor() -> str:
-    """Who is acting: the OS user running the command."""
+    """Who is acting: the OS account running the command, and who used sudo to run it.
+
+    From the process's real user id, not $USER or $LOGNAME, which anyone can set.
+    """
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid:{os.getuid()}"
+    through = os.environ.get("SUDO_USER")
+    return f"{name} (sudo by {through})" if through and through != name else name
 
 
 class Gateway:
@@ -191,6 +196,28 @@ class Gateway:
             fpr, {"by": "keys rotate", "reason": reason, "previous": self.own_key}
         )
         return self.keyring.key(fpr)
+
+    def set_host_key(self, partner_id: str, host_key: str, reason: str) -> str:
+        """Pin a push partner's new SSH host key (confirmed out of band); return its fingerprint."""
+        partner = self.ledger.partner(partner_id)
+        if partner.transport != "push" or not partner.host or not partner.port:
+            raise PartnerError(f"{partner_id} is not a push partner: it has no server to pin")
+        key_type, blob = sshkeys.parse_public(host_key, "--host-key")
+        name = sshkeys.known_hosts_name(partner.host, partner.port)
+        old = self.host_key_of(partner)
+        kept = [
+            line
+            for line in self.home.known_hosts.read_text().splitlines()
+            if line.split()[:1] != [name]
+        ]
+        write_atomic(
+            self.home.known_hosts,
+            "".join(f"{line}\n" for line in [*kept, f"{name} {key_type} {blob}"]).encode(),
+        )
+        new = sshkeys.fingerprint(f"{key_type} {blob}")
+        self.ledger.record("partner.host-key", partner=partner_id, detail={
+            "reason": reason, "old": sshkeys.fingerprint(old) if old else None, "new": new})  # fmt: skip
+        return new
 
     def _refuse_existing(self, partner_id: str) -> None:
         if any(p.id == partner_id for p in self.ledger.partners()):

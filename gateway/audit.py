@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
 from gateway.app import Gateway
-from gateway.errors import Rejected
+from gateway.errors import Rejected, UsageError
 from gateway.files import publish
 from gateway.records import Event, utc
 
@@ -88,8 +89,16 @@ def verify(gw: Gateway) -> Verdict:
 
 
 def export(gw: Gateway, since: str | None) -> list[dict[str, object]]:
-    """The events at or after `since` (UTC ISO time), as plain values; the read is logged."""
-    rows = [dataclasses.asdict(e) for e in gw.ledger.events() if since is None or e.at >= since]
+    """The events at or after `since` (ISO 8601 time), as plain values; the read is logged."""
+    start = None
+    if since is not None:
+        try:
+            start = utc(datetime.fromisoformat(since).timestamp())
+        except ValueError:
+            raise UsageError(
+                f"--since {since!r} is not a time: write it as 2026-11-01T00:00:00Z"
+            ) from None
+    rows = [dataclasses.asdict(e) for e in gw.ledger.events() if start is None or e.at >= start]
     for row in rows:
         row["detail"] = json.loads(str(row["detail"])) if row["detail"] else None
     gw.ledger.record(

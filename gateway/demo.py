@@ -21,7 +21,7 @@ from gateway.app import Gateway
 from gateway.daemon import drop_server
 from gateway.errors import GatewayError
 from gateway.home import Home
-from gateway.intake import Intake
+from gateway.intake import Intake, Labels
 from gateway.lifecycle import FINAL, State
 from gateway.records import Package
 from gateway.runner import Runner
@@ -103,7 +103,9 @@ def _send(
     path.write_text(text)
     return (
         Intake(gw.home, gw.ledger, gw.settings)
-        .copy_in(path, to, kind, reference, "demo", "OFFICIAL")
+        .copy_in(
+            path, to, kind, Labels(legal_basis="demo", marking="OFFICIAL", in_reply_to=reference)
+        )
         .package_id
     )
 

@@ -131,27 +131,25 @@ class DropServer:
                 )
                 conn.close()
                 continue
-            self._open(conn, address)
+            transport = paramiko.Transport(conn)
+            with self._lock:
+                self._transports.add(transport)
+            # The handshake runs on the session's own thread: a client that connects and
+            # stays silent must not keep the next one waiting.
+            threading.Thread(target=self._session, args=(transport, address), name="drop-session",
+                             daemon=True).start()  # fmt: skip
 
-    def _open(self, conn: socket.socket, address: str) -> None:
-        transport = paramiko.Transport(conn)
+    def _session(self, transport: paramiko.Transport, address: str) -> None:
+        """Hand-shake, then close the session once idle for longer than the limit."""
         transport.add_server_key(self.host_key)
-        server = _Server(self, address)
         transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _Mailbox)
-        with self._lock:
-            self._transports.add(transport)
+        server = _Server(self, address)
         try:
             transport.start_server(server=server)
         except (paramiko.SSHException, OSError, EOFError) as err:
             log.info("drop server: handshake with %s failed (%s)", address, err)
             self._forget(transport)
             return
-        threading.Thread(
-            target=self._watch, args=(transport, server), name="drop-idle", daemon=True
-        ).start()
-
-    def _watch(self, transport: paramiko.Transport, server: _Server) -> None:
-        """Close a session idle for longer than the limit; forget it when it ends."""
         while transport.is_active() and not self._stop.is_set():
             if time.monotonic() - server.last_activity > self.limits.idle_seconds:
                 log.info(

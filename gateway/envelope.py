@@ -166,7 +166,10 @@ def tar_chunks(manifest: Manifest, payload: IO[bytes], mtime: int) -> Iterator[b
             break
         yield chunk
     if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
-        raise UsageError("the payload changed while it was being sealed; it will be sealed again")
+        raise UsageError(
+            "the payload changed while it was being sealed, in the gateway's own spool: "
+            "check the host's disk and who can write to spool/work, then `gateway retry`"
+        )
     yield _padding(size) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 

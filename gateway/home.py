@@ -7,7 +7,7 @@ spool/outbound/<PARTNER>/<kind>/   the upstream system drops packages here
 spool/inbound/<PARTNER>/<package_id>/
 spool/quarantine/
 spool/work/<package_id>/           taken-in plaintext, until it is sealed (gateway's own)
-spool/sealed/<package_id>.pgp      sealed packages, until acknowledged (gateway's own)
+spool/sealed/<package_id>.pgp      sealed packages, until a receipt comes (gateway's own)
 spool/mailbox/<PARTNER>/{download,upload}/
 spool/incoming/<PARTNER>/          files fetched from a partner, until handled (gateway's own)
 spool/receipts/{in,out}/           signed receipts received and sent: the evidence (gateway's own)

@@ -105,6 +105,11 @@ class Inbound:
                   "received_at": receipt.received_at, "ciphertext_sha256": receipt.ciphertext_sha256}  # fmt: skip
         self.ledger.transition(package.package_id, new, "receipt", detail,
                                last_error=f"refused by {partner.id}: {receipt.reason}" if receipt.reason else None)  # fmt: skip
+        # The partner's signed receipt and the ledger's hash are the evidence now; the
+        # ciphertext itself is no longer needed here, nor in a pull partner's mailbox.
+        published = self.home.mailbox / partner.id / "download" / f"{package.package_id}.pgp"
+        for path in (self.home.sealed_file(package.package_id), published):
+            path.unlink(missing_ok=True)
 
     def _refuse_receipt(self, partner: Partner, path: Path, pid: str, reason: str) -> None:
         entry = new_package_id(self.us)

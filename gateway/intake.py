@@ -10,6 +10,7 @@ entry; a link is moved, never followed, and its target never read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,13 +25,30 @@ from gateway.home import Home
 from gateway.ledger import Ledger
 from gateway.lifecycle import State
 from gateway.names import kind as parse_kind
-from gateway.names import new_package_id, payload_name
+from gateway.names import new_package_id, package_id, payload_name
 from gateway.records import Package, utc
 from gateway.settings import Settings
 
 PAYLOAD: Final = "payload"
 ORIGIN: Final = "origin.json"
 CHUNK: Final = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """What a sender may say of a package besides the file; all of it goes in the signed manifest."""
+
+    reference: str | None = None
+    legal_basis: str | None = None
+    marking: str | None = None
+    in_reply_to: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.in_reply_to is not None:
+            package_id(self.in_reply_to)
+        for value in (self.reference, self.legal_basis, self.marking):
+            if value is not None and not 0 < len(value) <= 1024:
+                raise UsageError("--ref, --legal-basis and --marking take 1 to 1024 characters")
 
 
 class Intake:
@@ -46,9 +64,7 @@ class Intake:
         source: Path,
         partner: str,
         kind: str,
-        reference: str | None = None,
-        legal_basis: str | None = None,
-        marking: str | None = None,
+        labels: Labels | None = None,
     ) -> Package:
         """Take a copy of `source` (`gateway send`); the original is left alone."""
         name = payload_name(source.name)
@@ -70,7 +86,7 @@ class Intake:
             with os.fdopen(fd, "rb") as src, (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
             publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
-            return self._admit(pid, partner, kind, name, reference, legal_basis, marking)
+            return self._admit(pid, partner, kind, name, labels or Labels())
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -102,6 +118,9 @@ class Intake:
         """Finish what a crash interrupted: work folders with no ledger entry."""
         done = []
         for folder in sorted(self.home.work.iterdir()):
+            if folder.name.startswith("."):  # a temporary file of a run that was cut short
+                shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+                continue
             try:
                 self.ledger.package(folder.name)
                 continue
@@ -118,9 +137,7 @@ class Intake:
         folder = self.home.work / pid
         origin = json.loads((folder / ORIGIN).read_text())
         try:
-            return self._admit(
-                pid, origin["partner"], origin["kind"], origin["name"], None, None, None
-            )
+            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], Labels())
         except UsageError as problem:
             package = self.quarantine(
                 folder / PAYLOAD,
@@ -139,9 +156,7 @@ class Intake:
         partner: str,
         kind: str,
         name: str,
-        reference: str | None,
-        legal_basis: str | None,
-        marking: str | None,
+        labels: Labels,
     ) -> Package:
         """Hash a payload already in the work folder and record it `received`."""
         path = self.home.work / pid / PAYLOAD
@@ -170,9 +185,7 @@ class Intake:
             payload_name=name,
             payload_size=size,
             payload_sha256=digest.hexdigest(),
-            reference=reference,
-            legal_basis=legal_basis,
-            marking=marking,
+            **dataclasses.asdict(labels),
         )
         return self.ledger.insert(
             package, "intake", {"name": name, "size": size, "sha256": package.payload_sha256}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -86,6 +87,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             "updated_at": str,
             "delivered_at": str,
             "receipt_state": str,
+            "retry_from": float,
             "failures": int,
             "next_attempt_at": float,
             "last_error": str,
@@ -131,6 +133,8 @@ class Ledger:
     """
 
     def __init__(self, path: Path, actor: str, clock: Callable[[], float] = time.time) -> None:
+        if not path.exists():  # it names partners and packages: owner only, whatever the umask
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.path = path
         self.actor = actor
         self.clock = clock

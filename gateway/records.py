@@ -64,7 +64,10 @@ class Package:
     ciphertext_sha256: str | None = None
     ciphertext_size: int | None = None
     delivered_at: str | None = None
-    receipt_state: str | None = None  # inbound: "due" until our receipt is uploaded, then "sent"
+    receipt_state: str | None = None
+    retry_from: float | None = (
+        None  # when the give-up clock started: intake, or an operator's retry  # inbound: "due" until our receipt is uploaded, then "sent"
+    )
     failures: int = 0  # failed attempts so far
     next_attempt_at: float | None = None
     last_error: str | None = None

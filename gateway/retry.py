@@ -48,7 +48,8 @@ class Retry:
     def setback(self, package: Package, err: GatewayError) -> None:
         """Schedule a retry after transient trouble, fail it past the deadline, or hold it."""
         now = self.ledger.clock()
-        age = now - datetime.fromisoformat(package.created_at).timestamp()
+        started = package.retry_from or datetime.fromisoformat(package.created_at).timestamp()
+        age = now - started
         if not isinstance(err, Transient):
             self.ledger.transition(
                 package.package_id,

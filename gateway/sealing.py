@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 
 from gateway.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
-from gateway.errors import KeyProblem, NotFound, PartnerError
+from gateway.errors import KeyProblem, NotFound, PartnerError, UsageError
 from gateway.files import fsync_dir, publish, sha256_file
 from gateway.home import Home
 from gateway.intake import PAYLOAD
@@ -91,10 +91,10 @@ class Sealer:
             ciphertext_sha256=digest,
             ciphertext_size=size,
         )
-        self.erase_plaintext(package.package_id)
+        self.erase_plaintext(package.package_id, package.partner)
         return sealed
 
-    def erase_plaintext(self, package_id: str) -> None:
+    def erase_plaintext(self, package_id: str, partner: str | None) -> None:
         """Remove a sealed package's plaintext from the spool, and say so in the trail."""
         folder = self.home.work / package_id
         if folder.exists():
@@ -103,6 +103,7 @@ class Sealer:
             self.ledger.record(
                 "erase",
                 package_id=package_id,
+                partner=partner,
                 category="erasure",
                 detail={"what": "plaintext payload, after sealing"},
             )
@@ -113,8 +114,12 @@ class Sealer:
             tmp.unlink()
         for folder in self.home.work.iterdir():
             try:
-                state = self.ledger.package(folder.name).state
-            except NotFound:  # not in the ledger yet: Intake.recover's business
+                package = self.ledger.package(folder.name)
+            except (NotFound, UsageError):  # not in the ledger yet: Intake.recover's business
                 continue
-            if state not in (State.RECEIVED, State.HELD, State.FAILED):
-                self.erase_plaintext(folder.name)
+            if package.direction == "out" and package.state not in (
+                State.RECEIVED,
+                State.HELD,
+                State.FAILED,
+            ):
+                self.erase_plaintext(package.package_id, package.partner)

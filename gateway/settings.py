@@ -50,7 +50,11 @@ SETTINGS: Final = (
         600,
         "Deadline for one GnuPG run; a run past it is killed and retried later.",
     ),
-    Setting("gnupg.key_days", 730, "Validity of the OpenPGP key that `init` creates, in days."),
+    Setting(
+        "gnupg.key_days",
+        730,
+        "Validity of the OpenPGP keys that `init` and `keys rotate` create, in days.",
+    ),
     Setting(
         "sftp.connect_timeout_seconds",
         15,

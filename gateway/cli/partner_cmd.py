@@ -224,3 +224,26 @@ def enable(gw: Gateway, partner_id: str, reason: str) -> None:
     """
     gw.ledger.set_enabled(partner_id, True, reason)
     click.echo(f"{partner_id} enabled")
+
+
+@command.command("set-host-key")
+@click.argument("partner_id", metavar="ID")
+@click.option(
+    "--host-key",
+    required=True,
+    metavar="'TYPE BASE64'",
+    help="The server's new SSH host key, confirmed with the partner out of band.",
+)
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def set_host_key(gw: Gateway, partner_id: str, host_key: str, reason: str) -> None:
+    """Pin a push partner's new SSH host key, after its server was rebuilt.
+
+    Packages held for a host key mismatch go on with `gateway retry`.
+
+    \b
+    Example:
+      gateway partner set-host-key US-NCB --host-key 'ssh-ed25519 AAAAC3Nz...' \\
+        --reason 'server rebuilt; new key read to us by phone, ticket 4711'
+    """
+    click.echo(f"{partner_id}: host key {gw.set_host_key(partner_id, host_key, reason)} pinned")

@@ -8,7 +8,7 @@ import click
 
 from gateway.app import Gateway
 from gateway.cli import with_gateway
-from gateway.intake import Intake
+from gateway.intake import Intake, Labels
 from gateway.names import KINDS
 
 
@@ -19,6 +19,9 @@ from gateway.names import KINDS
 @click.option("--ref", "reference", help="Upstream case reference (goes in the signed manifest).")
 @click.option("--legal-basis", help="Legal basis of the transfer, e.g. CoE-1959-Art22.")
 @click.option("--marking", help="Protective marking, e.g. OFFICIAL-SENSITIVE.")
+@click.option(
+    "--in-reply-to", metavar="PACKAGE_ID", help="The package this answers (e.g. a request)."
+)
 @with_gateway
 def command(
     gw: Gateway,
@@ -28,6 +31,7 @@ def command(
     reference: str | None,
     legal_basis: str | None,
     marking: str | None,
+    in_reply_to: str | None,
 ) -> None:
     """Queue FILE for a partner and print its package id.
 
@@ -39,6 +43,6 @@ def command(
       gateway send notice.xml --to US-NCB --kind conviction --ref CASE-123
     """
     package = Intake(gw.home, gw.ledger, gw.settings).copy_in(
-        file, partner, kind, reference, legal_basis, marking
+        file, partner, kind, Labels(reference, legal_basis, marking, in_reply_to)
     )
     click.echo(package.package_id)

@@ -20,6 +20,7 @@ COLUMNS = {
     "held": ("held",),
     "failed": ("failed",),
     "acknowledged": ("acknowledged",),
+    "refused": ("refused",),
     "rejected": ("rejected",),
 }
 
