@@ -92,8 +92,8 @@ class Daemon:
             for n in range(gw.settings.daemon_workers)
         ]
 
-    def run(self) -> None:
-        """Serve until stopped; then let the steps in hand finish or abandon them safely."""
+    def run(self) -> bool:
+        """Serve until stopped; let the steps in hand finish, or say they were abandoned."""
         settings = self.gw.settings
         log.info("daemon started: %s, %d workers", self.gw.home.root, len(self.workers))
         self.runner.recover()
@@ -122,7 +122,8 @@ class Daemon:
                 self.dispatch()
                 self.wait()
         finally:
-            self.shutdown()
+            finished = self.shutdown()
+        return finished
 
     def scan(self) -> None:
         """Look at everything in the outbound spool (events may have been missed)."""
@@ -204,11 +205,14 @@ class Daemon:
             except queue.Empty:
                 return
 
-    def shutdown(self) -> None:
-        """Stop watching, let workers finish their step for a few seconds, then leave."""
+    def shutdown(self) -> bool:
+        """Stop watching, let workers finish their step for a few seconds; say if all did."""
         self.watcher.stop()
         if self.drop_server is not None:
             self.drop_server.stop()
+        with contextlib.suppress(queue.Empty):  # steps not yet started stay due in the ledger
+            while True:
+                self.jobs.get_nowait()
         for _ in self.workers:
             self.jobs.put(None)
         deadline = time.monotonic() + SHUTDOWN_SECONDS
@@ -223,3 +227,4 @@ class Daemon:
         else:
             audit.checkpoint(self.gw)
         log.info("daemon stopped")
+        return not abandoned

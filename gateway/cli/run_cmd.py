@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -39,6 +40,12 @@ def command(state: State, once: bool) -> None:
 
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, on_signal)
-            Daemon(gw, stop).run()
+            if not Daemon(gw, stop).run():
+                # A worker is still in a step: end the process now rather than close the
+                # ledger under it. Safe: each step is checkpointed and idempotent, and the
+                # next start finishes it; the OS releases the work lock.
+                gw.keyring.close()
+                gw.keyring.stop_agent()
+                os._exit(0)
         finally:
             gw.keyring.stop_agent()  # ours to stop: we hold the work lock
