@@ -23,7 +23,7 @@ from pathlib import Path
 from gateway import audit
 from gateway.app import Gateway
 from gateway.dropserver import DropServer, Limits
-from gateway.errors import HomeError
+from gateway.errors import GatewayError, HomeError
 from gateway.lifecycle import State
 from gateway.mailbox import Mailboxes
 from gateway.runner import Runner
@@ -106,21 +106,28 @@ class Daemon:
         next_checkpoint = time.monotonic() + settings.audit_checkpoint_seconds
         try:
             while not self.stop.is_set():
-                if not self.watcher.alive():
-                    log.warning(
-                        "the spool watcher stopped; restarting it, and scanning to cover the gap"
+                try:
+                    if not self.watcher.alive():
+                        log.warning(
+                            "the spool watcher stopped; restarting it, and scanning to cover the gap"
+                        )
+                        self.watcher.start()
+                        next_scan = 0.0
+                    if time.monotonic() >= next_scan:
+                        self.scan()
+                        next_scan = time.monotonic() + settings.daemon_scan_seconds
+                    self.recheck_unsettled()
+                    if time.monotonic() >= next_checkpoint:
+                        self._submit("audit", functools.partial(audit.checkpoint, self.gw))
+                        next_checkpoint = time.monotonic() + settings.audit_checkpoint_seconds
+                    self.dispatch()
+                    self.wait()
+                except Exception as err:  # a full disk, a locked ledger: the service keeps going
+                    log.error(
+                        "%s; trying again in a second",
+                        err if isinstance(err, GatewayError) else repr(err),
                     )
-                    self.watcher.start()
-                    next_scan = 0.0
-                if time.monotonic() >= next_scan:
-                    self.scan()
-                    next_scan = time.monotonic() + settings.daemon_scan_seconds
-                self.recheck_unsettled()
-                if time.monotonic() >= next_checkpoint:
-                    self._submit("audit", functools.partial(audit.checkpoint, self.gw))
-                    next_checkpoint = time.monotonic() + settings.audit_checkpoint_seconds
-                self.dispatch()
-                self.wait()
+                    self.stop.wait(1.0)
         finally:
             finished = self.shutdown()
         return finished
@@ -137,8 +144,7 @@ class Daemon:
             self.unsettled[entry.path] = time.monotonic() + settle
             return
         self.unsettled.pop(entry.path, None)
-        with contextlib.suppress(FileNotFoundError):  # taken back, or taken already
-            self.runner.take(entry)
+        self.runner.take(entry)
 
     def recheck_unsettled(self) -> None:
         """Look again at files that were still changing."""
@@ -225,6 +231,9 @@ class Daemon:
                 "abandoning steps in hand (%s); the next start carries on", ", ".join(abandoned)
             )
         else:
-            audit.checkpoint(self.gw)
+            try:
+                audit.checkpoint(self.gw)
+            except (GatewayError, OSError) as err:
+                log.warning("no audit checkpoint at shutdown: %s", err)
         log.info("daemon stopped")
         return not abandoned

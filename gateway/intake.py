@@ -102,13 +102,12 @@ class Intake:
             return self.quarantine(path, pid, partner, kind, str(problem))
         folder = self.home.work / pid
         folder.mkdir(mode=0o700)
-        write_atomic(
-            folder / ORIGIN, json.dumps({"partner": partner, "kind": kind, "name": name}).encode()
-        )
         try:
+            origin = {"partner": partner, "kind": kind, "name": name}
+            write_atomic(folder / ORIGIN, json.dumps(origin).encode())
             os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
-        except FileNotFoundError:
-            shutil.rmtree(folder)  # the producer took it back; nothing was taken
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing was taken: the file stays put
             raise
         fsync_dir(folder)
         fsync_dir(path.parent)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import IO, Any, Final
 
 import gnupg
 
-from gateway.errors import CryptoFailed, KeyProblem, Rejected, Timeout
+from gateway.errors import CryptoFailed, KeyProblem, Rejected, Timeout, Transient
 
 # Options on every run: no network look-ups, no chatter that could hide status lines.
 _OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting"]
@@ -128,6 +129,12 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
         self._local.runs = []
         try:
             yield
+        except OSError as err:
+            # gpg died while python-gnupg still fed it (BrokenPipeError): killed by its
+            # deadline (below), or it failed on its own, e.g. the disk filled up.
+            failed: OSError | None = err
+        else:
+            failed = None
         finally:
             runs, self._local.runs = self._local.runs, []
             for process, timer in runs:
@@ -142,6 +149,11 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
                 f"GnuPG took longer than {self.timeout:.0f} s to {what} and was stopped; "
                 "it will be tried again (raise gnupg.timeout_seconds for very large files)"
             )
+        if failed is not None:
+            raise Transient(
+                f"GnuPG stopped before it could {what} ({failed.strerror or failed}): "
+                "is the spool's disk full? It will be tried again"
+            ) from None
 
 
 class Keyring:
@@ -307,6 +319,13 @@ class Keyring:
                     extra_args=args,
                 )
             _check_sealed(result, signer, recipient)
+        except Transient:
+            out.unlink(missing_ok=True)
+            if shutil.disk_usage(out.parent).free < 1024**2:
+                raise Transient(
+                    "no space left on the spool's disk: the package waits; free some space"
+                ) from None
+            raise
         except BaseException:
             out.unlink(missing_ok=True)
             raise
@@ -363,6 +382,10 @@ _BAD_SIGNATURES: Final = {
 
 
 def _check_opened(result: Any, signers: frozenset[str], encrypted: bool) -> str:
+    if "exceeded --max-output limit" in (result.stderr or ""):
+        raise Rejected(
+            "it unpacks to more than the size limit (daemon.max_package_bytes): a compression bomb?"
+        )
     lines = _status(result.stderr or "")
     keywords = {line[0] for line in lines if line}
     valid = [line for line in lines if line[0] == "VALIDSIG"]
@@ -394,6 +417,11 @@ def _status(stderr: str) -> list[list[str]]:
 def _check_sealed(result: Any, signer: str, recipient: str) -> None:
     lines = _status(result.stderr or "")
     keywords = {line[0] for line in lines if line}
+    if "No space left on device" in (result.stderr or ""):
+        raise Transient(
+            "no space left on the spool's disk: GnuPG could not write the sealed package; "
+            "it will be tried again"
+        )
     if "INV_RECP" in keywords or "KEY_CONSIDERED" not in keywords:
         raise KeyProblem(
             f"GnuPG will not encrypt to {recipient}: the partner's key may have expired"

@@ -6,7 +6,7 @@ where the last one stopped.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from collections import defaultdict
 
@@ -23,6 +23,8 @@ from gateway.records import Package, Partner
 from gateway.retry import Retry
 from gateway.sealing import Sealer
 from gateway.spool import Entry, entries
+
+log = logging.getLogger("gateway")
 
 
 class Runner:
@@ -60,12 +62,21 @@ class Runner:
             if entry.regular and not entry.settled(now, self.gw.settings.daemon_settle_seconds):
                 unsettled += 1
                 continue
-            with contextlib.suppress(FileNotFoundError):  # its producer took it back
-                self.take(entry)
+            self.take(entry)
         return unsettled
 
-    def take(self, entry: Entry) -> Package:
-        """Take one spool entry in, or quarantine it."""
+    def take(self, entry: Entry) -> Package | None:
+        """Take one spool entry in, or quarantine it; if the host cannot now, leave it be."""
+        try:
+            return self._take(entry)
+        except FileNotFoundError:
+            return None  # its producer took it back
+        except OSError as err:  # disk full, say: the file stays where it is, for the next pass
+            log.warning("intake paused: cannot take %s in (%s); it stays where it is", entry.path.name,
+                        err.strerror or err)  # fmt: skip
+            return None
+
+    def _take(self, entry: Entry) -> Package:
         if entry.partner is None or entry.kind is None:
             reason = "found outside spool/outbound/<PARTNER>/<kind>/: drop files in a kind folder"
         elif not entry.regular:

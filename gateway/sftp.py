@@ -17,12 +17,24 @@ from types import TracebackType
 from typing import Final
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_OPENDIR, CMD_READDIR
 
 from gateway.errors import HostKeyMismatch, RemoteConflict, TransferFailed
 from gateway.files import publish
 from gateway.sshkeys import known_hosts_name
 
 CHUNK: Final = 1024 * 1024
+# Bytes per SFTP write request. paramiko sends 32 KiB, which every server takes; a 32 KiB
+# write plus its SFTP header does not fit a 32 KiB SSH channel packet, so each write goes
+# as two packets, and paramiko's cost is per packet (lock hand-offs, send, HMAC). OpenSSH
+# says in its `limits@openssh.com` reply that it takes 261120-byte writes; with those,
+# 512 MiB to OpenSSH on loopback on the 2-core test machine went from 62 to 122 MiB/s
+# (0.35 -> 0.68 of OpenSSH's own sftp; research/measured-limits.md section a), and
+# docs/performance.md has the gateway's own put_atomic figures. Larger writes are not
+# asked for even if a server allows them: nothing faster was measured, and a server
+# that is not known gets 32 KiB.
+FALLBACK_WRITE_BYTES: Final = 32 * 1024
+MAX_WRITE_BYTES: Final = 261120
 # Host key algorithms to offer for each pinned key type, so the server shows the key
 # that was pinned rather than another of its keys.
 _ALGORITHMS: Final = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
@@ -73,6 +85,7 @@ class SftpPartner:
         self._io_timeout = io_timeout
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._write_bytes: int | None = None  # asked of the server at the first upload
 
     def __enter__(self) -> SftpPartner:
         try:
@@ -97,6 +110,7 @@ class SftpPartner:
         if self._transport is not None:
             self._transport.close()
         self._sftp = self._transport = None
+        self._write_bytes = None
 
     @property
     def _name(self) -> str:
@@ -123,6 +137,10 @@ class SftpPartner:
         ]
         try:
             t.start_client(timeout=self._connect_timeout)
+            if not t.is_active() or t.host_key is None:  # paramiko's start_client gives up silently
+                raise TransferFailed(
+                    f"SSH with {self._name} timed out: no handshake within {self._connect_timeout:.0f} s; will retry"
+                )
             shown = t.get_remote_server_key()
             if pinned.get(shown.get_name()) != shown:
                 raise HostKeyMismatch(
@@ -166,9 +184,13 @@ class SftpPartner:
         try:
             if self._exists(final):
                 return self._compare(final, sha256)
+            request = self.write_bytes()
+            # Whole requests per read: a 1 MiB read would leave a short fifth request.
+            block = request * max(1, CHUNK // request)
             with local.open("rb") as src, self.sftp.open(tmp, "wb") as dst:
+                dst.MAX_REQUEST_SIZE = request  # this file only, not paramiko's class default
                 dst.set_pipelined(True)
-                while chunk := src.read(CHUNK):
+                while chunk := src.read(block):
                     dst.write(chunk)
             uploaded = self.sftp.stat(tmp).st_size
             if uploaded != size:
@@ -189,17 +211,63 @@ class SftpPartner:
             ) from None
         return Uploaded(final, already_there=False)
 
-    def list_download(self) -> list[RemoteFile]:
-        """The regular files in the partner's download folder."""
-        folder = self.endpoint.download_dir.rstrip("/") or "."
+    def write_bytes(self) -> int:
+        """Bytes per write request for this session (asked of the server once)."""
+        if self._write_bytes is None:
+            self._write_bytes = self._ask_write_limit()
+        return self._write_bytes
+
+    def _ask_write_limit(self) -> int:
+        """The server's `limits@openssh.com` max-write, capped at MAX_WRITE_BYTES; else 32 KiB.
+
+        An SFTPv3 server answers an extension it does not know with "unsupported", which
+        paramiko raises as a plain IOError: that server gets FALLBACK_WRITE_BYTES.
+        """
         try:
-            found = self.sftp.listdir_attr(folder)
+            kind, reply = self.sftp._request(CMD_EXTENDED, "limits@openssh.com")
+        except TimeoutError:
+            raise
+        except OSError:
+            return FALLBACK_WRITE_BYTES
+        if kind != CMD_EXTENDED_REPLY:
+            return FALLBACK_WRITE_BYTES
+        # max-packet-length, max-read-length, max-write-length, max-open-handles
+        max_write = int([reply.get_int64() for _ in range(4)][2])
+        # 0: the server states no limit, which says nothing of what it takes.
+        return min(max_write, MAX_WRITE_BYTES) if max_write > 0 else FALLBACK_WRITE_BYTES
+
+    def list_download(self) -> list[RemoteFile]:
+        """The regular files in the partner's download folder whose names are UTF-8.
+
+        paramiko's own listing decodes every name strictly, so one name that is not UTF-8
+        would stop the partner's whole folder from being read; this reads names as bytes
+        and leaves such a name out (it is no name of the contract anyway).
+        """
+        folder = self.endpoint.download_dir.rstrip("/") or "."
+        found: list[RemoteFile] = []
+        try:
+            _, msg = self.sftp._request(CMD_OPENDIR, folder)
+            handle = msg.get_binary()
+            while True:
+                try:
+                    _, msg = self.sftp._request(CMD_READDIR, handle)
+                except EOFError:
+                    break
+                for _ in range(msg.get_int()):
+                    raw, _longname = msg.get_string(), msg.get_string()
+                    attrs = paramiko.SFTPAttributes._from_msg(msg)
+                    try:
+                        name = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        continue
+                    if attrs.st_mode is not None and stat.S_ISREG(attrs.st_mode):
+                        found.append(RemoteFile(name, attrs.st_size or 0))
+            self.sftp._request(CMD_CLOSE, handle)
         except (paramiko.SSHException, OSError, EOFError) as err:
             raise TransferFailed(
                 f"cannot list {folder} on {self._name} ({_why(err)}); will retry"
             ) from None
-        return [RemoteFile(f.filename, f.st_size or 0) for f in found
-                if f.st_mode is not None and stat.S_ISREG(f.st_mode)]  # fmt: skip
+        return found
 
     def fetch(self, name: str, local: Path, max_bytes: int) -> None:
         """Download `<download_dir>/<name>` to `local` (whole or not at all), at most `max_bytes`."""
@@ -263,7 +331,7 @@ class SftpPartner:
 
 def _why(err: BaseException) -> str:
     """A short, secret-free description of a network error."""
-    if isinstance(err, socket.timeout | TimeoutError):
+    if isinstance(err, socket.timeout | TimeoutError) or "protocol banner" in str(err):
         return "timed out"
     text = getattr(err, "strerror", None) or str(err) or type(err).__name__
     return text.splitlines()[0][:120]
