@@ -123,5 +123,6 @@ def test_a_notice_and_a_response_each_acknowledged(pair: tuple[Home, Home]) -> N
     ).read_bytes() == answer.read_bytes()
     with gateway(ncb) as gw:
         events = [e.action for e in gw.ledger.events(response_id)]
-    assert events[:4] == ["intake", "seal", "erase", "publish"]
+    # Erasing the plaintext and publishing run on different workers: either may come first.
+    assert events[:2] == ["intake", "seal"] and sorted(events[2:4]) == ["erase", "publish"]
     assert "deliver" in events and events[-1] == "receipt"
