@@ -1,0 +1,211 @@
+"""The gateway's own code in a process of its own, with the time of each step added up.
+
+    python -m bench.child outbound HOME SOURCE PARTNER   # one package, drop to delivered
+    python -m bench.child once HOME                      # what `gateway run --once` does
+    python -m bench.child daemon HOME OUT                # what `gateway run` does, until SIGTERM
+
+`outbound` takes SOURCE in (`Intake.copy_in`, what `gateway send` does), seals it
+(`Runner.seal`) and delivers it (`Runner.partner_round`, no poll), then prints one JSON
+line: the seconds from the copy's start to the ledger's `delivered`, the seconds spent
+in each step, and the peak memory of the process and of its gpg children. `once` and `daemon` run `Runner.once()` and
+`Daemon.run()` as the CLI does, and report the seconds in each step (`daemon` into OUT,
+summed over its worker threads, so the sums exceed the wall time). The steps are
+timed by wrapping the functions the gateway calls; nothing in the gateway is changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway import inbound, logs, poll, sealing
+from gateway.app import Gateway
+from gateway.daemon import Daemon
+from gateway.home import Home
+from gateway.ledger import Ledger
+from gateway.lifecycle import State
+from gateway.openpgp import Keyring
+from gateway.runner import Runner
+from gateway.sftp import SftpPartner
+
+spent: Counter[str] = Counter()
+calls: Counter[str] = Counter()
+_lock = threading.Lock()
+
+
+def timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func`, adding the seconds and the count of its calls under `name`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            with _lock:
+                spent[name] += time.perf_counter() - start
+                calls[name] += 1
+
+    return wrapper
+
+
+#: (owner, attribute, step name): what is timed. Nested steps are named inside their parent.
+STEPS: tuple[tuple[Any, str, str], ...] = (
+    (Keyring, "key", "gpg --list-keys (key checks)"),
+    (Keyring, "seal", "Keyring.seal (key checks + gpg sign+encrypt)"),
+    (Keyring, "open_message", "Keyring.open_message (gpg decrypt+verify)"),
+    (Keyring, "sign_clear", "Keyring.sign_clear (audit checkpoint)"),
+    (sealing, "sha256_file", "seal: sha256 of the sealed file"),
+    (sealing, "publish", "seal: publish (fsync, rename, fsync)"),
+    (sealing.Sealer, "erase_plaintext", "seal: erase plaintext (rmtree, fsync, ledger)"),
+    (SftpPartner, "_connect", "SSH connect + login"),
+    (SftpPartner, "put_atomic", "SftpPartner.put_atomic"),
+    (SftpPartner, "list_download", "SftpPartner.list_download"),
+    (SftpPartner, "fetch", "SftpPartner.fetch"),
+    (SftpPartner, "remove_download", "SftpPartner.remove_download"),
+    (inbound, "unpack", "inbound: unpack the tar"),
+    (inbound, "sha256_file", "inbound: sha256 of the fetched file"),
+    (inbound.Inbound, "_deliver", "inbound: deliver to spool/inbound (fsyncs)"),
+    (inbound.Inbound, "_receipt_out", "inbound: our receipt (Keyring.seal, publish)"),
+    (poll, "sha256_file", "poll: sha256 of a receipt"),
+    (Ledger, "insert", "ledger: insert (one transaction)"),
+    (Ledger, "transition", "ledger: transition (one transaction)"),
+    (Ledger, "note", "ledger: note (one transaction)"),
+    (Ledger, "record", "ledger: record (one transaction)"),
+    (Ledger, "due", "ledger: due (query)"),
+    (Runner, "take", "intake: Runner.take (move in, fsyncs, hash, ledger)"),
+    (Runner, "seal", "Runner.seal (one package)"),
+    (Runner, "partner_round", "Runner.partner_round (deliver and/or poll)"),
+    (Daemon, "dispatch", "daemon: dispatch (main thread)"),
+)
+
+
+def instrument() -> None:
+    """Wrap every step in STEPS with a timer."""
+    for owner, attribute, name in STEPS:
+        setattr(owner, attribute, timed(name, getattr(owner, attribute)))
+
+
+def peak(pid: int | str = "self") -> float:
+    """A process's peak resident memory since its exec (VmHWM), MiB; 0 once it is gone.
+
+    Not ru_maxrss: that carries over the peak of the process that forked it (the
+    benchmark's, here; python-gnupg's, for gpg), since Linux keeps it across exec.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class ChildPeaks(threading.Thread):
+    """Samples the peak memory of this process's children (gpg) every 20 ms while it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peaks: dict[str, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        me = str(os.getpid())
+        while not self.done.wait(0.02):
+            for entry in Path("/proc").iterdir():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if entry.name.isdigit() and stat.rsplit(")", 1)[1].split()[1] == me:
+                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    self.peaks[name] = max(self.peaks.get(name, 0.0), peak(entry.name))
+
+
+def steps() -> dict[str, dict[str, float]]:
+    """The seconds and calls of each step so far."""
+    return {name: {"s": spent[name], "calls": calls[name]} for name in spent}
+
+
+def outbound(home: Path, source: Path, partner_id: str) -> dict[str, Any]:
+    """Send `source` to `partner_id` from drop to delivered; the figures as a dict."""
+    children = ChildPeaks()
+    children.start()
+    with Gateway(Home(home), "daemon") as gw:
+        runner = Runner(gw)
+        peaks = {"opened": peak()}
+        start = time.perf_counter()
+        package = runner.intake.copy_in(source, partner_id, "conviction")
+        copied = time.perf_counter()
+        peaks["copied in"] = peak()
+        runner.seal(package)
+        sealed = time.perf_counter()
+        peaks["sealed"] = peak()
+        partner = gw.ledger.partner(partner_id)
+        runner.partner_round(partner, [gw.ledger.package(package.package_id)], poll=False)
+        done = time.perf_counter()
+        peaks["delivered"] = peak()
+        state = gw.ledger.package(package.package_id).state
+    children.done.set()
+    children.join()
+    return {
+        "seconds": done - start,
+        "state": str(state),
+        "delivered": state is State.DELIVERED,
+        "phases": {
+            "copy_in (copy, fsync, sha256, ledger)": copied - start,
+            "seal": sealed - copied,
+            "deliver": done - sealed,
+        },
+        "steps": steps(),
+        "peak_mib": peak(),
+        "peak_mib_after": peaks,
+        "children_peak_mib": children.peaks,
+    }
+
+
+def once(home: Path) -> dict[str, Any]:
+    """`gateway run --once`, timed step by step."""
+    with Gateway(Home(home), "daemon") as gw:
+        start = time.perf_counter()
+        Runner(gw).once()
+        seconds = time.perf_counter() - start
+        gw.keyring.stop_agent()
+    return {"seconds": seconds, "steps": steps()}
+
+
+def daemon(home: Path, out: Path) -> None:
+    """`gateway run` until SIGTERM, its steps timed; written to `out` when it stops."""
+    logs.setup(False, "text")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    with Gateway(Home(home), "daemon") as gw:
+        start = time.perf_counter()
+        try:
+            Daemon(gw, stop).run()
+        finally:
+            gw.keyring.stop_agent()
+    out.write_text(json.dumps({"seconds": time.perf_counter() - start, "steps": steps()}))
+
+
+if __name__ == "__main__":
+    instrument()
+    match sys.argv[1:]:
+        case ["outbound", home, source, partner]:
+            print(json.dumps(outbound(Path(home), Path(source), partner)))
+        case ["once", home]:
+            print(json.dumps(once(Path(home))))
+        case ["daemon", home, out]:
+            daemon(Path(home), Path(out))
+        case _:
+            sys.exit(__doc__)
