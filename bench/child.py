@@ -1,14 +1,14 @@
 """The gateway's own code in a process of its own, with the time of each step added up.
 
-    python -m bench.child outbound HOME SOURCE PARTNER   # one package, drop to delivered
-    python -m bench.child once HOME                      # what `gateway run --once` does
-    python -m bench.child daemon HOME OUT                # what `gateway run` does, until SIGTERM
+    python -m bench.child outbound HOME SOURCE PARTNER [--memory]  # drop to delivered
+    python -m bench.child once HOME          # what `gateway run --once` does
+    python -m bench.child daemon HOME OUT    # what `gateway run` does, until SIGTERM
 
 `outbound` takes SOURCE in (`Intake.copy_in`, what `gateway send` does), seals it
 (`Runner.seal`) and delivers it (`Runner.partner_round`, no poll), then prints one JSON
 line: the seconds from the copy's start to the ledger's `delivered`, the seconds spent
-in each step, and the peak memory of the process and of its gpg children. `once` and `daemon` run `Runner.once()` and
-`Daemon.run()` as the CLI does, and report the seconds in each step (`daemon` into OUT,
+in each step, and the peak memory of the process (and, with --memory, of its gpg
+children). `once` and `daemon` run `Runner.once()` and `Daemon.run()` as the CLI does, and report the seconds in each step (`daemon` into OUT,
 summed over its worker threads, so the sums exceed the wall time). The steps are
 timed by wrapping the functions the gateway calls; nothing in the gateway is changed.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import sys
 import threading
@@ -112,7 +111,10 @@ def peak(pid: int | str = "self") -> float:
 
 
 class ChildPeaks(threading.Thread):
-    """Samples the peak memory of this process's children (gpg) every 20 ms while it runs."""
+    """Samples the peak memory of this process's children (gpg) every 20 ms while it runs.
+
+    Only for memory runs: the sampling costs a little CPU, so timed runs go without.
+    """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -120,16 +122,16 @@ class ChildPeaks(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        me = str(os.getpid())
         while not self.done.wait(0.02):
-            for entry in Path("/proc").iterdir():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if entry.name.isdigit() and stat.rsplit(")", 1)[1].split()[1] == me:
-                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                    self.peaks[name] = max(self.peaks.get(name, 0.0), peak(entry.name))
+            for children in Path("/proc/self/task").glob("*/children"):
+                for pid in children.read_text().split():
+                    try:
+                        name = Path(f"/proc/{pid}/comm").read_text().strip()
+                    except OSError:
+                        continue
+                    if not name.startswith("gpg"):  # e.g. a fork not yet exec'd: our own pages
+                        continue
+                    self.peaks[name] = max(self.peaks.get(name, 0.0), peak(pid))
 
 
 def steps() -> dict[str, dict[str, float]]:
@@ -137,10 +139,14 @@ def steps() -> dict[str, dict[str, float]]:
     return {name: {"s": spent[name], "calls": calls[name]} for name in spent}
 
 
-def outbound(home: Path, source: Path, partner_id: str) -> dict[str, Any]:
-    """Send `source` to `partner_id` from drop to delivered; the figures as a dict."""
+def outbound(home: Path, source: Path, partner_id: str, memory: bool) -> dict[str, Any]:
+    """Send `source` to `partner_id` from drop to delivered; the figures as a dict.
+
+    With `memory`, the peak memory of the gpg children is sampled as well.
+    """
     children = ChildPeaks()
-    children.start()
+    if memory:
+        children.start()
     with Gateway(Home(home), "daemon") as gw:
         runner = Runner(gw)
         peaks = {"opened": peak()}
@@ -157,7 +163,8 @@ def outbound(home: Path, source: Path, partner_id: str) -> dict[str, Any]:
         peaks["delivered"] = peak()
         state = gw.ledger.package(package.package_id).state
     children.done.set()
-    children.join()
+    if memory:
+        children.join()
     return {
         "seconds": done - start,
         "state": str(state),
@@ -201,8 +208,8 @@ def daemon(home: Path, out: Path) -> None:
 if __name__ == "__main__":
     instrument()
     match sys.argv[1:]:
-        case ["outbound", home, source, partner]:
-            print(json.dumps(outbound(Path(home), Path(source), partner)))
+        case ["outbound", home, source, partner, *memory] if memory in ([], ["--memory"]):
+            print(json.dumps(outbound(Path(home), Path(source), partner, bool(memory))))
         case ["once", home]:
             print(json.dumps(once(Path(home))))
         case ["daemon", home, out]:

@@ -281,7 +281,7 @@ def table(rows: Sequence[Row]) -> str:
     head = ["scenario", "gateway (median)", "baseline (median)", "ratio", "target", "met?"]
     body = []
     for r in rows:
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f} ({r.kind})"
+        ratio = "-" if r.ratio is None else f"{r.ratio:.3f} ({r.kind})"
         met = {True: "yes", False: "NO", None: "-"}[r.met]
         body.append(
             [
@@ -362,17 +362,17 @@ def sources() -> dict[str, float]:
 
 
 def git() -> dict[str, Any]:
-    """The commit measured, and whether the working tree differs from it."""
+    """The commit measured, and the paths where the working tree differs from it."""
 
     def out(*args: str) -> str:
         done = subprocess.run(
             ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30, check=False
         )
-        return done.stdout.strip()
+        return done.stdout
 
     changed = [line[3:] for line in out("status", "--porcelain").splitlines()]
     return {
-        "commit": out("rev-parse", "HEAD"),
-        "short": out("rev-parse", "--short", "HEAD"),
+        "commit": out("rev-parse", "HEAD").strip(),
+        "short": out("rev-parse", "--short", "HEAD").strip(),
         "uncommitted": changed,
     }

@@ -27,12 +27,13 @@ CHUNK: Final = 1024 * 1024
 # Bytes per SFTP write request. paramiko sends 32 KiB, which every server takes; a 32 KiB
 # write plus its SFTP header does not fit a 32 KiB SSH channel packet, so each write goes
 # as two packets, and paramiko's cost is per packet (lock hand-offs, send, HMAC). OpenSSH
-# says in its `limits@openssh.com` reply that it takes 261120-byte writes; with those,
-# 512 MiB to OpenSSH on loopback on the 2-core test machine went from 62 to 122 MiB/s
-# (0.35 -> 0.68 of OpenSSH's own sftp; research/measured-limits.md section a), and
-# docs/performance.md has the gateway's own put_atomic figures. Larger writes are not
-# asked for even if a server allows them: nothing faster was measured, and a server
-# that is not known gets 32 KiB.
+# says in its `limits@openssh.com` reply that it takes 261120-byte writes. With those,
+# put_atomic of 512 MiB to OpenSSH on loopback (2-core test machine, bench.run scenario
+# 2, five runs) went from 64-70 to 108-118 MiB/s, from 0.44-0.50 to 0.74-0.84 of
+# OpenSSH's own sftp, and the client's CPU from 8.6 to 5.1 ms per MiB (sftp: 3.8);
+# docs/performance.md. Larger writes are not asked for even if a server allows them
+# (research/measured-limits.md section a saw nothing faster), and a server that does not
+# say what it takes gets 32 KiB.
 FALLBACK_WRITE_BYTES: Final = 32 * 1024
 MAX_WRITE_BYTES: Final = 261120
 # Host key algorithms to offer for each pinned key type, so the server shows the key
