@@ -254,7 +254,7 @@ class Ledger:
         """Recompute the chain; return (events checked, the first broken event or None).
 
         An edited row fails its own hash; a removed or reordered one breaks the id
-        sequence or the next row's link. Works on raw rows: a million in a few seconds.
+        sequence or the next row's link. Works on raw rows: a million took about 14 s here (bench.run).
         """
         prev, count = GENESIS, 0
         cursor = self.db.execute(
