@@ -76,37 +76,38 @@ class Sealer:
             )
         digest, size = sha256_file(tmp), tmp.stat().st_size
         publish(tmp, final)
-        sealed = self.ledger.transition(
-            package.package_id,
-            State.SEALED,
-            "seal",
-            {
-                "sender_key": sender.key,
-                "recipient_key": partner.openpgp_key,
-                "ciphertext_sha256": digest,
-                "ciphertext_size": size,
-            },
-            sender_key=sender.key,
-            recipient_key=partner.openpgp_key,
-            ciphertext_sha256=digest,
-            ciphertext_size=size,
-        )
-        self.erase_plaintext(package.package_id, package.partner)
+        with self.ledger.transaction():  # one commit: the erasure follows at once, or on restart
+            sealed = self.ledger.transition(
+                package.package_id,
+                State.SEALED,
+                "seal",
+                {
+                    "sender_key": sender.key,
+                    "recipient_key": partner.openpgp_key,
+                    "ciphertext_sha256": digest,
+                    "ciphertext_size": size,
+                },
+                sender_key=sender.key,
+                recipient_key=partner.openpgp_key,
+                ciphertext_sha256=digest,
+                ciphertext_size=size,
+            )
+            self.ledger.record(
+                "erase",
+                package_id=package.package_id,
+                partner=package.partner,
+                category="erasure",
+                detail={"what": "plaintext payload, after sealing"},
+            )
+        self.erase_plaintext(package.package_id)
         return sealed
 
-    def erase_plaintext(self, package_id: str, partner: str | None) -> None:
-        """Remove a sealed package's plaintext from the spool, and say so in the trail."""
+    def erase_plaintext(self, package_id: str) -> None:
+        """Remove a sealed package's plaintext from the spool (its erasure is recorded with `sealed`)."""
         folder = self.home.work / package_id
         if folder.exists():
             shutil.rmtree(folder)
             fsync_dir(self.home.work)
-            self.ledger.record(
-                "erase",
-                package_id=package_id,
-                partner=partner,
-                category="erasure",
-                detail={"what": "plaintext payload, after sealing"},
-            )
 
     def erase_leftovers(self) -> None:
         """After a crash: erase plaintext of packages already sealed, and half-written files."""
@@ -122,4 +123,4 @@ class Sealer:
                 State.HELD,
                 State.FAILED,
             ):
-                self.erase_plaintext(package.package_id, package.partner)
+                self.erase_plaintext(package.package_id)

@@ -318,6 +318,32 @@ def test_network_fault_sets_back_then_delivers_exactly_once(
     assert actions(home, pid).count("deliver") == 1
 
 
+def test_a_cut_mid_batch_records_what_arrived_and_sets_back_the_rest(
+    wired: Wired, tally: Tally
+) -> None:
+    """Deliveries are committed a group at a time: the cut must not lose the first's record."""
+    home, server, proxy = wired.home, wired.server, wired.proxy
+    first = drop(home, wired.tmp, 20_000)
+    second, third = drop(home, wired.tmp, UPLOAD), drop(home, wired.tmp, 20_000)
+    proxy.set(Fault.cut(wired.login.up_sftp + 400_000, UP))  # in the middle of the second
+    tally.fault("network: cut mid-batch")
+
+    bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
+
+    assert package(home, first).state is State.DELIVERED
+    assert [n for n in remote_files(server) if not n.startswith(".")] == [f"{first}.pgp"]
+    for pid in (second, third):
+        waiting = package(home, pid)
+        assert (waiting.state, waiting.failures) == (State.SEALED, 1), pid
+        assert actions(home, pid).count("retry.scheduled") == 1
+    proxy.set(Fault.clean())
+    for pid in (second, third):
+        make_due(home, pid)
+    run_once(home)
+    delivered_once(home, server, [first, second, third], tally)
+    assert [actions(home, pid).count("deliver") for pid in (first, second, third)] == [1, 1, 1]
+
+
 def test_trickle_that_keeps_moving_delivers_in_one_pass(wired: Wired, tally: Tally) -> None:
     home, server, proxy = wired.home, wired.server, wired.proxy
     pid = drop(home, wired.tmp, 150_000)

@@ -522,6 +522,39 @@ def test_due_returns_pending_packages_whose_attempt_is_due_oldest_first(
     assert due == [retry_past.package_id, retry_now.package_id, never_tried.package_id]
     assert both == [*due, sealed.package_id]
     assert nothing == []
+    assert [p.package_id for p in ledger.due(frozenset({S.RECEIVED}), now, limit=2)] == due[:2]
+    ledger.add_partner(partner("XB-OTHER"), "test")
+    other = outbound(created=T0 + 5, partner="XB-OTHER")
+    ledger.insert(other, "receive")
+    assert [p.package_id for p in ledger.due(frozenset({S.RECEIVED}), now, "XB-OTHER")] == [
+        other.package_id
+    ]
+    assert (
+        ledger.due(frozenset({S.RECEIVED}), now, PARTNER_ID)
+        == ledger.due(frozenset({S.RECEIVED}), now)[:3]
+    )
+
+
+def test_writes_inside_a_transaction_commit_together_or_not_at_all(
+    ledger: Ledger, path: Path
+) -> None:
+    first, second = outbound(), outbound()
+    before = n_events(ledger)
+    with pytest.raises(RuntimeError), ledger.transaction():
+        ledger.insert(first, "receive")
+        ledger.insert(second, "receive")
+        raise RuntimeError("cut short")
+    assert ledger.packages() == [] and n_events(ledger) == before
+
+    other = sqlite3.connect(path)  # another connection sees nothing until the commit
+    with ledger.transaction():
+        ledger.insert(first, "receive")
+        ledger.transition(first.package_id, S.SEALED, "seal")
+        assert other.execute("SELECT count(*) FROM packages").fetchone() == (0,)
+    assert other.execute("SELECT state FROM packages").fetchall() == [("sealed",)]
+    assert n_events(ledger) == before + 2
+    assert ledger.verify_chain() == (before + 2, None)
+    other.close()
 
 
 def test_counts_by_partner_and_state_with_overdue_receipts(ledger: Ledger) -> None:
