@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 
 from gateway.app import Gateway
 from gateway.delivery import Deliverer
@@ -98,13 +97,6 @@ class Runner:
         except GatewayError as err:
             self.retry.setback(package, err)
 
-    def due_batches(self, now: float) -> dict[str, list[Package]]:
-        """Sealed packages due for delivery, by partner."""
-        batches: dict[str, list[Package]] = defaultdict(list)
-        for package in self.gw.ledger.due(frozenset({State.SEALED}), now):
-            batches[str(package.partner)].append(package)
-        return batches
-
     def partner_round(self, partner: Partner, packages: list[Package], poll: bool) -> None:
         """One turn with a partner: deliver or publish what is due; fetch and answer if `poll`.
 
@@ -145,6 +137,6 @@ class Runner:
 
     def exchange_all(self) -> None:
         """Deliver to, publish for, and poll every partner once."""
-        batches = self.due_batches(time.time())
         for partner in self.gw.ledger.partners():
-            self.partner_round(partner, batches.get(partner.id, []), poll=True)
+            due = self.gw.ledger.due(frozenset({State.SEALED}), time.time(), partner.id)
+            self.partner_round(partner, due, poll=True)

@@ -116,6 +116,31 @@ def test_renamed_and_slowly_written_files_are_each_delivered_once(
     assert daemon.terminate() == 0
 
 
+def test_a_burst_is_taken_in_sealed_and_delivered_side_by_side(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    """Sealing starts before the last file is taken in, uploads before the last seal."""
+    home, _, server = fast
+    folder = home.outbound / PARTNER_ID / "conviction"
+    staging = home.outbound / PARTNER_ID / ".staging"  # a dot-folder: never taken
+    staging.mkdir()
+    for n in range(100):
+        (staging / f"n{n:03}.xml").write_bytes(b"<n>%d</n>" % n)
+    daemon.start()
+    for n in range(100):
+        os.rename(staging / f"n{n:03}.xml", folder / f"n{n:03}.xml")
+
+    wait_for(lambda: delivered(home) == 100, 120, "100 packages delivered")
+
+    with gateway(home) as gw:
+        order = [e.action for e in gw.ledger.events() if e.package_id]
+    last = {action: len(order) - 1 - order[::-1].index(action) for action in set(order)}
+    assert order.index("seal") < last["intake"], "sealing waited for the whole burst"
+    assert order.index("deliver") < last["seal"], "uploads waited for every seal"
+    assert len(remote_files(server)) == 100
+    assert daemon.terminate() == 0
+
+
 def test_one_daemon_per_home_and_the_cli_works_beside_it(
     fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
 ) -> None:

@@ -133,7 +133,7 @@ class Drop:
     def exchange(self) -> None:
         """One round of the daemon's work with the pull partner."""
         partner = self.gw.ledger.partner(PULL_ID)
-        due = self.runner.due_batches(time.time()).get(PULL_ID, [])
+        due = self.gw.ledger.due(frozenset({State.SEALED}), time.time(), PULL_ID)
         self.runner.partner_round(partner, due, poll=True)
 
     def publish(self, payload: bytes = b"<notice/>" * 100) -> str:
