@@ -1,8 +1,8 @@
 """The SQLite ledger: partners, packages and the hash-chained audit trail.
 
-One writer at a time: every write is one `BEGIN IMMEDIATE` transaction, so a CLI and a
-daemon never meet a read-to-write upgrade failure (research/library-pitfalls.md S2), and
-no transaction is ever held across network or GnuPG work. WAL with synchronous=FULL: a
+One writer at a time: every write transaction starts with `BEGIN IMMEDIATE`, so a CLI
+and a daemon never meet a read-to-write upgrade failure (research/library-pitfalls.md S2),
+and no transaction is ever held across network or GnuPG work. WAL with synchronous=FULL: a
 committed step survives a power cut (S3). Each state change and its audit event are
 committed together, so the ledger is never left with a package in two states or none.
 """
