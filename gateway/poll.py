@@ -68,7 +68,7 @@ class Poller:
                 sftp.remove_download(remote.name)
                 continue
             local = folder / remote.name
-            sftp.fetch(remote.name, local, limit)
+            sftp.fetch(remote.name, local, limit, remote.size)
             self.inbound.handle(partner, local, match["pid"], match["suffix"])
             sftp.remove_download(remote.name)
 

@@ -24,6 +24,8 @@ from gateway.files import publish
 from gateway.sshkeys import known_hosts_name
 
 CHUNK: Final = 1024 * 1024
+#: paramiko's largest read request; a file this small takes one round trip unaided.
+READ_AHEAD_FROM: Final = 32 * 1024
 # Bytes per SFTP write request. paramiko sends 32 KiB, which every server takes; a 32 KiB
 # write plus its SFTP header does not fit a 32 KiB SSH channel packet, so each write goes
 # as two packets, and paramiko's cost is per packet (lock hand-offs, send, HMAC). OpenSSH
@@ -270,14 +272,20 @@ class SftpPartner:
             ) from None
         return found
 
-    def fetch(self, name: str, local: Path, max_bytes: int) -> None:
-        """Download `<download_dir>/<name>` to `local` (whole or not at all), at most `max_bytes`."""
+    def fetch(self, name: str, local: Path, max_bytes: int, listed_size: int) -> None:
+        """Download `<download_dir>/<name>` to `local` (whole or not at all), at most `max_bytes`.
+
+        `listed_size` is the size the listing showed: files above one request are read
+        ahead (prefetch) without asking for the size again; a small file is read at once,
+        because prefetch's thread and `stat` cost about 5 ms of the 7.6 ms a 4 KiB fetch took.
+        """
         remote = f"{self.endpoint.download_dir.rstrip('/') or '.'}/{name}"
         tmp = local.with_name(f".{local.name}.tmp")
         size = 0
         try:
             with self.sftp.open(remote, "rb") as src, tmp.open("wb") as dst:
-                src.prefetch()
+                if listed_size > READ_AHEAD_FROM:
+                    src.prefetch(listed_size)
                 while chunk := src.read(CHUNK):
                     size += len(chunk)
                     if size > max_bytes:

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import time
@@ -394,21 +395,23 @@ def test_overdue_lists_a_delivered_package_until_its_receipt(desk: Desk) -> None
 # -- packages from the partner ------------------------------------------------------------
 
 
-def test_good_package_is_delivered_and_receipted(desk: Desk) -> None:
+@pytest.mark.parametrize("content", [PAYLOAD, os.urandom(3 * 1024 * 1024)], ids=["small", "3MiB"])
+def test_good_package_is_delivered_and_receipted(desk: Desk, content: bytes) -> None:
+    """A small file is read in one request, a large one read ahead: both arrive whole."""
     pid = partner_pid()
-    doc = manifest(desk, pid, reference="US-CASE-7")
-    wire = leave(desk, f"{pid}.pgp", seal(desk, envelope(doc))).read_bytes()
+    doc = manifest(desk, pid, content, reference="US-CASE-7")
+    wire = leave(desk, f"{pid}.pgp", seal(desk, envelope(doc, content))).read_bytes()
 
     run_once(desk.home)
 
     folder = desk.home.inbound / PARTNER_ID / pid
     assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", PAYLOAD_NAME])
-    assert (folder / PAYLOAD_NAME).read_bytes() == PAYLOAD
+    assert (folder / PAYLOAD_NAME).read_bytes() == content
     assert json.loads((folder / "manifest.json").read_bytes()) == doc
     row = package(desk.home, pid)
     assert row.state is State.ACCEPTED and row.direction == "in" and row.partner == PARTNER_ID
     assert (row.kind, row.payload_name, row.payload_size, row.payload_sha256) == (
-        "response", PAYLOAD_NAME, len(PAYLOAD), sha256(PAYLOAD))  # fmt: skip
+        "response", PAYLOAD_NAME, len(content), sha256(content))  # fmt: skip
     assert row.reference == "US-CASE-7" and row.sender_key == desk.pgp.fingerprint
     assert row.ciphertext_sha256 == sha256(wire) and row.receipt_state == "sent"
     assert not (desk.server.download / f"{pid}.pgp").exists(), "fetched, then removed"
