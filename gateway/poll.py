@@ -73,10 +73,20 @@ class Poller:
             sftp.remove_download(remote.name)
 
     def send_receipts(self, partner: Partner, sftp: SftpPartner) -> None:
-        """Upload every receipt we owe this partner."""
-        for package in self.ledger.receipts_due(partner.id):
-            path = self.inbound.receipt_file(package.package_id)
-            uploaded = sftp.put_atomic(path, receipt_name(package.package_id), sha256_file(path))
-            self.ledger.note(
-                package.package_id, "receipt.sent", {"path": uploaded.path}, receipt_state="sent"
-            )
+        """Upload every receipt we owe this partner, recording them sent in one commit.
+
+        A crash before the commit leaves them due: the next poll finds each already on the
+        server with the same SHA-256 and records it then.
+        """
+        sent = []
+        try:
+            for package in self.ledger.receipts_due(partner.id):
+                path = self.inbound.receipt_file(package.package_id)
+                name = receipt_name(package.package_id)
+                sent.append((package.package_id, sftp.put_atomic(path, name, sha256_file(path))))
+        finally:
+            with self.ledger.transaction():
+                for pid, uploaded in sent:
+                    self.ledger.note(
+                        pid, "receipt.sent", {"path": uploaded.path}, receipt_state="sent"
+                    )

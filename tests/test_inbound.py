@@ -423,6 +423,25 @@ def test_good_package_is_delivered_and_receipted(desk: Desk, content: bytes) -> 
     assert (receipt["package_id"], receipt["from"], receipt["to"]) == (pid, GATEWAY_ID, PARTNER_ID)
 
 
+def test_receipt_upload_cut_before_it_was_recorded_is_finished_not_repeated(desk: Desk) -> None:
+    """Receipts are recorded `sent` after their uploads, in one commit: a crash between is harmless."""
+    pid = partner_pid()
+    leave(desk, f"{pid}.pgp", seal(desk, envelope(manifest(desk, pid))))
+    run_once(desk.home)
+    remote = desk.server.upload / f"{pid}.receipt"
+    first = remote.stat()
+    with gateway(desk.home) as gw:  # put the ledger back as it was before the crash
+        gw.ledger.db["packages"].update(pid, {"receipt_state": "due"})
+
+    run_once(desk.home)
+
+    assert package(desk.home, pid).receipt_state == "sent"
+    assert remote.stat().st_mtime_ns == first.st_mtime_ns, "the receipt was not written again"
+    assert sorted(os.listdir(desk.server.upload)) == [f"{pid}.receipt"]
+    assert actions(desk.home, pid).count("receipt.sent") == 2
+    assert open_our_receipt(desk, pid)["disposition"] == "accepted"
+
+
 def _tar_member_case(*members: Callable[[Desk, str], tuple[tarfile.TarInfo, bytes]]) -> Callable[[Desk, str], bytes]:  # fmt: skip
     """A case whose tar is manifest.json then `members`."""
 
