@@ -34,10 +34,12 @@ def commands() -> list[tuple[str, str]]:
     while stack:
         ctx = stack.pop()
         found.append((ctx.command_path, ctx.get_help()))
-        # Only groups have subcommands; a child context inherits width and help options.
-        children: dict[str, Any] = getattr(ctx.command, "commands", {})
-        for name in sorted(children, reverse=True):
-            child = children[name]
+        # Only groups have subcommands (the top one loads them on asking, so ask it, not
+        # `.commands`); a child context inherits width and help options.
+        group: Any = ctx.command
+        names = group.list_commands(ctx) if hasattr(group, "list_commands") else []
+        for name in sorted(names, reverse=True):
+            child = group.get_command(ctx, name)
             if not child.hidden:
                 stack.append(
                     main.context_class(child, info_name=name, parent=ctx, **child.context_settings)

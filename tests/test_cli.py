@@ -7,11 +7,16 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import click
+
+from gateway.cli import COMMANDS
 from gateway.home import Home
 from gateway.lifecycle import State
 from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway
 
+CLI = Path(__file__).resolve().parent.parent / "gateway" / "cli"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN7qlhZ8Npb6Y/RTteraNzlFqfcjGYSG9hQDIU3Fcdjk"
 
 
@@ -195,17 +200,32 @@ def test_ledger_show_refuses_a_malformed_id(home: Home) -> None:
 def test_every_command_has_help_with_an_example() -> None:
     from gateway.cli import main
 
-    def walk(group: object, prefix: str) -> list[tuple[str, object]]:
+    def walk(group: Any, ctx: click.Context, prefix: str) -> list[tuple[str, Any]]:
         found = []
-        for name, command in getattr(group, "commands", {}).items():
+        for name in group.list_commands(ctx) if hasattr(group, "list_commands") else []:
+            command = group.get_command(ctx, name)
             found.append((f"{prefix} {name}".strip(), command))
-            found += walk(command, f"{prefix} {name}")
+            found += walk(command, ctx, f"{prefix} {name}")
         return found
 
-    for name, command in walk(main, ""):
-        if hasattr(command, "commands"):
+    commands = walk(main, click.Context(main), "")
+    assert len(commands) > len(COMMANDS), "the walk must reach every command and subcommand"
+    for name, command in commands:
+        if hasattr(command, "list_commands"):
             continue
         text = str(getattr(command, "help", "") or "")
         assert "Example" in text and "gateway " in text, (
             f"`gateway {name}` has no example in its help"
         )
+
+
+def test_every_command_module_is_listed_under_its_own_name() -> None:
+    from gateway.cli import main
+
+    modules = {p.stem.removesuffix("_cmd") for p in CLI.glob("*_cmd.py")}
+    assert modules == set(COMMANDS), "a command module is missing from gateway.cli.COMMANDS"
+    ctx = click.Context(main)
+    for name in COMMANDS:
+        command = main.get_command(ctx, name)
+        assert command is not None and command.name == name
+    assert main.get_command(ctx, "nosuch") is None
