@@ -14,11 +14,9 @@ from typing import Literal
 
 from gateway import audit
 from gateway.app import Gateway
-from gateway.delivery import Deliverer
 from gateway.errors import GatewayError
 from gateway.openpgp import KeyInfo
 from gateway.records import utc
-from gateway.retry import Retry
 
 Level = Literal["ok", "warn", "fail"]
 MIN_FREE_BYTES = 1024**3
@@ -116,6 +114,11 @@ def ledger(gw: Gateway) -> Iterator[Finding]:
 
 def partners(gw: Gateway, connect: bool) -> Iterator[Finding]:
     """Each push partner reachable with its pinned host key (nothing is sent); each enabled."""
+    # Imported here, not above: `status` uses this module too, and the SFTP client's
+    # paramiko took 0.13 s of its start-up (python -X importtime).
+    from gateway.delivery import Deliverer
+    from gateway.retry import Retry
+
     deliverer = Deliverer(gw.home, gw.ledger, gw.settings, Retry(gw.ledger, gw.settings))
     for partner in gw.ledger.partners():
         if not partner.enabled:

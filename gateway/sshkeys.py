@@ -15,9 +15,6 @@ import struct
 from pathlib import Path
 from typing import Final
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from gateway.errors import KeyProblem
 
 KEY_TYPES: Final = (
@@ -32,6 +29,11 @@ _LINE = re.compile(r"(?P<type>[a-z0-9-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})(?: .*)?
 
 def generate(path: Path, comment: str) -> str:
     """Write a new Ed25519 private key (0600) and its `.pub`; return the public line."""
+    # Imported here: only `init` makes keys, and `cryptography` took 0.03 s of the
+    # start-up of every command that reads key lines (python -X importtime).
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM,

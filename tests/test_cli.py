@@ -229,3 +229,16 @@ def test_every_command_module_is_listed_under_its_own_name() -> None:
         command = main.get_command(ctx, name)
         assert command is not None and command.name == name
     assert main.get_command(ctx, "nosuch") is None
+
+
+def test_read_only_commands_load_no_transport_or_daemon() -> None:
+    """`status` and `ledger list` start fast: paramiko alone cost 0.13 s of every run."""
+    probe = (
+        "import sys, click; from gateway.cli import main; ctx = click.Context(main); "
+        "[main.get_command(ctx, name) for name in ('status', 'ledger')]; "
+        "print(sorted(m for m in ('paramiko', 'watchdog', 'gateway.daemon', 'gateway.demo', "
+        "'gateway.dropserver', 'gateway.sftp') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True, cwd=CLI.parent.parent)  # fmt: skip
+    assert done.stdout.strip() == "[]", f"loaded by status or ledger: {done.stdout}"
