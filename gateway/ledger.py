@@ -126,6 +126,21 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m002_overdue_index(db: sqlite_utils.Database) -> None:
+    """Index (state, partner, delivered_at) in place of (state, partner).
+
+    `status` counts overdue packages (delivered, no receipt in time) per partner. With
+    delivered_at only in the table, SQLite read each delivered row: 0.11-0.18 s of a
+    1,000,000-package ledger (bench/ledger_scale.py). With it in the index the count
+    reads the index alone: 0.006 s. The index still serves every lookup by state, or by
+    state and partner, that the old one did; it takes 42 bytes a package instead of 29.
+    Building it on that ledger took 3.4 s, once, under the write lock.
+    """
+    db.execute("DROP INDEX idx_packages_state_partner")
+    db.table("packages").create_index(["state", "partner", "delivered_at"])
+
+
 class Ledger:
     """The ledger of one home, as seen by one actor (an OS user, or `daemon`).
 
