@@ -181,20 +181,41 @@ class SftpPartner:
         cut off after the rename), nothing is sent again; if it is there with other
         content, nothing is overwritten and `RemoteConflict` says so.
         """
-        folder = self.endpoint.upload_dir.rstrip("/") or "."
-        final, tmp = f"{folder}/{name}", f"{folder}/.{name}.part"
-        size = local.stat().st_size
+        final, size = self._upload_path(name), local.stat().st_size
         try:
             if self._exists(final):
                 return self._compare(final, sha256)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        with local.open("rb") as src, self.open_part(name) as part:
+            while chunk := src.read(part.block):
+                part.write(chunk)
+            part.close()
+        return self.place(name, size, sha256)
+
+    def open_part(self, name: str) -> RemotePart:
+        """Open `<upload_dir>/.<name>.part` for writing, emptied; `place` it once it is whole."""
+        try:
             request = self.write_bytes()
-            # Whole requests per read: a 1 MiB read would leave a short fifth request.
-            block = request * max(1, CHUNK // request)
-            with local.open("rb") as src, self.sftp.open(tmp, "wb") as dst:
-                dst.MAX_REQUEST_SIZE = request  # this file only, not paramiko's class default
-                dst.set_pipelined(True)
-                while chunk := src.read(block):
-                    dst.write(chunk)
+            handle = self.sftp.open(self._upload_path(f".{name}.part"), "wb")
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        handle.MAX_REQUEST_SIZE = request  # this file only, not paramiko's class default
+        handle.set_pipelined(True)
+        return RemotePart(handle, request, f"upload of {name} to {self._name}")
+
+    def place(self, name: str, size: int, sha256: str) -> Uploaded:
+        """Rename a whole `.<name>.part` of `size` bytes into place as `<upload_dir>/<name>`.
+
+        If `<name>` is there already (a delivery cut off after its rename), it must hold
+        the same bytes: then the part is removed and the upload counts as done.
+        """
+        final, tmp = self._upload_path(name), self._upload_path(f".{name}.part")
+        try:
             uploaded = self.sftp.stat(tmp).st_size
             if uploaded != size:
                 raise TransferFailed(
@@ -213,6 +234,9 @@ class SftpPartner:
                 f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
             ) from None
         return Uploaded(final, already_there=False)
+
+    def _upload_path(self, name: str) -> str:
+        return f"{self.endpoint.upload_dir.rstrip('/') or '.'}/{name}"
 
     def write_bytes(self) -> int:
         """Bytes per write request for this session (asked of the server once)."""
@@ -336,6 +360,51 @@ class SftpPartner:
     def _remove_quietly(self, path: str) -> None:
         with contextlib.suppress(OSError):
             self.sftp.remove(path)
+
+
+class RemotePart:
+    """A file being written on a partner's server under its hidden `.part` name.
+
+    Writes are pipelined: an error may show only at a later write or at `close`, which
+    waits until the server has taken every byte. `whole` says `close` got that far;
+    leaving the `with` block without it abandons the file.
+    """
+
+    def __init__(self, handle: paramiko.SFTPFile, request: int, what: str) -> None:
+        self._handle = handle
+        self._what = what
+        #: Bytes to hand to `write` at a time: whole requests (a 1 MiB block would leave a
+        #: short fifth request of 261,120-byte ones).
+        self.block = request * max(1, CHUNK // request)
+        self.whole = False
+
+    def __enter__(self) -> RemotePart:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Abandon the file unless `close` was called: the server keeps what it took."""
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+            self._handle.close()
+
+    def write(self, chunk: bytes) -> None:
+        """Send `chunk` after what was sent before."""
+        try:
+            self._handle.write(chunk)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
+
+    def close(self) -> None:
+        """Close the file once the server has acknowledged every write."""
+        try:
+            self._handle.close()
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
+        self.whole = True
 
 
 def _why(err: BaseException) -> str:
