@@ -5,21 +5,100 @@ Checkpoint, then act: the sealed file is written under a temporary name and publ
 erased. A crash at any point leaves either a `received` package whose plaintext is
 still there (sealed again from scratch) or a `sealed` one whose leftover plaintext
 `erase_leftovers()` removes.
+
+The sealed file is read back as gpg writes it, on a thread of its own: to hash it, and
+to hand it to a tee (the partner's server, for a large package: `Deliverer.stream`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Protocol
 
 from gateway.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
-from gateway.errors import KeyProblem, NotFound, PartnerError, UsageError
-from gateway.files import fsync_dir, publish, sha256_file
+from gateway.errors import GatewayError, KeyProblem, NotFound, PartnerError, UsageError
+from gateway.files import fsync_dir, publish
 from gateway.home import Home
 from gateway.intake import PAYLOAD
 from gateway.ledger import Ledger
 from gateway.lifecycle import State
 from gateway.openpgp import Keyring
 from gateway.records import Package
+
+log = logging.getLogger("gateway")
+#: Bytes read from the sealed file at a time, unless a tee wants other blocks.
+BLOCK: Final = 1024 * 1024
+
+
+class Tee(Protocol):
+    """Where the sealed bytes go as well, while gpg writes them, `block` bytes at a time.
+
+    `whole` once it was closed without trouble.
+    """
+
+    block: int
+    whole: bool
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Follower(threading.Thread):
+    """Reads a file while another process writes it: hashes every byte, hands each block on.
+
+    `done` is set when the writer has finished; the file is then read to its end. A tee
+    that fails is dropped and its error kept in `tee_error`; the hashing goes on.
+    """
+
+    def __init__(self, path: Path, tee: Tee | None) -> None:
+        super().__init__(name=f"follow {path.name}", daemon=True)
+        self.path = path
+        self.tee = tee
+        self.done = threading.Event()
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.tee_error: GatewayError | None = None
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            self._follow()
+        except OSError as err:
+            self.error = err
+
+    def _follow(self) -> None:
+        while not self.path.exists():
+            if self.done.is_set():
+                return  # the writer failed before creating it
+            self.done.wait(0.002)
+        block = self.tee.block if self.tee else BLOCK
+        with self.path.open("rb") as f:
+            while True:
+                finished = self.done.is_set()
+                if not finished and os.fstat(f.fileno()).st_size - self.size < block:
+                    self.done.wait(0.005)
+                    continue
+                if not (chunk := f.read(block)):
+                    break
+                self.digest.update(chunk)
+                self.size += len(chunk)
+                if self.tee:
+                    self._tee(self.tee.write, chunk)
+        if self.tee:
+            self._tee(self.tee.close)
+
+    def _tee(self, step: Callable[..., None], *args: bytes) -> None:
+        try:
+            step(*args)
+        except GatewayError as err:
+            self.tee_error, self.tee = err, None
 
 
 def manifest_for(package: Package, sender: Party, recipient: Party) -> Manifest:
@@ -48,8 +127,13 @@ class Sealer:
         self.keyring = keyring
         self.gateway_id = gateway_id
 
-    def seal(self, package: Package) -> Package:
-        """Seal one `received` package and erase its plaintext."""
+    def seal(self, package: Package, tee: Tee | None = None, hold: float = 0.0) -> Package:
+        """Seal one `received` package and erase its plaintext.
+
+        With `tee`, the sealed bytes also go there as gpg writes them; if the tee took
+        them all, no delivery turn takes the sealed package up for `hold` seconds, which
+        leaves the tee's owner the time to finish delivering it.
+        """
         partner = self.ledger.partner(str(package.partner))
         if not partner.enabled:
             raise PartnerError(
@@ -64,18 +148,32 @@ class Sealer:
         manifest = manifest_for(package, sender, Party(partner.id, partner.openpgp_key))
         final = self.home.sealed_file(package.package_id)
         tmp = final.with_name(f".{final.name}.tmp")
+        tmp.unlink(missing_ok=True)  # the follower must find gpg's file, not an older one
         mtime = int(self.ledger.clock())
-        with (self.home.work / package.package_id / PAYLOAD).open("rb") as payload:
-            plaintext = ChunkReader(tar_chunks(manifest, payload, mtime))
-            self.keyring.seal(
-                plaintext,
-                tmp,
-                sender.key,
-                partner.openpgp_key,
-                hide=bool(partner.hide_recipient),
-            )
-        digest, size = sha256_file(tmp), tmp.stat().st_size
+        follower = Follower(tmp, tee)
+        follower.start()
+        try:
+            with (self.home.work / package.package_id / PAYLOAD).open("rb") as payload:
+                plaintext = ChunkReader(tar_chunks(manifest, payload, mtime))
+                self.keyring.seal(
+                    plaintext,
+                    tmp,
+                    sender.key,
+                    partner.openpgp_key,
+                    hide=bool(partner.hide_recipient),
+                )
+        finally:
+            follower.done.set()
+            follower.join()
+        if follower.error is not None:
+            tmp.unlink(missing_ok=True)
+            raise follower.error
+        if follower.tee_error is not None:
+            log.warning("%s: sealed, not uploaded beside gpg: %s", package.package_id,
+                        follower.tee_error)  # fmt: skip
+        digest, size = follower.digest.hexdigest(), follower.size
         publish(tmp, final)
+        held_until = self.ledger.clock() + hold if tee and tee.whole else None
         with self.ledger.transaction():  # one commit: the erasure follows at once, or on restart
             sealed = self.ledger.transition(
                 package.package_id,
@@ -91,6 +189,7 @@ class Sealer:
                 recipient_key=partner.openpgp_key,
                 ciphertext_sha256=digest,
                 ciphertext_size=size,
+                next_attempt_at=held_until,
             )
             self.ledger.record(
                 "erase",
