@@ -91,9 +91,12 @@ class Runner:
             self.seal(package)
 
     def seal(self, package: Package) -> None:
-        """Seal one package, or set it back."""
+        """Seal one package (a large one for a push partner while uploading it), or set it back."""
         try:
-            self.sealer.seal(package)
+            if self.deliverer.streams(package):
+                self.deliverer.stream(self.sealer, package)
+            else:
+                self.sealer.seal(package)
         except GatewayError as err:
             self.retry.setback(package, err)
 

@@ -33,12 +33,14 @@ from typing import Any
 import paramiko
 import pytest
 
+from gateway import delivery
 from gateway.delivery import Deliverer
 from gateway.home import Home
 from gateway.lifecycle import State
 from gateway.names import new_ulid
 from gateway.records import Event, Package
 from gateway.retry import Retry
+from gateway.sftp import SftpPartner
 from tests.conftest import (
     PARTNER_ID,
     PartnerPgp,
@@ -342,6 +344,73 @@ def test_a_cut_mid_batch_records_what_arrived_and_sets_back_the_rest(
     run_once(home)
     delivered_once(home, server, [first, second, third], tally)
     assert [actions(home, pid).count("deliver") for pid in (first, second, third)] == [1, 1, 1]
+
+
+# -- a large package, uploaded while it is sealed ----------------------------------------
+
+STREAMED = ("refused", "cut mid-upload, gateway to server", "stall mid-transfer")
+
+
+@pytest.mark.parametrize("case", STREAMED)
+def test_a_fault_while_streaming_leaves_it_sealed_for_the_partner_turn(
+    wired: Wired, tally: Tally, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The upload beside gpg fails: the package is sealed all the same, nothing shows on the
+    partner, and the ordinary turn delivers it later, once."""
+    monkeypatch.setattr(delivery, "STREAM_FROM", 1024 * 1024)
+    home, server, proxy = wired.home, wired.server, wired.proxy
+    pid = drop(home, wired.tmp, UPLOAD)
+    proxy.set(NETWORK_FAULTS[case](wired.login))
+    tally.fault(f"network while streaming: {case}")
+
+    bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
+
+    faulted = [c for c in proxy.connections if c.fault.kind != "clean"]
+    assert len(faulted) >= 2, "a session beside gpg, then the partner's turn"
+    assert faulted[0].outcome in {"refused", "cut", "stalled"}, "the fault hit the first"
+    waiting = package(home, pid)
+    assert (waiting.state, waiting.failures) == (State.SEALED, 1), waiting.last_error
+    assert f"{pid}.pgp" not in remote_files(server), "no partial file under the final name"
+    assert not any(home.work.iterdir()), "sealed: the plaintext is erased"
+
+    proxy.set(Fault.clean())
+    make_due(home, pid)
+    run_once(home)
+    delivered_once(home, server, [pid], tally)
+    assert actions(home, pid).count("deliver") == 1
+
+
+def test_a_crash_after_sealed_before_the_rename_is_delivered_after_the_hold(
+    wired: Wired, tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole file is on the partner under its hidden name when the gateway dies: no
+    other turn touches it while it is held, then the ordinary delivery completes it."""
+    monkeypatch.setattr(delivery, "STREAM_FROM", 1024 * 1024)
+    home, server = wired.home, wired.server
+    pid = drop(home, wired.tmp, UPLOAD)
+
+    def crash(*args: object) -> None:
+        raise SystemExit("the gateway died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SftpPartner, "place", crash)
+        with pytest.raises(SystemExit):
+            run_once(home)
+    tally.fault("crash between `sealed` and the rename of a streamed upload")
+
+    held = package(home, pid)
+    assert held.state is State.SEALED
+    assert remote_files(server) == [f".{pid}.pgp.part"]
+    assert (server.upload / f".{pid}.pgp.part").stat().st_size == held.ciphertext_size
+    assert held.next_attempt_at is not None
+    assert held.next_attempt_at > time.time() + 2 * DEADLINE, "held for three I/O timeouts"
+    run_once(home)
+    assert package(home, pid).state is State.SEALED, "not delivered by another turn while held"
+
+    make_due(home, pid)
+    run_once(home)
+    delivered_once(home, server, [pid], tally)
+    assert actions(home, pid).count("deliver") == 1
 
 
 def test_trickle_that_keeps_moving_delivers_in_one_pass(wired: Wired, tally: Tally) -> None:

@@ -13,9 +13,16 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from gateway import delivery
 from gateway.home import Home
+from gateway.ledger import Ledger
 from gateway.lifecycle import State
+from gateway.records import Package
+from gateway.sftp import SftpPartner
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,
@@ -71,6 +78,48 @@ def test_package_on_the_partner_decrypts_to_the_original(exchange: tuple[Home, P
 
     assert package.ciphertext_sha256 == hashlib.sha256(sealed.read_bytes()).hexdigest()
     assert not any((home.work).iterdir()), "no plaintext stays in the spool after sealing"
+
+
+def test_a_large_package_goes_up_while_sealed_and_shows_only_after_the_checkpoint(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, pgp, server = exchange
+    monkeypatch.setattr(delivery, "STREAM_FROM", 1024 * 1024)
+    payload = os.urandom(3 * 1024 * 1024)
+    source = short_tmp / "large.bin"
+    source.write_bytes(payload)
+    pid = send(home, source)
+    at_checkpoint: list[tuple[str, int]] = []
+    transition = Ledger.transition
+
+    def spy(ledger: Ledger, package_id: str, new: State, *args: Any, **kwargs: Any) -> Package:
+        if new is State.SEALED:  # what the partner could see when `sealed` is recorded
+            at_checkpoint.extend((p.name, p.stat().st_size) for p in server.upload.iterdir())
+        return transition(ledger, package_id, new, *args, **kwargs)
+
+    def unused(*args: object) -> None:
+        raise AssertionError("uploaded again after sealing")
+
+    monkeypatch.setattr(Ledger, "transition", spy)
+    monkeypatch.setattr(SftpPartner, "put_atomic", unused)
+    run_once(home)
+
+    with gateway(home) as gw:
+        package = gw.ledger.package(pid)
+        actions = [e.action for e in gw.ledger.events(pid)]
+    assert package.state is State.DELIVERED
+    assert at_checkpoint == [(f".{pid}.pgp.part", package.ciphertext_size)], (
+        "all bytes up under the hidden name, nothing under the final one"
+    )
+    assert actions == ["intake", "deliver.attempt", "seal", "erase", "deliver"]
+    assert remote_files(server) == [f"{pid}.pgp"]
+    sealed = server.upload / f"{pid}.pgp"
+    assert package.ciphertext_sha256 == hashlib.sha256(sealed.read_bytes()).hexdigest()
+    assert sealed.read_bytes() == home.sealed_file(pid).read_bytes()
+    plaintext, status = pgp.decrypt(sealed)
+    assert "DECRYPTION_OKAY" in status
+    with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
+        assert tar.extractfile("payload/large.bin").read() == payload  # type: ignore[union-attr]
 
 
 def test_package_is_hidden_recipient_uncompressed_with_empty_literal_name(
