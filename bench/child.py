@@ -4,10 +4,12 @@
     python -m bench.child once HOME          # what `gateway run --once` does
     python -m bench.child daemon HOME OUT    # what `gateway run` does, until SIGTERM
 
-`outbound` takes SOURCE in (`Intake.copy_in`, what `gateway send` does), seals it
-(`Runner.seal`) and delivers it (`Runner.partner_round`, no poll), then prints one JSON
-line: the seconds from the copy's start to the ledger's `delivered`, the seconds spent
-in each step, and the peak memory of the process (and, with --memory, of its gpg
+`outbound` copies SOURCE into the partner's outbound spool folder under a temporary name
+(not timed), then drops it as an upstream system does (a rename), takes it in
+(`Intake.move_in`, what the daemon does with a dropped file), seals it (`Runner.seal`,
+which uploads a large package beside gpg) and, if it is not delivered yet, delivers it
+(`Runner.partner_round`, no poll). It prints one JSON line: the seconds from the drop to
+the ledger's `delivered`, the seconds spent in each step, and the peak memory of the process (and, with --memory, of its gpg
 children). `once` and `daemon` run `Runner.once()` and `Daemon.run()` as the CLI does, and report the seconds in each step (`daemon` into OUT,
 summed over its worker threads, so the sums exceed the wall time). The steps are
 timed by wrapping the functions the gateway calls; nothing in the gateway is changed.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -63,11 +66,11 @@ STEPS: tuple[tuple[Any, str, str], ...] = (
     (Keyring, "seal", "Keyring.seal (key checks + gpg sign+encrypt)"),
     (Keyring, "open_message", "Keyring.open_message (gpg decrypt+verify)"),
     (Keyring, "sign_clear", "Keyring.sign_clear (audit checkpoint)"),
-    (sealing, "sha256_file", "seal: sha256 of the sealed file"),
     (sealing, "publish", "seal: publish (fsync, rename, fsync)"),
     (sealing.Sealer, "erase_plaintext", "seal: erase plaintext (rmtree, fsync)"),
     (SftpPartner, "_connect", "SSH connect + login"),
     (SftpPartner, "put_atomic", "SftpPartner.put_atomic"),
+    (SftpPartner, "place", "SftpPartner.place (stat, rename)"),
     (SftpPartner, "list_download", "SftpPartner.list_download"),
     (SftpPartner, "fetch", "SftpPartner.fetch"),
     (SftpPartner, "remove_download", "SftpPartner.remove_download"),
@@ -149,16 +152,21 @@ def outbound(home: Path, source: Path, partner_id: str, memory: bool) -> dict[st
         children.start()
     with Gateway(Home(home), "daemon") as gw:
         runner = Runner(gw)
+        folder = gw.home.outbound / partner_id / "conviction"
+        part = folder / f"{source.name}.part"
+        shutil.copyfile(source, part)
         peaks = {"opened": peak()}
         start = time.perf_counter()
-        package = runner.intake.copy_in(source, partner_id, "conviction")
-        copied = time.perf_counter()
-        peaks["copied in"] = peak()
+        part.rename(folder / source.name)
+        package = runner.intake.move_in(folder / source.name, partner_id, "conviction")
+        taken = time.perf_counter()
+        peaks["taken in"] = peak()
         runner.seal(package)
         sealed = time.perf_counter()
         peaks["sealed"] = peak()
-        partner = gw.ledger.partner(partner_id)
-        runner.partner_round(partner, [gw.ledger.package(package.package_id)], poll=False)
+        package = gw.ledger.package(package.package_id)
+        if package.state is State.SEALED:
+            runner.partner_round(gw.ledger.partner(partner_id), [package], poll=False)
         done = time.perf_counter()
         peaks["delivered"] = peak()
         state = gw.ledger.package(package.package_id).state
@@ -170,8 +178,8 @@ def outbound(home: Path, source: Path, partner_id: str, memory: bool) -> dict[st
         "state": str(state),
         "delivered": state is State.DELIVERED,
         "phases": {
-            "copy_in (copy, fsync, sha256, ledger)": copied - start,
-            "seal": sealed - copied,
+            "take in (rename, fsyncs, sha256, ledger)": taken - start,
+            "seal (and upload, if large)": sealed - taken,
             "deliver": done - sealed,
         },
         "steps": steps(),
