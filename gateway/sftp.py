@@ -107,9 +107,10 @@ class SftpPartner:
         self.close()
 
     def close(self) -> None:
-        """Close the session and its connection."""
+        """Close the session and its connection; one the network broke, quietly."""
         if self._sftp is not None:
-            self._sftp.close()
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                self._sftp.close()
         if self._transport is not None:
             self._transport.close()
         self._sftp = self._transport = None
