@@ -1,15 +1,16 @@
 """Polling a push partner: fetch what it left for us, answer with receipts.
 
-One SFTP session per poll. Only names of the contract (`<package_id>.pgp`,
-`<package_id>.receipt`) are fetched; anything else in the partner's folder is left
-alone and logged. A fetched file is removed from the partner's server only after its
-outcome is committed in the ledger, so a cut connection or a crash re-fetches it, and
-the ledger's memory of package ids makes that harmless.
+One SFTP session per poll; the files fetched are handled a few at a time. Only names
+of the contract (`<package_id>.pgp`, `<package_id>.receipt`) are fetched; anything else
+in the partner's folder is left alone and logged. A fetched file is removed from the
+partner's server only after its outcome is committed in the ledger, so a cut connection
+or a crash re-fetches it, and the ledger's memory of package ids makes that harmless.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Final
 
 from gateway.delivery import Deliverer
@@ -24,6 +25,9 @@ from gateway.sftp import SftpPartner
 
 log = logging.getLogger("gateway")
 MAX_FILES_PER_POLL: Final = 500
+#: Threads handling fetched files. Each package costs two gpg runs (open, and the receipt),
+#: each waiting on its own process; one thread left a core idle.
+HANDLERS: Final = 4
 
 
 class Poller:
@@ -49,7 +53,12 @@ class Poller:
             log.error("poll of %s: %s", partner.id, err)
 
     def fetch_all(self, partner: Partner, sftp: SftpPartner) -> None:
-        """Fetch, handle and remove each file addressed to us, up to a bound per poll."""
+        """Fetch, handle and remove each file addressed to us, up to a bound per poll.
+
+        This thread fetches and removes; HANDLERS threads handle (two gpg runs each for a
+        package). A file is removed only once its handling has ended, which commits its
+        outcome. Once a handling fails, no more are fetched; the ones in hand are finished.
+        """
         listing = sftp.list_download()
         wanted = [(f, m) for f in listing if (m := WIRE_NAME.fullmatch(f.name))]
         if skipped := len(listing) - len(wanted):
@@ -60,17 +69,44 @@ class Poller:
             )
         folder = self.home.incoming / partner.id
         folder.mkdir(mode=0o700, exist_ok=True)
-        for remote, match in wanted[:MAX_FILES_PER_POLL]:
-            limit = self.inbound.max_bytes(match["suffix"])
-            if remote.size > limit:
-                self.ledger.record("fetch.refused", partner=partner.id,
-                                   detail={"name": remote.name, "size": remote.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
-                sftp.remove_download(remote.name)
-                continue
-            local = folder / remote.name
-            sftp.fetch(remote.name, local, limit, remote.size)
-            self.inbound.handle(partner, local, match["pid"], match["suffix"])
-            sftp.remove_download(remote.name)
+        with ThreadPoolExecutor(HANDLERS, thread_name_prefix=f"handle-{partner.id}") as pool:
+            in_hand: dict[Future[None], str] = {}
+            try:
+                for remote, match in wanted[:MAX_FILES_PER_POLL]:
+                    limit = self.inbound.max_bytes(match["suffix"])
+                    if remote.size > limit:
+                        self.ledger.record("fetch.refused", partner=partner.id,
+                                           detail={"name": remote.name, "size": remote.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
+                        sftp.remove_download(remote.name)
+                        continue
+                    local = folder / remote.name
+                    sftp.fetch(remote.name, local, limit, remote.size)
+                    job = pool.submit(
+                        self.inbound.handle, partner, local, match["pid"], match["suffix"]
+                    )
+                    in_hand[job] = remote.name
+                    if len(in_hand) >= 2 * HANDLERS:
+                        self._remove_handled(sftp, in_hand, FIRST_COMPLETED)
+            finally:
+                self._remove_handled(sftp, in_hand, ALL_COMPLETED)
+
+    def _remove_handled(
+        self, sftp: SftpPartner, in_hand: dict[Future[None], str], until: str
+    ) -> None:
+        """Wait for handlings in `in_hand` (the first or all); remove each file handled well.
+
+        The first failure is raised after the others' files are removed.
+        """
+        done, _ = wait(in_hand, return_when=until)
+        failures = []
+        for job in done:
+            name = in_hand.pop(job)
+            if (failure := job.exception()) is None:
+                sftp.remove_download(name)
+            else:
+                failures.append(failure)
+        if failures:
+            raise failures[0]
 
     def send_receipts(self, partner: Partner, sftp: SftpPartner) -> None:
         """Upload every receipt we owe this partner, recording them sent in one commit.

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,10 +24,12 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import NotFound, Transient
 from gateway.home import Home
+from gateway.inbound import Inbound
 from gateway.lifecycle import State
 from gateway.names import new_ulid
-from gateway.records import Event, Package
+from gateway.records import Event, Package, Partner
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,
@@ -421,6 +424,51 @@ def test_good_package_is_delivered_and_receipted(desk: Desk, content: bytes) -> 
     assert receipt["disposition"] == "accepted" and "reason" not in receipt
     assert receipt["ciphertext_sha256"] == sha256(wire)
     assert (receipt["package_id"], receipt["from"], receipt["to"]) == (pid, GATEWAY_ID, PARTNER_ID)
+
+
+def test_fetched_packages_are_handled_side_by_side_and_a_failure_loses_none(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handling runs on several threads; a file whose handling fails stays on the server
+    while the others are removed once accepted, and the next poll finishes it, once."""
+    pids = [partner_pid() for _ in range(10)]
+    for pid in pids:
+        leave(desk, f"{pid}.pgp", seal(desk, envelope(manifest(desk, pid))))
+    failing, handle, lock = pids[3], Inbound.handle, threading.Lock()
+    running, most = 0, 0
+
+    def spy(inbound: Inbound, partner: Partner, path: Path, pid: str, suffix: str) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            if pid == failing:
+                raise Transient("the ledger is busy (injected); try again")
+            handle(inbound, partner, path, pid, suffix)
+        finally:
+            with lock:
+                running -= 1
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Inbound, "handle", spy)
+        run_once(desk.home)
+
+    assert most > 1, "handled side by side"
+    left = sorted(os.listdir(desk.server.download))
+    assert f"{failing}.pgp" in left
+    for pid in pids:
+        if f"{pid}.pgp" not in left:
+            assert package(desk.home, pid).state is State.ACCEPTED, "removed only once accepted"
+    with gateway(desk.home) as gw, pytest.raises(NotFound):
+        gw.ledger.package(failing)
+
+    run_once(desk.home)
+
+    assert os.listdir(desk.server.download) == []
+    assert {package(desk.home, pid).state for pid in pids} == {State.ACCEPTED}
+    assert sorted(os.listdir(desk.server.upload)) == sorted(f"{pid}.receipt" for pid in pids)
+    assert [actions(desk.home, pid).count("accept") for pid in pids] == [1] * len(pids)
 
 
 def test_receipt_upload_cut_before_it_was_recorded_is_finished_not_repeated(desk: Desk) -> None:
