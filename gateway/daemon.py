@@ -123,6 +123,7 @@ class Daemon:
                         self.scan()
                         next_scan = time.monotonic() + settings.daemon_scan_seconds
                     self.recheck_unsettled()
+                    self.runner.deliverer.close_idle()
                     if time.monotonic() >= next_checkpoint:
                         self._submit("audit", functools.partial(audit.checkpoint, self.gw))
                         next_checkpoint = time.monotonic() + settings.audit_checkpoint_seconds
@@ -244,6 +245,7 @@ class Daemon:
         deadline = time.monotonic() + SHUTDOWN_SECONDS
         for worker in self.workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+        self.runner.deliverer.close_idle(0)
         if abandoned := [w.name for w in self.workers if w.is_alive()]:
             # Safe: every step is checkpointed in the ledger and idempotent, so the next
             # start finishes what these were doing.

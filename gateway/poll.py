@@ -1,8 +1,9 @@
 """Polling a push partner: fetch what it left for us, answer with receipts.
 
-One SFTP session per poll; the files fetched are handled a few at a time. Only names
-of the contract (`<package_id>.pgp`, `<package_id>.receipt`) are fetched; anything else
-in the partner's folder is left alone and logged. A fetched file is removed from the
+One SFTP session per poll (the delivery turn's, if there was one); the files fetched are
+handled a few at a time. Only names of the contract (`<package_id>.pgp`,
+`<package_id>.receipt`) are fetched; anything else in the partner's folder is left alone
+and logged. A fetched file is removed from the
 partner's server only after its outcome is committed in the ledger, so a cut connection
 or a crash re-fetches it, and the ledger's memory of package ids makes that harmless.
 """
@@ -44,7 +45,7 @@ class Poller:
         if not partner.enabled:
             return
         try:
-            with self.deliverer.session(partner) as sftp:
+            with self.deliverer.connected(partner) as sftp:
                 self.fetch_all(partner, sftp)
                 self.send_receipts(partner, sftp)
         except Transient as err:

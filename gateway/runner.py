@@ -45,8 +45,11 @@ class Runner:
         deadline = time.monotonic() + 10 * max(1, self.gw.settings.daemon_settle_seconds)
         while self.take_in() and time.monotonic() < deadline:
             time.sleep(0.2)
-        self.seal_due()
-        self.exchange_all()
+        try:
+            self.seal_due()
+            self.exchange_all()
+        finally:
+            self.deliverer.close_idle(0)
 
     def recover(self) -> None:
         """Finish what a crash interrupted."""

@@ -91,12 +91,31 @@ class SftpPartner:
         self._write_bytes: int | None = None  # asked of the server at the first upload
 
     def __enter__(self) -> SftpPartner:
+        return self.open()
+
+    def open(self) -> SftpPartner:
+        """Connect, log in and start SFTP; on any failure nothing stays open."""
         try:
             self._connect()
         except BaseException:
             self.close()
             raise
         return self
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session was closed (or never opened)."""
+        return self._transport is None
+
+    def reusable(self, endpoint: Endpoint) -> bool:
+        """Whether this open session may serve `endpoint` now: the same endpoint, still
+        connected, and the server's key still the one pinned (it may have been re-pinned)."""
+        t = self._transport
+        if endpoint != self.endpoint or t is None or not t.is_active() or t.host_key is None:
+            return False
+        e = self.endpoint
+        pinned = paramiko.HostKeys(str(self._known_hosts)).lookup(known_hosts_name(e.host, e.port))
+        return pinned is not None and pinned.get(t.host_key.get_name()) == t.host_key
 
     def __exit__(
         self,

@@ -22,6 +22,7 @@ from gateway.home import Home
 from gateway.ledger import Ledger
 from gateway.lifecycle import State
 from gateway.records import Package
+from gateway.runner import Runner
 from gateway.sftp import SftpPartner
 from tests.conftest import (
     GATEWAY_ID,
@@ -177,6 +178,51 @@ def test_host_key_mismatch_sends_nothing_and_holds(home: Home, partner_pgp: Part
     assert "not the one pinned" in str(package.last_error)
     shown = json.loads(cli(home, "partner", "show", PARTNER_ID, "--json").stdout)
     assert shown["health"] == "failing"
+
+
+def test_a_turn_soon_after_another_reuses_its_session_unless_the_pin_changed(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, _, server = exchange
+    connects: list[str] = []
+    connect = SftpPartner._connect
+
+    def counted(sftp: SftpPartner) -> None:
+        connects.append(sftp.endpoint.host)
+        connect(sftp)
+
+    monkeypatch.setattr(SftpPartner, "_connect", counted)
+    with gateway(home, "daemon") as gw:
+        runner = Runner(gw)
+
+        def turn(name: str) -> Package:
+            (short_tmp / name).write_bytes(b"<notice/>")
+            package = runner.intake.copy_in(short_tmp / name, PARTNER_ID, "conviction")
+            runner.seal(package)
+            runner.partner_round(gw.ledger.partner(PARTNER_ID), [gw.ledger.package(package.package_id)], poll=True)  # fmt: skip
+            return gw.ledger.package(package.package_id)
+
+        try:
+            assert [turn(f"n{n}.xml").state for n in range(3)] == [State.DELIVERED] * 3
+            assert len(connects) == 1, "deliveries and polls of later turns used the first session"
+
+            impostor = SshServer(short_tmp / "impostor")  # only its key is used
+            result = cli(home, "partner", "set-host-key", PARTNER_ID, "--host-key",
+                         impostor.host_key_line, "--reason", "test: re-pinned")  # fmt: skip
+            assert result.exit_code == 0, result.stderr
+            held = turn("after.xml")
+            assert len(connects) == 3, "the kept session was not used once the pin changed"
+            assert held.state is State.HELD and "not the one pinned" in str(held.last_error)
+
+            runner.deliverer.close_idle(0)
+            monkeypatch.setattr(delivery, "KEEP_SECONDS", 0.0)
+            cli(home, "partner", "set-host-key", PARTNER_ID, "--host-key", server.host_key_line,
+                "--reason", "test: the right key again")  # fmt: skip
+            assert turn("m.xml").state is State.DELIVERED
+            assert len(connects) == 5, "a session idle past KEEP_SECONDS is not used"
+        finally:
+            runner.deliverer.close_idle(0)
+    assert len(remote_files(server)) == 4
 
 
 def test_partner_down_then_back_delivers_once(exchange: tuple[Home, PartnerPgp, SshServer],
