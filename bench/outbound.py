@@ -30,6 +30,7 @@ from bench.measure import (
     time_row,
 )
 from bench.rig import PARTNER_ID, Rig
+from gateway.delivery import KEEP_SECONDS
 from gateway.sftp import FALLBACK_WRITE_BYTES, Endpoint, SftpPartner
 
 Say = Callable[[str], None]
@@ -402,7 +403,7 @@ def latency(rig: Rig, samples: int, say: Say) -> list[Row]:
             part = write_random(rig.spool / f"{name}.part", SMALL)
             os.utime(part, (time.time() - OLD,) * 2)
             before, seen = delivered_count(rig), set(os.listdir(upload))
-            time.sleep(0.5)  # idle
+            time.sleep(KEEP_SECONDS + 0.5)  # idle: no SSH session is kept from the last one
             wall, start = time.time(), time.perf_counter()
             os.rename(part, rig.spool / name)
             while not [n for n in os.listdir(upload) if not n.startswith(".") and n not in seen]:
