@@ -403,7 +403,7 @@ def latency(rig: Rig, samples: int, say: Say) -> list[Row]:
             part = write_random(rig.spool / f"{name}.part", SMALL)
             os.utime(part, (time.time() - OLD,) * 2)
             before, seen = delivered_count(rig), set(os.listdir(upload))
-            time.sleep(KEEP_SECONDS + 0.5)  # idle: no SSH session is kept from the last one
+            time.sleep(KEEP_SECONDS + 1.5)  # idle: the daemon has closed the last session
             wall, start = time.time(), time.perf_counter()
             os.rename(part, rig.spool / name)
             while not [n for n in os.listdir(upload) if not n.startswith(".") and n not in seen]:
