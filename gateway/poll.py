@@ -3,9 +3,9 @@
 One SFTP session per poll (the delivery turn's, if there was one); the files fetched are
 handled a few at a time. Only names of the contract (`<package_id>.pgp`,
 `<package_id>.receipt`) are fetched; anything else in the partner's folder is left alone
-and logged. A fetched file is removed from the
-partner's server only after its outcome is committed in the ledger, so a cut connection
-or a crash re-fetches it, and the ledger's memory of package ids makes that harmless.
+and logged. A fetched file is removed from the partner's server only after its outcome
+is committed in the ledger, so a cut connection or a crash re-fetches it, and the
+ledger's memory of package ids makes that harmless.
 """
 
 from __future__ import annotations

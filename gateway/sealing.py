@@ -6,8 +6,8 @@ erased. A crash at any point leaves either a `received` package whose plaintext 
 still there (sealed again from scratch) or a `sealed` one whose leftover plaintext
 `erase_leftovers()` removes.
 
-The sealed file is read back as gpg writes it, on a thread of its own: to hash it, and
-to hand it to a tee (the partner's server, for a large package: `Deliverer.stream`).
+The sealed file is hashed on a thread of its own. With a tee (the partner's server, for a
+large package: `Deliverer.stream`) it is read as gpg writes it, and each block handed on.
 """
 
 from __future__ import annotations
