@@ -17,7 +17,14 @@ from types import TracebackType
 from typing import Final
 
 import paramiko
-from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_OPENDIR, CMD_READDIR
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
+    CMD_OPENDIR,
+    CMD_READDIR,
+    CMD_STATUS,
+)
 
 from gateway.errors import HostKeyMismatch, RemoteConflict, TransferFailed
 from gateway.files import publish
@@ -209,9 +216,15 @@ class SftpPartner:
             raise TransferFailed(
                 f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
             ) from None
-        with local.open("rb") as src, self.open_part(name) as part:
-            while chunk := src.read(part.block):
-                part.write(chunk)
+        with self.open_part(name) as part:
+            try:
+                with local.open("rb") as src:
+                    while chunk := src.read(part.block):
+                        part.write(chunk)
+            except OSError as err:
+                raise TransferFailed(
+                    f"cannot read {local} ({err.strerror or err}); will retry"
+                ) from None
             part.close()
         return self.place(name, size, sha256)
 
@@ -386,7 +399,8 @@ class RemotePart:
     """A file being written on a partner's server under its hidden `.part` name.
 
     Writes are pipelined: an error may show only at a later write or at `close`, which
-    waits until the server has taken every byte. `whole` says `close` got that far;
+    reads the server's answer to every write still unanswered (paramiko's own close does
+    not look at them, nor at the answer to closing). `whole` says `close` got that far;
     leaving the `with` block without it abandons the file.
     """
 
@@ -415,14 +429,23 @@ class RemotePart:
         """Send `chunk` after what was sent before."""
         try:
             self._handle.write(chunk)
-        except (paramiko.SSHException, OSError, EOFError) as err:
+        except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as err:
             raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
 
     def close(self) -> None:
-        """Close the file once the server has acknowledged every write."""
+        """Close the file once the server has said yes to every write."""
+        handle = self._handle
         try:
-            self._handle.close()
-        except (paramiko.SSHException, OSError, EOFError) as err:
+            handle.flush()
+            while handle._reqs:
+                request = handle._reqs.popleft()
+                if request not in handle.sftp._expecting:
+                    continue  # answered while paramiko waited for another: `place` checks the size
+                kind, _ = handle.sftp._read_response(request)  # raises on an error status
+                if kind != CMD_STATUS:
+                    raise paramiko.SFTPError(f"the server answered a write with message {kind}")
+            handle.close()
+        except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as err:
             raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
         self.whole = True
 
