@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from gateway.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
-from gateway.errors import GatewayError, KeyProblem, NotFound, PartnerError, UsageError
+from gateway.errors import KeyProblem, NotFound, PartnerError, Transient, UsageError
 from gateway.files import fsync_dir, publish
 from gateway.home import Home
 from gateway.intake import PAYLOAD
@@ -66,13 +66,13 @@ class Follower(threading.Thread):
         self.done = threading.Event()
         self.digest = hashlib.sha256()
         self.size = 0
-        self.tee_error: GatewayError | None = None
-        self.error: OSError | None = None
+        self.tee_error: Exception | None = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             self._follow()
-        except OSError as err:
+        except BaseException as err:  # raised again by the sealing thread
             self.error = err
 
     def _follow(self) -> None:
@@ -93,15 +93,15 @@ class Follower(threading.Thread):
                     break
                 self.digest.update(chunk)
                 self.size += len(chunk)
-                if self.tee:
-                    self._tee(self.tee.write, chunk)
-        if self.tee:
-            self._tee(self.tee.close)
+                if tee := self.tee:
+                    self._tee(tee.write, chunk)
+        if tee := self.tee:
+            self._tee(tee.close)
 
     def _tee(self, step: Callable[..., None], *args: bytes) -> None:
         try:
             step(*args)
-        except GatewayError as err:
+        except Exception as err:  # whatever the tee's trouble, the hashing goes on
             self.tee_error, self.tee = err, None
 
 
@@ -131,12 +131,11 @@ class Sealer:
         self.keyring = keyring
         self.gateway_id = gateway_id
 
-    def seal(self, package: Package, tee: Tee | None = None, hold: float = 0.0) -> Package:
+    def seal(self, package: Package, tee: Tee | None = None) -> Package:
         """Seal one `received` package and erase its plaintext.
 
-        With `tee`, the sealed bytes also go there as gpg writes them; if the tee took
-        them all, no delivery turn takes the sealed package up for `hold` seconds, which
-        leaves the tee's owner the time to finish delivering it.
+        With `tee`, the sealed bytes also go there as gpg writes them (`tee.whole` says
+        whether all of them did).
         """
         partner = self.ledger.partner(str(package.partner))
         if not partner.enabled:
@@ -166,18 +165,23 @@ class Sealer:
                     partner.openpgp_key,
                     hide=bool(partner.hide_recipient),
                 )
+        except BaseException:
+            follower.tee = None  # gpg failed: nothing more is sent
+            raise
         finally:
             follower.done.set()
             follower.join()
-        if follower.error is not None:
+        if follower.error is not None or follower.size != tmp.stat().st_size:
             tmp.unlink(missing_ok=True)
-            raise follower.error
+            raise Transient(
+                f"the sealed file of {package.package_id} could not be read back whole "
+                f"({follower.error or 'its size changed'}); it is sealed again on the next try"
+            )
         if follower.tee_error is not None:
             log.warning("%s: sealed, not uploaded beside gpg: %s", package.package_id,
                         follower.tee_error)  # fmt: skip
         digest, size = follower.digest.hexdigest(), follower.size
         publish(tmp, final)
-        held_until = self.ledger.clock() + hold if tee and tee.whole else None
         with self.ledger.transaction():  # one commit: the erasure follows at once, or on restart
             sealed = self.ledger.transition(
                 package.package_id,
@@ -193,7 +197,6 @@ class Sealer:
                 recipient_key=partner.openpgp_key,
                 ciphertext_sha256=digest,
                 ciphertext_size=size,
-                next_attempt_at=held_until,
             )
             self.ledger.record(
                 "erase",

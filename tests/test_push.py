@@ -123,6 +123,68 @@ def test_a_large_package_goes_up_while_sealed_and_shows_only_after_the_checkpoin
         assert tar.extractfile("payload/large.bin").read() == payload  # type: ignore[union-attr]
 
 
+def test_a_turn_during_the_upload_beside_gpg_leaves_that_package_alone(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between `sealed` and the rename, the package is due: a partner turn on another
+    worker must not upload it too (its `.part` would be emptied under the rename)."""
+    home, _, server = exchange
+    monkeypatch.setattr(delivery, "STREAM_FROM", 1024 * 1024)
+    (short_tmp / "large.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    pid = send(home, short_tmp / "large.bin")
+    place, seen = SftpPartner.place, list[tuple[object, object]]()
+    with gateway(home, "daemon") as gw:
+        runner = Runner(gw)
+
+        def turn_first(sftp: SftpPartner, name: str, size: int, sha256: str) -> Any:
+            if not seen:  # the upload beside gpg, about to rename
+                seen.append(("turn", None))
+                partner, package = gw.ledger.partner(PARTNER_ID), gw.ledger.package(pid)
+                runner.partner_round(partner, [package], poll=False)  # as another worker would
+                seen.append((gw.ledger.package(pid).state, remote_files(server)))
+            return place(sftp, name, size, sha256)
+
+        monkeypatch.setattr(SftpPartner, "place", turn_first)
+        try:
+            runner.seal(gw.ledger.package(pid))
+        finally:
+            runner.deliverer.close_idle(0)
+        done = gw.ledger.package(pid)
+        actions = [e.action for e in gw.ledger.events(pid)]
+    assert seen[1:] == [(State.SEALED, [f".{pid}.pgp.part"])], "the turn left it alone"
+    assert done.state is State.DELIVERED
+    assert (actions.count("deliver.attempt"), actions.count("deliver")) == (1, 1)
+    assert remote_files(server) == [f"{pid}.pgp"]
+
+
+def test_a_tee_that_breaks_leaves_the_hash_of_the_whole_sealed_file(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+) -> None:
+    """Whatever a tee raises, the follower still reads and hashes every byte gpg wrote."""
+    home, _, _ = exchange
+    (short_tmp / "large.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    pid = send(home, short_tmp / "large.bin")
+
+    class Breaks:
+        block, whole, writes = 64 * 1024, False, 0
+
+        def write(self, chunk: bytes) -> None:
+            self.writes += 1
+            if self.writes == 3:
+                raise RuntimeError("a bug in the tee")
+
+        def close(self) -> None:
+            self.whole = True
+
+    tee = Breaks()
+    with gateway(home, "daemon") as gw:
+        sealed = Runner(gw).sealer.seal(gw.ledger.package(pid), tee=tee)
+    data = home.sealed_file(pid).read_bytes()
+    assert (tee.writes, tee.whole) == (3, False), "dropped at its failure, never closed"
+    assert (sealed.ciphertext_size, sealed.ciphertext_sha256) == (
+        len(data), hashlib.sha256(data).hexdigest())  # fmt: skip
+
+
 def test_package_is_hidden_recipient_uncompressed_with_empty_literal_name(
     exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
 ) -> None:
