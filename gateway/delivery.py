@@ -51,7 +51,8 @@ class Deliverer:
         self.settings = settings
         self.retry = retry
         self._kept: dict[str, tuple[SftpPartner, float]] = {}  # partner id: (session, since)
-        self._kept_lock = threading.Lock()
+        self._streaming: set[str] = set()  # package ids being uploaded beside gpg
+        self._lock = threading.Lock()
 
     def session(self, partner: Partner) -> SftpPartner:
         """A new (not yet open) SFTP session with a push partner."""
@@ -69,7 +70,7 @@ class Deliverer:
 
         It is kept for the next turn unless this one ended in an error or closed it.
         """
-        with self._kept_lock:
+        with self._lock:
             sftp, since = self._kept.pop(partner.id, (None, 0.0))
         if sftp is not None and not (
             time.monotonic() - since < KEEP_SECONDS and sftp.reusable(_endpoint(partner))
@@ -85,7 +86,7 @@ class Deliverer:
             raise
         if sftp.closed:  # the turn found it broken
             return
-        with self._kept_lock:
+        with self._lock:
             replaced = self._kept.get(partner.id)
             self._kept[partner.id] = (sftp, time.monotonic())
         if replaced is not None:  # another session came back first (an upload beside a turn)
@@ -94,7 +95,7 @@ class Deliverer:
     def close_idle(self, after: float = KEEP_SECONDS) -> None:
         """Close the sessions kept for `after` seconds or more (all of them with 0)."""
         now = time.monotonic()
-        with self._kept_lock:
+        with self._lock:
             idle = [pid for pid, (_, since) in self._kept.items() if now - since >= after]
             sessions = [self._kept.pop(pid)[0] for pid in idle]
         for sftp in sessions:
@@ -108,6 +109,10 @@ class Deliverer:
         """
         if not partner.enabled:
             self.retry.setback_all(packages, PartnerError(f"partner {partner.id} is disabled"))
+            return
+        with self._lock:  # a package being uploaded beside gpg is that upload's to finish
+            packages = [p for p in packages if p.package_id not in self._streaming]
+        if not packages:
             return
         handled: list[Package] = []  # delivered and recorded, or held
         try:
@@ -130,26 +135,38 @@ class Deliverer:
         """Seal `package` while uploading it, and rename it into place once `sealed` is recorded.
 
         Nothing shows on the partner's side before the ledger holds the ciphertext's
-        SHA-256: the bytes go to the hidden `.part` name, and `sealed` is recorded with
-        the package held from other turns for three I/O timeouts (the stat and rename
-        take two at most). A crash in between leaves it to the partner's turn after
-        that. A session that cannot be had or breaks changes nothing but the timing: the
-        package is sealed all the same, and the partner's next turn delivers it.
+        SHA-256: the bytes go to the hidden `.part` name, renamed into place only after
+        `sealed` is recorded. Until `delivered` is, this process's delivery turns leave
+        the package alone (one `gateway run` per home); after a crash the partner's turn
+        uploads it again over the `.part`. A session that cannot be had or breaks changes
+        nothing but the timing: the package is sealed all the same, and the partner's
+        next turn delivers it.
         """
+        with self._lock:
+            self._streaming.add(package.package_id)
+        try:
+            self._stream(sealer, package)
+        finally:
+            with self._lock:
+                self._streaming.discard(package.package_id)
+
+    def _stream(self, sealer: Sealer, package: Package) -> None:
         partner = self.ledger.partner(str(package.partner))
         name = wire_name(package.package_id)
+        sftp: SftpPartner | None = None
         with contextlib.ExitStack() as stack:
             try:
                 sftp = stack.enter_context(self.connected(partner))
                 part = stack.enter_context(sftp.open_part(name))
             except GatewayError as err:
+                if sftp is not None:
+                    sftp.close()  # not kept for the next turn
                 log.info("%s: sealed first, delivered after (%s)", package.package_id, err)
                 sealer.seal(package)
                 return
             where = _where(sftp)
             self.ledger.note(package.package_id, "deliver.attempt", {"endpoint": where})
-            hold = 3.0 * self.settings.sftp_io_timeout_seconds
-            sealed = sealer.seal(package, tee=part, hold=hold)
+            sealed = sealer.seal(package, tee=part)
             if not part.whole:
                 sftp.close()  # the upload failed: the session is not kept for the next turn
                 return
