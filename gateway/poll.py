@@ -10,6 +10,7 @@ ledger's memory of package ids makes that harmless.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Final
@@ -88,15 +89,18 @@ class Poller:
                     in_hand[job] = remote.name
                     if len(in_hand) >= 2 * HANDLERS:
                         self._remove_handled(sftp, in_hand, FIRST_COMPLETED)
-            finally:
-                self._remove_handled(sftp, in_hand, ALL_COMPLETED)
+            except BaseException:
+                with contextlib.suppress(Exception):  # each failure is logged; this one goes on
+                    self._remove_handled(sftp, in_hand, ALL_COMPLETED)
+                raise
+            self._remove_handled(sftp, in_hand, ALL_COMPLETED)
 
     def _remove_handled(
         self, sftp: SftpPartner, in_hand: dict[Future[None], str], until: str
     ) -> None:
         """Wait for handlings in `in_hand` (the first or all); remove each file handled well.
 
-        The first failure is raised after the others' files are removed.
+        Each failure is logged; the first is raised after the others' files are removed.
         """
         done, _ = wait(in_hand, return_when=until)
         failures = []
@@ -105,6 +109,8 @@ class Poller:
             if (failure := job.exception()) is None:
                 sftp.remove_download(name)
             else:
+                log.error("%s: not handled, left on the server: %s", name, failure,
+                          exc_info=None if isinstance(failure, GatewayError) else failure)  # fmt: skip
                 failures.append(failure)
         if failures:
             raise failures[0]
