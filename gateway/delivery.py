@@ -33,8 +33,9 @@ log = logging.getLogger("gateway")
 #: Uploads recorded per ledger commit. Each commit is an fsync (about 9 ms under load), which
 #: was a third of the cost of a small package; a crash costs at most this many re-checks.
 GROUP = 32
-#: Payloads from this size up are uploaded while they are sealed. Below it, the SSH session
-#: of their own (about 0.13 s) would cost more than the overlap saves; they go in batches.
+#: Payloads from this size up are uploaded while they are sealed. Below it the overlap saves
+#: little (32 MiB go up in about 0.25 s here), and a partner turn's batch costs less per
+#: package (one ledger commit per GROUP uploads).
 STREAM_FROM = 32 * 1024 * 1024
 #: A session is kept this long after a turn, for the partner's next turn. While a burst is
 #: sealed, a partner's turns come a few tenths of a second apart, and a new session costs
