@@ -29,15 +29,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway import inbound, logs, poll, sealing
-from gateway.app import Gateway
-from gateway.daemon import Daemon
-from gateway.home import Home
-from gateway.ledger import Ledger
-from gateway.lifecycle import State
-from gateway.openpgp import Keyring
-from gateway.runner import Runner
-from gateway.sftp import SftpPartner
+from gateway.adapters import logs
+from gateway.adapters.gpg import Keyring
+from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
+from gateway.adapters.sftp import SftpPartner
+from gateway.app.gateway import Gateway
+from gateway.core.lifecycle import State
+from gateway.pipeline import accept as inbound
+from gateway.pipeline import collect as poll
+from gateway.pipeline import sealing
+from gateway.pipeline.daemon import Daemon
+from gateway.pipeline.steps import Runner
 
 spent: Counter[str] = Counter()
 calls: Counter[str] = Counter()

@@ -22,8 +22,8 @@ from typing import Any
 
 from bench.measure import Row, Target, alternate, cpu_busy, median, rate_row
 from bench.rig import GATEWAY_ID, PARTNER_ID, Rig
-from gateway.names import new_ulid
-from gateway.poll import MAX_FILES_PER_POLL
+from gateway.core.names import new_ulid
+from gateway.pipeline.collect import MAX_FILES_PER_POLL
 
 Say = Callable[[str], None]
 SIZE = 4096

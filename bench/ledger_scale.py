@@ -20,11 +20,11 @@ from typing import Any
 
 from bench.measure import REPO, Row, Target, median
 from bench.rig import GATEWAY_ID, Rig
-from gateway import health
-from gateway.app import Gateway
-from gateway.home import Home
-from gateway.names import KINDS, new_ulid
-from gateway.records import chain_hash, utc
+from gateway.adapters.home import Home
+from gateway.admin import health
+from gateway.app.gateway import Gateway
+from gateway.core.model import chain_hash, utc
+from gateway.core.names import KINDS, new_ulid
 from tests.conftest import PartnerPgp
 
 Say = Callable[[str], None]

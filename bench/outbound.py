@@ -30,8 +30,8 @@ from bench.measure import (
     time_row,
 )
 from bench.rig import PARTNER_ID, Rig
-from gateway.delivery import KEEP_SECONDS
-from gateway.sftp import FALLBACK_WRITE_BYTES, Endpoint, SftpPartner
+from gateway.adapters.sftp import FALLBACK_WRITE_BYTES, Endpoint, SftpPartner
+from gateway.transports.push import KEEP_SECONDS
 
 Say = Callable[[str], None]
 SMALL = 4096
@@ -231,7 +231,7 @@ def sftp_leg(rig: Rig, size: int, repeats: int, say: Say) -> list[Row]:
         start, client = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
         with SftpPartner(endpoint, rig.home.ssh_identity, rig.home.known_hosts, 15, 60) as sftp:
             if request is not None:
-                sftp._write_bytes = request  # as before gateway/sftp.py asked the server
+                sftp._write_bytes = request  # as before gateway/adapters/sftp.py asked the server
             sftp.put_atomic(source, "leg.bin", "unused: the target is not there yet")
             used[name] = sftp.write_bytes()
         end = time.perf_counter()

@@ -18,7 +18,7 @@ RATE = 250  # samples per second, as bench.rig asks py-spy for
 
 
 def frame(text: str) -> str:
-    """`Keyring.seal (gateway/openpgp.py:300)` -> `Keyring.seal (gateway/openpgp.py)`."""
+    """`Keyring.seal (gateway/adapters/gpg.py:300)` -> `Keyring.seal (gateway/adapters/gpg.py)`."""
     return re.sub(r":\d+\)$", ")", text)
 
 

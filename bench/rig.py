@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.measure import REPO, reap_agents
-from gateway.app import Gateway
-from gateway.home import Home
+from gateway.adapters.home import Home
+from gateway.app.gateway import Gateway
 from tests.conftest import PartnerPgp, processes_under
 from tests.sshd import SshServer
 

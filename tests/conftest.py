@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from gateway.app import Gateway
+from gateway.adapters.home import Home
+from gateway.app.gateway import Gateway
 from gateway.cli import main
-from gateway.home import Home
-from gateway.lifecycle import State
-from gateway.runner import Runner
+from gateway.core.lifecycle import State
+from gateway.pipeline.steps import Runner
 from tests.sshd import SshServer
 
 GATEWAY_ID = "GB-ACRO"

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from gateway.app import actor
-from gateway.home import Home
-from gateway.lifecycle import State
-from gateway.records import chain_hash
+from gateway.adapters.home import Home
+from gateway.app.gateway import actor
+from gateway.core.lifecycle import State
+from gateway.core.model import chain_hash
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
+from gateway.adapters.home import Home
 from gateway.cli import COMMANDS
-from gateway.home import Home
-from gateway.lifecycle import State
+from gateway.core.lifecycle import State
 from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway
 
 CLI = Path(__file__).resolve().parent.parent / "gateway" / "cli"
@@ -236,8 +236,8 @@ def test_read_only_commands_load_no_transport_or_daemon() -> None:
     probe = (
         "import sys, click; from gateway.cli import main; ctx = click.Context(main); "
         "[main.get_command(ctx, name) for name in ('status', 'ledger')]; "
-        "print(sorted(m for m in ('paramiko', 'watchdog', 'gateway.daemon', 'gateway.demo', "
-        "'gateway.dropserver', 'gateway.sftp') if m in sys.modules))"
+        "print(sorted(m for m in ('paramiko', 'watchdog', 'gateway.pipeline.daemon', 'gateway.admin.demo', "
+        "'gateway.adapters.dropserver', 'gateway.adapters.sftp') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60, check=True, cwd=CLI.parent.parent)  # fmt: skip

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.daemon import Daemon
-from gateway.home import Home
-from gateway.lifecycle import State
+from gateway.adapters.home import Home
+from gateway.core.lifecycle import State
+from gateway.pipeline.daemon import Daemon
 from tests.conftest import PARTNER_ID, PartnerPgp, cli, gateway, remote_files, set_setting
 from tests.sshd import SshServer
 

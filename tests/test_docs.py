@@ -17,11 +17,11 @@ from pathlib import Path
 import click
 import pytest
 
-from gateway import docs
+from gateway.admin import docs
 from gateway.cli import COMMANDS, main
 from gateway.cli.status_cmd import COLUMNS
-from gateway.lifecycle import State
-from gateway.settings import SETTINGS
+from gateway.core.lifecycle import State
+from gateway.core.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -57,7 +57,7 @@ def test_cli_reference_is_generated_from_the_commands() -> None:
 
 def test_module_prints_the_reference_whatever_the_terminal() -> None:
     env = {**os.environ, "COLUMNS": "40", "LINES": "10"}
-    done = subprocess.run([sys.executable, "-m", "gateway.docs"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "gateway.admin.docs"], capture_output=True,
                           text=True, check=True, timeout=60, env=env)  # fmt: skip
     assert done.stdout == docs.document()
 

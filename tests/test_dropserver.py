@@ -22,12 +22,12 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from gateway.app import Gateway
-from gateway.daemon import drop_server
-from gateway.dropserver import INFLIGHT, DropServer
-from gateway.home import Home
-from gateway.lifecycle import State
-from gateway.runner import Runner
+from gateway.adapters.dropserver import INFLIGHT, DropServer
+from gateway.adapters.home import Home
+from gateway.app.gateway import Gateway
+from gateway.core.lifecycle import State
+from gateway.pipeline.daemon import drop_server
+from gateway.pipeline.steps import Runner
 from tests.conftest import GATEWAY_ID, PartnerPgp, cli, gateway, set_setting
 
 PULL_ID = "AU-AFP"

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import envelope, names
-from gateway.envelope import ChunkReader, Manifest, Party, Payload, parse_manifest, tar_chunks
-from gateway.errors import UsageError
+from gateway.core import envelope, names
+from gateway.core.envelope import ChunkReader, Manifest, Party, Payload, parse_manifest, tar_chunks
+from gateway.core.errors import UsageError
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 MTIME = 1_764_352_800  # 2025-11-28T18:00:00Z

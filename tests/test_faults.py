@@ -33,14 +33,14 @@ from typing import Any
 import paramiko
 import pytest
 
-from gateway import delivery
-from gateway.delivery import Deliverer
-from gateway.home import Home
-from gateway.lifecycle import State
-from gateway.names import new_ulid
-from gateway.records import Event, Package
-from gateway.retry import Retry
-from gateway.sftp import SftpPartner
+from gateway.adapters.home import Home
+from gateway.adapters.sftp import SftpPartner
+from gateway.core.lifecycle import State
+from gateway.core.model import Event, Package
+from gateway.core.names import new_ulid
+from gateway.pipeline.setback import Retry
+from gateway.transports import push as delivery
+from gateway.transports.push import Deliverer
 from tests.conftest import (
     PARTNER_ID,
     PartnerPgp,

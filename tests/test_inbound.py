@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import NotFound, Transient
-from gateway.home import Home
-from gateway.inbound import Inbound
-from gateway.lifecycle import State
-from gateway.names import new_ulid
-from gateway.records import Event, Package, Partner
+from gateway.adapters.home import Home
+from gateway.core.errors import NotFound, Transient
+from gateway.core.lifecycle import State
+from gateway.core.model import Event, Package, Partner
+from gateway.core.names import new_ulid
+from gateway.pipeline.accept import Inbound
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,

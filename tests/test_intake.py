@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.home import Home
-from gateway.intake import ORIGIN, PAYLOAD, Intake
-from gateway.lifecycle import State
-from gateway.runner import Runner
+from gateway.adapters.home import Home
+from gateway.core.lifecycle import State
+from gateway.pipeline.intake import ORIGIN, PAYLOAD, Intake
+from gateway.pipeline.steps import Runner
 from tests.conftest import PARTNER_ID, PartnerPgp, gateway
 from tests.test_cli import add
 

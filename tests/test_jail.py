@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.jail import Jail, Location, OutsideJail, resolve
+from gateway.core.jail import Jail, Location, OutsideJail, resolve
 
 ROOT = Path("/srv/gw/spool/mailbox/AU-AFP")
 

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.app import actor
-from gateway.home import Home
-from gateway.lifecycle import State
-from gateway.names import new_ulid
-from gateway.records import Package
-from gateway.runner import Runner
+from gateway.adapters.home import Home
+from gateway.app.gateway import actor
+from gateway.core.lifecycle import State
+from gateway.core.model import Package
+from gateway.core.names import new_ulid
+from gateway.pipeline.steps import Runner
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,

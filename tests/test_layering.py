@@ -16,12 +16,15 @@ SOURCE = Path(__file__).resolve().parent.parent / "gateway"
 
 #: library -> the only modules allowed to import it
 OWNERS = {
-    "gnupg": {"gateway/openpgp.py"},
-    "paramiko": {"gateway/sftp.py", "gateway/dropserver.py"},  # client side, server side
-    "watchdog": {"gateway/watch.py"},
-    "sqlite_utils": {"gateway/ledger.py"},
-    "sqlite3": {"gateway/ledger.py"},
-    "fcntl": {"gateway/daemon.py"},
+    "gnupg": {"gateway/adapters/gpg.py"},
+    "paramiko": {
+        "gateway/adapters/sftp.py",
+        "gateway/adapters/dropserver.py",
+    },  # client side, server side
+    "watchdog": {"gateway/adapters/watch.py"},
+    "sqlite_utils": {"gateway/adapters/ledger.py"},
+    "sqlite3": {"gateway/adapters/ledger.py"},
+    "fcntl": {"gateway/pipeline/daemon.py"},
     "click": {path.relative_to(SOURCE.parent).as_posix() for path in (SOURCE / "cli").glob("*.py")},
 }
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import GatewayError, IllegalTransition, NotFound, PartnerError
-from gateway.ledger import Ledger
-from gateway.lifecycle import State
-from gateway.names import new_package_id, new_ulid
-from gateway.records import Event, Package, Partner, utc
+from gateway.adapters.ledger import Ledger
+from gateway.core.errors import GatewayError, IllegalTransition, NotFound, PartnerError
+from gateway.core.lifecycle import State
+from gateway.core.model import Event, Package, Partner, utc
+from gateway.core.names import new_package_id, new_ulid
 from tests.conftest import GATEWAY_ID, PARTNER_ID
 
 T0 = 1_795_000_000.0  # 2026-11-18, a fixed "now" for the injected clock

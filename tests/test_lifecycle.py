@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway import lifecycle
-from gateway.errors import IllegalTransition
-from gateway.lifecycle import FINAL, INITIAL, PENDING, TRANSITIONS, State, check, check_initial
+from gateway.core import lifecycle
+from gateway.core.errors import IllegalTransition
+from gateway.core.lifecycle import FINAL, INITIAL, PENDING, TRANSITIONS, State, check, check_initial
 
 S = State
 ROOT = Path(__file__).resolve().parents[1]
-REGENERATE = "run `python -m gateway.lifecycle > docs/lifecycle.md`"
+REGENERATE = "run `python -m gateway.core.lifecycle > docs/lifecycle.md`"
 
 
 def test_every_state_has_a_row_and_every_move_names_a_state() -> None:
@@ -171,7 +171,7 @@ def test_diagram_draws_every_start_move_and_end() -> None:
 
 def test_module_prints_the_document() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.lifecycle"],
+        [sys.executable, "-m", "gateway.core.lifecycle"],
         capture_output=True,
         text=True,
         check=True,

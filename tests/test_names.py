@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import names
-from gateway.errors import UsageError
+from gateway.core import names
+from gateway.core.errors import UsageError
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import GatewayError, KeyProblem, Timeout
-from gateway.openpgp import Keyring
+from gateway.adapters.gpg import Keyring
+from gateway.core.errors import GatewayError, KeyProblem, Timeout
 from tests.conftest import GATEWAY_ID, PartnerPgp
 
 PAST = "20200101T000000"  # a --faked-system-time long before any test runs

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from gateway.home import Home
-from gateway.lifecycle import State
+from gateway.adapters.home import Home
+from gateway.core.lifecycle import State
 from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway, run_once, send
 from tests.sshd import SshServer
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from gateway import delivery
-from gateway.home import Home
-from gateway.ledger import Ledger
-from gateway.lifecycle import State
-from gateway.records import Package
-from gateway.runner import Runner
-from gateway.sftp import SftpPartner
+from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
+from gateway.adapters.sftp import SftpPartner
+from gateway.core.lifecycle import State
+from gateway.core.model import Package
+from gateway.pipeline.steps import Runner
+from gateway.transports import push as delivery
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,

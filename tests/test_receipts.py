@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import Rejected
-from gateway.lifecycle import State
-from gateway.names import new_package_id
-from gateway.receipts import Receipt, closes, parse_receipt
-from gateway.records import Package
+from gateway.core.errors import Rejected
+from gateway.core.lifecycle import State
+from gateway.core.model import Package
+from gateway.core.names import new_package_id
+from gateway.core.receipts import Receipt, closes, parse_receipt
 
 PID = new_package_id("GB-ACRO")
 HASH = "ab" * 32

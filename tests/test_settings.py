@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from gateway.errors import HomeError, UsageError
-from gateway.settings import SETTINGS, Settings, load, parse, render
+from gateway.core.errors import HomeError, UsageError
+from gateway.core.settings import SETTINGS, Settings, load, parse, render
 
 PROPERTY = hypothesis_settings(max_examples=200, deadline=None, database=None)
 INT_SETTINGS = [s.name for s in SETTINGS if isinstance(s.default, int)]

@@ -1,4 +1,4 @@
-"""What `gateway.spool.entries` finds in a real outbound folder (SPEC section 3)."""
+"""What `gateway.adapters.spool.entries` finds in a real outbound folder (SPEC section 3)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool import Entry, entries
+from gateway.adapters.spool import Entry, entries
 
 
 def listing(outbound: Path) -> list[tuple[str, str | None, str | None, bool]]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.home import Home
-from gateway.lifecycle import State
+from gateway.adapters.home import Home
+from gateway.app.gateway import Gateway
+from gateway.core.lifecycle import State
 from tests.conftest import cli, gateway, set_setting
 
 

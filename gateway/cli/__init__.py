@@ -18,10 +18,10 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import click
 
-from gateway import logs
-from gateway.app import Gateway, actor
-from gateway.errors import GatewayError
-from gateway.home import Home
+from gateway.adapters import logs
+from gateway.adapters.home import Home
+from gateway.app.gateway import Gateway, actor
+from gateway.core.errors import GatewayError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

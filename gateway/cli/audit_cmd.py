@@ -6,8 +6,8 @@ import json
 
 import click
 
-from gateway import audit
-from gateway.app import Gateway
+from gateway.admin import audit
+from gateway.app.gateway import Gateway
 from gateway.cli import fail, with_gateway
 
 

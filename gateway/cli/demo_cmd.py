@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from gateway import demo
+from gateway.admin import demo
 
 
 @click.command("demo")

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from gateway import health
-from gateway.app import Gateway
+from gateway.admin import health
+from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gateway.app import Gateway, actor
+from gateway.app.gateway import Gateway, actor
 from gateway.cli import State
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from gateway import sshkeys
-from gateway.app import Gateway
+from gateway.adapters import sshkeys
+from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
-from gateway.records import utc
+from gateway.core.model import utc
 
 
 @click.group("keys")

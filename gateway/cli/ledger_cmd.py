@@ -7,11 +7,11 @@ import json
 
 import click
 
-from gateway.app import Gateway
+from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
-from gateway.lifecycle import State
-from gateway.names import package_id as parse_package_id
-from gateway.records import utc
+from gateway.core.lifecycle import State
+from gateway.core.model import utc
+from gateway.core.names import package_id as parse_package_id
 
 
 @click.group("ledger")

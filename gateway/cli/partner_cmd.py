@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from gateway import sshkeys
-from gateway.app import Gateway
+from gateway.adapters import sshkeys
+from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
-from gateway.records import Partner, utc
+from gateway.core.model import Partner, utc
 
 
 @click.group("partner")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from gateway import actions
-from gateway.app import Gateway
+from gateway.admin import actions
+from gateway.app.gateway import Gateway
 from gateway.cli import with_gateway
-from gateway.names import package_id as parse_package_id
+from gateway.core.names import package_id as parse_package_id
 
 
 @click.command("retry")

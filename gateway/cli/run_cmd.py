@@ -10,8 +10,8 @@ from types import FrameType
 import click
 
 from gateway.cli import State
-from gateway.daemon import Daemon, exclusive
-from gateway.runner import Runner
+from gateway.pipeline.daemon import Daemon, exclusive
+from gateway.pipeline.steps import Runner
 
 
 @click.command("run")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from gateway.app import Gateway
+from gateway.app.gateway import Gateway
 from gateway.cli import with_gateway
-from gateway.intake import Intake, Labels
-from gateway.names import KINDS
+from gateway.core.names import KINDS
+from gateway.pipeline.intake import Intake, Labels
 
 
 @click.command("send")

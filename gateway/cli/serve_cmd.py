@@ -9,10 +9,10 @@ from types import FrameType
 import click
 
 from gateway.cli import State
-from gateway.daemon import drop_server
-from gateway.errors import UsageError
-from gateway.inbound import Inbound
-from gateway.mailbox import Mailboxes
+from gateway.core.errors import UsageError
+from gateway.pipeline.accept import Inbound
+from gateway.pipeline.daemon import drop_server
+from gateway.transports.pull import Mailboxes
 
 
 @click.command("serve")

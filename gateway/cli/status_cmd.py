@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from gateway import health
-from gateway.app import Gateway
+from gateway.admin import health
+from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
-from gateway.records import utc
+from gateway.core.model import utc
 
 #: status column -> the ledger states counted in it
 COLUMNS = {

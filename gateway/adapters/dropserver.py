@@ -1,0 +1,482 @@
+"""The drop server for pull partners: the only module that imports paramiko's server side.
+
+Public-key authentication only, each pull partner with its authority id as user name
+and its registered key; a session channel with the SFTP subsystem and nothing else
+(no exec, shell, pty or forwarding: paramiko denies them unless allowed). Each
+partner sees its own mailbox through `gateway.core.jail`: `/download` read-only, `/upload`
+for new files only. An upload is written under a hidden name and becomes visible only
+after a clean close (pitfall P10: paramiko "closes" the handles of a cut session too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hmac
+import logging
+import os
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import paramiko
+from paramiko import sftp as codes
+
+from gateway.adapters.files import fsync_dir
+from gateway.core.jail import Jail, Location, OutsideJail, resolve
+from gateway.core.names import is_temporary
+
+log = logging.getLogger("gateway")
+INFLIGHT: Final = ".inflight-"
+SFTP_OK: Final[int] = codes.SFTP_OK
+SFTP_FAILURE: Final[int] = codes.SFTP_FAILURE
+SFTP_NO_SUCH_FILE: Final[int] = codes.SFTP_NO_SUCH_FILE
+SFTP_PERMISSION_DENIED: Final[int] = codes.SFTP_PERMISSION_DENIED
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one client may cost the host."""
+
+    max_connections: int = 20
+    max_auth_attempts: int = 3
+    ban_after_failures: int = 10
+    ban_seconds: int = 600
+    idle_seconds: int = 300
+    max_upload_bytes: int = 2 * 1024**3 + 1024**2
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What the drop server asks of the rest of the gateway."""
+
+    mailbox: Callable[[str], Path | None]  # the mailbox of a pull partner, None if unknown
+    authorized_key: Callable[[str], bytes | None]  # its registered SSH key blob, if enabled
+    downloaded: Callable[[str, str], None]  # (partner, name): read whole and closed
+    uploaded: Callable[[str, str], None]  # (partner, name): a new file is ready
+
+
+class DropServer:
+    """An SFTP server on `address` for pull partners; `start()`, then `stop()`."""
+
+    def __init__(
+        self, address: tuple[str, int], host_key: Path, hooks: Hooks, limits: Limits
+    ) -> None:
+        self.address = address
+        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(host_key))
+        self.hooks = hooks
+        self.limits = limits
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._transports: set[paramiko.Transport] = set()
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful when asked for port 0)."""
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
+
+    def start(self) -> None:
+        """Listen and serve in the background."""
+        self._sock = socket.create_server(self.address, reuse_port=False)
+        self._sock.settimeout(0.5)
+        self._thread = threading.Thread(target=self._serve, name="drop-server", daemon=True)
+        self._thread.start()
+        log.info("drop server listening on %s:%d", self.address[0], self.port)
+
+    def stop(self) -> None:
+        """Stop listening and cut every session."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._sock is not None:
+            self._sock.close()
+        with self._lock:
+            transports = list(self._transports)
+        for transport in transports:
+            transport.close()
+        for transport in transports:
+            transport.join(5)
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, (address, _) = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self._banned(address):
+                log.warning(
+                    "drop server: %s is banned for failed logins; connection refused", address
+                )
+                conn.close()
+                continue
+            with self._lock:
+                crowded = len(self._transports) >= self.limits.max_connections
+            if crowded:
+                log.warning(
+                    "drop server: %d connections already; %s refused",
+                    self.limits.max_connections,
+                    address,
+                )
+                conn.close()
+                continue
+            transport = paramiko.Transport(conn)
+            with self._lock:
+                self._transports.add(transport)
+            # The handshake runs on the session's own thread: a client that connects and
+            # stays silent must not keep the next one waiting.
+            threading.Thread(target=self._session, args=(transport, address), name="drop-session",
+                             daemon=True).start()  # fmt: skip
+
+    def _session(self, transport: paramiko.Transport, address: str) -> None:
+        """Hand-shake, then close the session once idle for longer than the limit."""
+        transport.add_server_key(self.host_key)
+        transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _Mailbox)
+        server = _Server(self, address)
+        try:
+            transport.start_server(server=server)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            log.info("drop server: handshake with %s failed (%s)", address, err)
+            self._forget(transport)
+            return
+        while transport.is_active() and not self._stop.is_set():
+            if time.monotonic() - server.last_activity > self.limits.idle_seconds:
+                log.info(
+                    "drop server: %s idle for %d s; closed", server.who, self.limits.idle_seconds
+                )
+                transport.close()
+                break
+            time.sleep(0.5)
+        self._forget(transport)
+
+    def _forget(self, transport: paramiko.Transport) -> None:
+        with self._lock:
+            self._transports.discard(transport)
+
+    def failed_login(self, address: str) -> None:
+        """Count a failed login from `address`; ban it for a while past the limit."""
+        with self._lock:
+            count, _ = self._failures.get(address, (0, 0.0))
+            count += 1
+            until = (
+                time.monotonic() + self.limits.ban_seconds
+                if count >= self.limits.ban_after_failures
+                else 0.0
+            )
+            self._failures[address] = (count, until)
+        if until:
+            log.warning(
+                "drop server: %s banned for %d s after %d failed logins",
+                address,
+                self.limits.ban_seconds,
+                count,
+            )
+
+    def _banned(self, address: str) -> bool:
+        with self._lock:
+            _, until = self._failures.get(address, (0, 0.0))
+            if until and until < time.monotonic():
+                del self._failures[address]
+                return False
+            return bool(until)
+
+
+class _Server(paramiko.ServerInterface):  # type: ignore[misc]
+    """Authentication and channel policy for one connection."""
+
+    def __init__(self, drop: DropServer, address: str) -> None:
+        self.drop = drop
+        self.address = address
+        self.partner: str | None = None
+        self.candidate: str | None = None
+        self.keys_tried: set[bytes] = set()
+        self.last_activity = time.monotonic()
+
+    @property
+    def who(self) -> str:
+        return f"{self.partner or 'unauthenticated'}@{self.address}"
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        # paramiko asks twice per key (is it acceptable? then, signed, does it match?):
+        # count keys, not questions. Success here proves nothing until the signature is
+        # checked, so the partner is named only when it opens a channel (after login).
+        self.keys_tried.add(key.asbytes())
+        if len(self.keys_tried) > self.drop.limits.max_auth_attempts:
+            log.warning(
+                "drop server: %s tried more than %d keys",
+                self.address,
+                self.drop.limits.max_auth_attempts,
+            )
+            return paramiko.AUTH_FAILED
+        expected = self.drop.hooks.authorized_key(username)
+        if expected is not None and hmac.compare_digest(key.asbytes(), expected):
+            self.candidate = username
+            return paramiko.AUTH_SUCCESSFUL
+        self.drop.failed_login(self.address)
+        log.warning("drop server: login refused for %r from %s", username[:64], self.address)
+        return paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        # paramiko asks this only of an authenticated connection.
+        if kind == "session" and self.candidate is not None:
+            if self.partner is None:
+                self.partner = self.candidate
+                log.info("drop server: %s logged in", self.who)
+            return paramiko.OPEN_SUCCEEDED
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+
+class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
+    """A file in /download, open for reading; notes whether it was read to the end."""
+
+    def __init__(self, mailbox: _Mailbox, name: str, fd: int) -> None:
+        super().__init__(os.O_RDONLY)
+        self.mailbox, self.name = mailbox, name
+        self.readfile = os.fdopen(fd, "rb")
+        self.size = os.fstat(fd).st_size
+        self.ranges: list[tuple[int, int]] = []  # bytes read so far, merged
+
+    def read(self, offset: int, length: int) -> bytes | int:
+        data = super().read(offset, length)
+        if isinstance(data, bytes) and data:
+            self.ranges = _merge([*self.ranges, (offset, offset + len(data))])
+        self.mailbox.touch()
+        return data
+
+    def stat(self) -> paramiko.SFTPAttributes:
+        return _attributes(os.fstat(self.readfile.fileno()), self.name)
+
+    def close(self) -> None:
+        super().close()
+        if self.ranges == [(0, self.size)] and not self.mailbox.ended:
+            self.mailbox.read_whole.add(self.name)
+            self.mailbox.hooks.downloaded(self.mailbox.partner, self.name)
+
+
+class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
+    """A new file in /upload: written under a hidden name, renamed into place on a clean close."""
+
+    def __init__(self, mailbox: _Mailbox, final: Path, fd: int, inflight: Path) -> None:
+        super().__init__(os.O_WRONLY)
+        self.mailbox, self.final, self.inflight = mailbox, final, inflight
+        self.writefile = os.fdopen(fd, "wb")
+        self.written = 0
+        self.refused = False
+
+    def write(self, offset: int, data: bytes) -> int:
+        self.mailbox.touch()
+        self.written = max(self.written, offset + len(data))
+        if self.written > self.mailbox.limits.max_upload_bytes:
+            self.refused = True
+            log.warning("drop server: %s upload over %d bytes refused", self.mailbox.partner,
+                        self.mailbox.limits.max_upload_bytes)  # fmt: skip
+            return SFTP_PERMISSION_DENIED
+        return int(super().write(offset, data))
+
+    def stat(self) -> paramiko.SFTPAttributes:
+        return _attributes(os.fstat(self.writefile.fileno()), self.final.name)
+
+    def close(self) -> None:
+        if self.mailbox.ended or self.refused:  # cut off, or too large: never a file
+            self.writefile.close()
+            self.inflight.unlink(missing_ok=True)
+            if self.refused:
+                raise OSError(errno.EFBIG, "upload over the size limit")
+            return
+        try:
+            self.writefile.flush()
+            os.fsync(self.writefile.fileno())
+            self.writefile.close()
+            os.link(self.inflight, self.final)  # never replaces an existing file
+        finally:
+            self.inflight.unlink(missing_ok=True)
+        fsync_dir(self.final.parent)
+        if not is_temporary(self.final.name):
+            self.mailbox.hooks.uploaded(self.mailbox.partner, self.final.name)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge overlapping or touching [start, end) ranges."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _attributes(st: os.stat_result, name: str) -> paramiko.SFTPAttributes:
+    attrs = paramiko.SFTPAttributes.from_stat(st, name)
+    attrs.st_uid = attrs.st_gid = 0  # the host's user ids are none of the partner's business
+    return attrs
+
+
+def _folder(name: str) -> paramiko.SFTPAttributes:
+    attrs = paramiko.SFTPAttributes()
+    attrs.filename, attrs.st_mode, attrs.st_size = name, stat.S_IFDIR | 0o500, 0
+    attrs.st_uid = attrs.st_gid = 0
+    attrs.st_atime = attrs.st_mtime = int(time.time())
+    return attrs
+
+
+class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
+    """One authenticated partner's view of its mailbox."""
+
+    def __init__(self, server: _Server, *args: Any, **kwargs: Any) -> None:
+        super().__init__(server, *args, **kwargs)
+        self.server = server
+        self.partner = str(server.partner)
+        self.hooks = server.drop.hooks
+        self.limits = server.drop.limits
+        root = self.hooks.mailbox(self.partner)
+        assert root is not None, "only a pull partner can log in"
+        self.jail = Jail(root)
+        self.ended = False
+        self.read_whole: set[str] = set()
+
+    def touch(self) -> None:
+        self.server.last_activity = time.monotonic()
+
+    def session_ended(self) -> None:
+        self.ended = True
+
+    def _locate(self, path: str) -> Location:
+        self.touch()
+        return resolve(path)
+
+    def canonicalize(self, path: str) -> str:
+        try:
+            return self._locate(path).path
+        except OutsideJail:
+            return "/"
+
+    def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
+        try:
+            where = self._locate(path)
+        except OutsideJail:
+            return SFTP_NO_SUCH_FILE
+        if where.area == "root":
+            return [_folder("download"), _folder("upload")]
+        if where.name is not None:
+            return SFTP_NO_SUCH_FILE
+        folder = self.jail.host_path(where)
+        found = []
+        for entry in os.scandir(folder):
+            if entry.name.startswith(INFLIGHT) or not entry.is_file(follow_symlinks=False):
+                continue
+            found.append(_attributes(entry.stat(follow_symlinks=False), entry.name))
+        return found
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes | int:
+        try:
+            where = self._locate(path)
+        except OutsideJail:
+            return SFTP_NO_SUCH_FILE
+        if where.name is None:
+            return _folder(where.area)
+        try:
+            st = os.lstat(self.jail.host_path(where))
+        except FileNotFoundError:
+            return SFTP_NO_SUCH_FILE
+        if not stat.S_ISREG(st.st_mode) or where.name.startswith(INFLIGHT):
+            return SFTP_NO_SUCH_FILE
+        return _attributes(st, where.name)
+
+    lstat = stat
+
+    def open(
+        self, path: str, flags: int, attr: paramiko.SFTPAttributes
+    ) -> paramiko.SFTPHandle | int:
+        try:
+            where = self._locate(path)
+        except OutsideJail:
+            return SFTP_PERMISSION_DENIED
+        if where.name is None or where.name.startswith(INFLIGHT):
+            return SFTP_PERMISSION_DENIED
+        host = self.jail.host_path(where)
+        writing = flags & (os.O_WRONLY | os.O_RDWR)
+        if where.area == "download":
+            if writing:
+                return SFTP_PERMISSION_DENIED
+            try:
+                fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError as err:
+                return paramiko.SFTPServer.convert_errno(err.errno)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return SFTP_PERMISSION_DENIED
+            return _Download(self, where.name, fd)
+        if not (flags & os.O_WRONLY) or flags & os.O_APPEND or os.path.lexists(host):
+            return SFTP_PERMISSION_DENIED  # new files only
+        inflight = host.with_name(f"{INFLIGHT}{secrets.token_hex(8)}")
+        fd = os.open(inflight, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        return _Upload(self, host, fd, inflight)
+
+    def remove(self, path: str) -> int:
+        try:
+            where = self._locate(path)
+        except OutsideJail:
+            return SFTP_PERMISSION_DENIED
+        if where.area != "download" or where.name is None or where.name not in self.read_whole:
+            return SFTP_PERMISSION_DENIED  # only what the partner has read, from /download
+        try:
+            os.unlink(self.jail.host_path(where))
+        except FileNotFoundError:
+            return SFTP_NO_SUCH_FILE
+        return SFTP_OK
+
+    def rename(self, oldpath: str, newpath: str) -> int:
+        try:
+            old, new = self._locate(oldpath), self._locate(newpath)
+        except OutsideJail:
+            return SFTP_PERMISSION_DENIED
+        if old.area != "upload" or new.area != "upload" or not old.name or not new.name:
+            return SFTP_PERMISSION_DENIED
+        if old.name.startswith(INFLIGHT) or new.name.startswith(INFLIGHT):
+            return SFTP_PERMISSION_DENIED
+        source, target = self.jail.host_path(old), self.jail.host_path(new)
+        try:
+            if not stat.S_ISREG(os.lstat(source).st_mode):
+                return SFTP_PERMISSION_DENIED
+            os.link(source, target)  # fails if the target exists: no rename over a file
+        except FileExistsError:
+            return SFTP_FAILURE
+        except OSError as err:
+            return paramiko.SFTPServer.convert_errno(err.errno if err.errno else errno.EIO)
+        os.unlink(source)
+        if not is_temporary(new.name):
+            self.hooks.uploaded(self.partner, new.name)
+        return SFTP_OK
+
+    def posix_rename(self, oldpath: str, newpath: str) -> int:
+        return SFTP_PERMISSION_DENIED  # it would replace an existing file
+
+    def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def rmdir(self, path: str) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def symlink(self, target_path: str, path: str) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def readlink(self, path: str) -> str | int:
+        return SFTP_PERMISSION_DENIED

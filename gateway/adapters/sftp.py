@@ -1,0 +1,458 @@
+"""Push delivery over SFTP: the only module that imports the paramiko client.
+
+A session logs in with the gateway's own key only (no agent, no ~/.ssh: pitfall P3),
+accepts only the host key pinned for that partner (P1), bounds every step in time
+(P4), and uploads under a temporary dot-name renamed into place when complete (P6, P7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import socket
+import stat
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import paramiko
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
+    CMD_OPENDIR,
+    CMD_READDIR,
+    CMD_STATUS,
+)
+
+from gateway.adapters.files import publish
+from gateway.adapters.sshkeys import known_hosts_name
+from gateway.core.errors import HostKeyMismatch, RemoteConflict, TransferFailed
+
+CHUNK: Final = 1024 * 1024
+#: paramiko's largest read request; a file this small takes one round trip unaided.
+READ_AHEAD_FROM: Final = 32 * 1024
+# Bytes per SFTP write request. paramiko sends 32 KiB, which every server takes; a 32 KiB
+# write plus its SFTP header does not fit a 32 KiB SSH channel packet, so each write goes
+# as two packets, and paramiko's cost is per packet (lock hand-offs, send, HMAC). OpenSSH
+# says in its `limits@openssh.com` reply that it takes 261120-byte writes. With those,
+# put_atomic of 512 MiB to OpenSSH on loopback (2-core test machine, bench.run scenario
+# 2, five runs) went from 64-70 to 108-118 MiB/s, from 0.44-0.50 to 0.74-0.84 of
+# OpenSSH's own sftp, and the client's CPU from 8.6 to 5.1 ms per MiB (sftp: 3.8);
+# docs/performance.md. Larger writes are not asked for even if a server allows them
+# (research/measured-limits.md section a saw nothing faster), and a server that does not
+# say what it takes gets 32 KiB.
+FALLBACK_WRITE_BYTES: Final = 32 * 1024
+MAX_WRITE_BYTES: Final = 261120
+# Host key algorithms to offer for each pinned key type, so the server shows the key
+# that was pinned rather than another of its keys.
+_ALGORITHMS: Final = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom the gateway logs in to a push partner."""
+
+    host: str
+    port: int
+    user: str
+    upload_dir: str
+    download_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    """A file listed on a partner's server."""
+
+    name: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Uploaded:
+    """The outcome of one upload: the remote path, and whether it was already there."""
+
+    path: str
+    already_there: bool
+
+
+class SftpPartner:
+    """One SFTP session with a push partner, reused for a batch of packages."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        identity: Path,
+        known_hosts: Path,
+        connect_timeout: float,
+        io_timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._identity = identity
+        self._known_hosts = known_hosts
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._transport: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._write_bytes: int | None = None  # asked of the server at the first upload
+
+    def __enter__(self) -> SftpPartner:
+        return self.open()
+
+    def open(self) -> SftpPartner:
+        """Connect, log in and start SFTP; on any failure nothing stays open."""
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session was closed (or never opened)."""
+        return self._transport is None
+
+    def reusable(self, endpoint: Endpoint) -> bool:
+        """Whether this open session may serve `endpoint` now: the same endpoint, still
+        connected, and the server's key still the one pinned (it may have been re-pinned)."""
+        t = self._transport
+        if endpoint != self.endpoint or t is None or not t.is_active() or t.host_key is None:
+            return False
+        e = self.endpoint
+        pinned = paramiko.HostKeys(str(self._known_hosts)).lookup(known_hosts_name(e.host, e.port))
+        return pinned is not None and pinned.get(t.host_key.get_name()) == t.host_key
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the session and its connection; one the network broke, quietly."""
+        if self._sftp is not None:
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                self._sftp.close()
+        if self._transport is not None:
+            self._transport.close()
+        self._sftp = self._transport = None
+        self._write_bytes = None
+
+    @property
+    def _name(self) -> str:
+        e = self.endpoint
+        return f"{e.user}@{e.host}:{e.port}"
+
+    def _connect(self) -> None:
+        e = self.endpoint
+        pinned = paramiko.HostKeys(str(self._known_hosts)).lookup(known_hosts_name(e.host, e.port))
+        if not pinned:
+            raise HostKeyMismatch(
+                f"no SSH host key is pinned for {e.host}:{e.port}: pin it with `gateway partner add`"
+            )
+        try:
+            sock = socket.create_connection((e.host, e.port), timeout=self._connect_timeout)
+        except OSError as err:
+            raise TransferFailed(
+                f"cannot connect to {self._name} ({err.strerror or err}); will retry"
+            ) from None
+        self._transport = t = paramiko.Transport(sock)
+        t.banner_timeout = t.handshake_timeout = t.auth_timeout = self._connect_timeout
+        t.get_security_options().key_types = [
+            alg for kind in pinned for alg in _ALGORITHMS.get(kind, [kind])
+        ]
+        try:
+            t.start_client(timeout=self._connect_timeout)
+            if not t.is_active() or t.host_key is None:  # paramiko's start_client gives up silently
+                raise TransferFailed(
+                    f"SSH with {self._name} timed out: no handshake within {self._connect_timeout:.0f} s; will retry"
+                )
+            shown = t.get_remote_server_key()
+            if pinned.get(shown.get_name()) != shown:
+                raise HostKeyMismatch(
+                    f"{e.host}:{e.port} showed an SSH host key that is not the one pinned "
+                    f"({shown.get_name()} {shown.fingerprint}); nothing was sent. Confirm the "
+                    "partner's new key by phone before pinning it"
+                )
+            key = paramiko.Ed25519Key.from_private_key_file(str(self._identity))
+            t.auth_publickey(e.user, key)
+            self._sftp = paramiko.SFTPClient.from_transport(t)
+            assert self._sftp is not None
+            self._sftp.get_channel().settimeout(self._io_timeout)
+            t.set_keepalive(15)
+        except paramiko.AuthenticationException:
+            raise TransferFailed(
+                f"{self._name} refused the gateway's SSH key: send the partner "
+                "`gateway keys export --ssh`; will retry"
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"SSH with {self._name} failed ({_why(err)}); will retry"
+            ) from None
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        """The open SFTP session."""
+        if self._sftp is None:
+            raise TransferFailed(f"the session with {self._name} is closed; will retry")
+        return self._sftp
+
+    def put_atomic(self, local: Path, name: str, sha256: str) -> Uploaded:
+        """Upload `local` as `<upload_dir>/<name>`, complete or not at all.
+
+        Idempotent: if the target is already there with the same content (a delivery
+        cut off after the rename), nothing is sent again; if it is there with other
+        content, nothing is overwritten and `RemoteConflict` says so.
+        """
+        final, size = self._upload_path(name), local.stat().st_size
+        try:
+            if self._exists(final):
+                return self._compare(final, sha256)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        with self.open_part(name) as part:
+            try:
+                with local.open("rb") as src:
+                    while chunk := src.read(part.block):
+                        part.write(chunk)
+            except OSError as err:
+                raise TransferFailed(
+                    f"cannot read {local} ({err.strerror or err}); will retry"
+                ) from None
+            part.close()
+        return self.place(name, size, sha256)
+
+    def open_part(self, name: str) -> RemotePart:
+        """Open `<upload_dir>/.<name>.part` for writing, emptied; `place` it once it is whole."""
+        try:
+            request = self.write_bytes()
+            handle = self.sftp.open(self._upload_path(f".{name}.part"), "wb")
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        handle.MAX_REQUEST_SIZE = request  # this file only, not paramiko's class default
+        handle.set_pipelined(True)
+        return RemotePart(handle, request, f"upload of {name} to {self._name}")
+
+    def place(self, name: str, size: int, sha256: str) -> Uploaded:
+        """Rename a whole `.<name>.part` of `size` bytes into place as `<upload_dir>/<name>`.
+
+        If `<name>` is there already (a delivery cut off after its rename), it must hold
+        the same bytes: then the part is removed and the upload counts as done.
+        """
+        final, tmp = self._upload_path(name), self._upload_path(f".{name}.part")
+        try:
+            uploaded = self.sftp.stat(tmp).st_size
+            if uploaded != size:
+                raise TransferFailed(
+                    f"{self._name} holds {uploaded} of {size} bytes of {name}; will retry"
+                )
+            try:
+                # SFTPv3 rename never replaces an existing file: exactly what we want.
+                self.sftp.rename(tmp, final)
+            except OSError:
+                if not self._exists(final):
+                    raise
+                self._remove_quietly(tmp)
+                return self._compare(final, sha256)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        return Uploaded(final, already_there=False)
+
+    def _upload_path(self, name: str) -> str:
+        return f"{self.endpoint.upload_dir.rstrip('/') or '.'}/{name}"
+
+    def write_bytes(self) -> int:
+        """Bytes per write request for this session (asked of the server once)."""
+        if self._write_bytes is None:
+            self._write_bytes = self._ask_write_limit()
+        return self._write_bytes
+
+    def _ask_write_limit(self) -> int:
+        """The server's `limits@openssh.com` max-write, capped at MAX_WRITE_BYTES; else 32 KiB.
+
+        An SFTPv3 server answers an extension it does not know with "unsupported", which
+        paramiko raises as a plain IOError: that server gets FALLBACK_WRITE_BYTES.
+        """
+        try:
+            kind, reply = self.sftp._request(CMD_EXTENDED, "limits@openssh.com")
+        except TimeoutError:
+            raise
+        except OSError:
+            return FALLBACK_WRITE_BYTES
+        if kind != CMD_EXTENDED_REPLY:
+            return FALLBACK_WRITE_BYTES
+        # max-packet-length, max-read-length, max-write-length, max-open-handles
+        max_write = int([reply.get_int64() for _ in range(4)][2])
+        # 0: the server states no limit, which says nothing of what it takes.
+        return min(max_write, MAX_WRITE_BYTES) if max_write > 0 else FALLBACK_WRITE_BYTES
+
+    def list_download(self) -> list[RemoteFile]:
+        """The regular files in the partner's download folder whose names are UTF-8.
+
+        paramiko's own listing decodes every name strictly, so one name that is not UTF-8
+        would stop the partner's whole folder from being read; this reads names as bytes
+        and leaves such a name out (it is no name of the contract anyway).
+        """
+        folder = self.endpoint.download_dir.rstrip("/") or "."
+        found: list[RemoteFile] = []
+        try:
+            _, msg = self.sftp._request(CMD_OPENDIR, folder)
+            handle = msg.get_binary()
+            while True:
+                try:
+                    _, msg = self.sftp._request(CMD_READDIR, handle)
+                except EOFError:
+                    break
+                for _ in range(msg.get_int()):
+                    raw, _longname = msg.get_string(), msg.get_string()
+                    attrs = paramiko.SFTPAttributes._from_msg(msg)
+                    try:
+                        name = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        continue
+                    if attrs.st_mode is not None and stat.S_ISREG(attrs.st_mode):
+                        found.append(RemoteFile(name, attrs.st_size or 0))
+            self.sftp._request(CMD_CLOSE, handle)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"cannot list {folder} on {self._name} ({_why(err)}); will retry"
+            ) from None
+        return found
+
+    def fetch(self, name: str, local: Path, max_bytes: int, listed_size: int) -> None:
+        """Download `<download_dir>/<name>` to `local` (whole or not at all), at most `max_bytes`.
+
+        `listed_size` is the size the listing showed: files above one request are read
+        ahead (prefetch) without asking for the size again; a small file is read at once,
+        because prefetch's thread and `stat` cost about 5 ms of the 7.6 ms a 4 KiB fetch took.
+        """
+        remote = f"{self.endpoint.download_dir.rstrip('/') or '.'}/{name}"
+        tmp = local.with_name(f".{local.name}.tmp")
+        size = 0
+        try:
+            with self.sftp.open(remote, "rb") as src, tmp.open("wb") as dst:
+                if listed_size > READ_AHEAD_FROM:
+                    src.prefetch(listed_size)
+                while chunk := src.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TransferFailed(
+                            f"{name} on {self._name} grew past {max_bytes} bytes while fetched"
+                        )
+                    dst.write(chunk)
+            publish(tmp, local)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"fetch of {name} from {self._name} failed ({_why(err)}); will retry"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def remove_download(self, name: str) -> None:
+        """Remove a file from the partner's download folder once its outcome is recorded."""
+        remote = f"{self.endpoint.download_dir.rstrip('/') or '.'}/{name}"
+        try:
+            self.sftp.remove(remote)
+        except FileNotFoundError:
+            pass
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TransferFailed(
+                f"cannot remove {name} on {self._name} ({_why(err)}); will retry"
+            ) from None
+
+    def _exists(self, path: str) -> bool:
+        try:
+            mode = self.sftp.stat(path).st_mode
+        except FileNotFoundError:
+            return False
+        return mode is None or not stat.S_ISDIR(mode)
+
+    def _compare(self, path: str, sha256: str) -> Uploaded:
+        digest = hashlib.sha256()
+        with self.sftp.open(path, "rb") as f:
+            f.prefetch()
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            raise RemoteConflict(
+                f"{self._name} already holds {path} with other content; nothing was "
+                "overwritten. Ask the partner to remove it, then `gateway retry`"
+            )
+        return Uploaded(path, already_there=True)
+
+    def _remove_quietly(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            self.sftp.remove(path)
+
+
+class RemotePart:
+    """A file being written on a partner's server under its hidden `.part` name.
+
+    Writes are pipelined: an error may show only at a later write or at `close`, which
+    reads the server's answer to every write still unanswered (paramiko's own close does
+    not look at them, nor at the answer to closing). `whole` says `close` got that far;
+    leaving the `with` block without it abandons the file.
+    """
+
+    def __init__(self, handle: paramiko.SFTPFile, request: int, what: str) -> None:
+        self._handle = handle
+        self._what = what
+        #: Bytes to hand to `write` at a time: whole requests (a 1 MiB block would leave a
+        #: short fifth request of 261,120-byte ones).
+        self.block = request * max(1, CHUNK // request)
+        self.whole = False
+
+    def __enter__(self) -> RemotePart:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Abandon the file unless `close` was called: the server keeps what it took."""
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+            self._handle.close()
+
+    def write(self, chunk: bytes) -> None:
+        """Send `chunk` after what was sent before."""
+        try:
+            self._handle.write(chunk)
+        except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as err:
+            raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
+
+    def close(self) -> None:
+        """Close the file once the server has said yes to every write."""
+        handle = self._handle
+        try:
+            handle.flush()
+            while handle._reqs:
+                request = handle._reqs.popleft()
+                if request not in handle.sftp._expecting:
+                    continue  # answered while paramiko waited for another: `place` checks the size
+                kind, _ = handle.sftp._read_response(request)  # raises on an error status
+                if kind != CMD_STATUS:
+                    raise paramiko.SFTPError(f"the server answered a write with message {kind}")
+            handle.close()
+        except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as err:
+            raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
+        self.whole = True
+
+
+def _why(err: BaseException) -> str:
+    """A short, secret-free description of a network error."""
+    if isinstance(err, socket.timeout | TimeoutError) or "protocol banner" in str(err):
+        return "timed out"
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return text.splitlines()[0][:120]

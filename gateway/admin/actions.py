@@ -1,0 +1,70 @@
+"""Operator actions on one package: retry it now, or cancel it. Each is audited with its reason."""
+
+from __future__ import annotations
+
+import shutil
+
+from gateway.adapters.files import fsync_dir
+from gateway.app.gateway import Gateway
+from gateway.core.errors import IllegalTransition, UsageError
+from gateway.core.lifecycle import FINAL, State
+from gateway.core.model import Package
+
+
+def _reason(reason: str) -> str:
+    if not reason.strip():
+        raise UsageError("--reason must say why: it goes in the audit trail")
+    return reason.strip()
+
+
+def retry(gw: Gateway, package_id: str, reason: str) -> Package:
+    """Release a held or failed package, or make a waiting one due now."""
+    package = gw.ledger.package(package_id)
+    detail = {"reason": _reason(reason), "was": package.state}
+    if package.state in (State.HELD, State.FAILED):
+        sealed = package.ciphertext_sha256 is not None and gw.home.sealed_file(package_id).exists()
+        target = State.SEALED if sealed else State.RECEIVED
+        return gw.ledger.transition(
+            package_id, target, "retry", detail, failures=0, next_attempt_at=None, last_error=None,
+            retry_from=gw.ledger.clock(),
+        )  # fmt: skip
+    if package.state in (State.RECEIVED, State.SEALED):
+        return gw.ledger.note(
+            package_id, "retry", detail, failures=0, next_attempt_at=None, last_error=None,
+            retry_from=gw.ledger.clock(),
+        )  # fmt: skip
+    raise IllegalTransition(f"{package_id} is {package.state}: there is nothing to retry")
+
+
+def cancel(gw: Gateway, package_id: str, reason: str) -> Package:
+    """Cancel a package that has not reached its partner, and erase what the spool holds of it."""
+    package = gw.ledger.package(package_id)
+    if package.state in FINAL or package.state is State.DELIVERED:
+        raise IllegalTransition(
+            f"{package_id} is {package.state}: too late to cancel"
+            + (
+                " (the partner has it; ask them to disregard it)"
+                if package.state is State.DELIVERED
+                else ""
+            )
+        )
+    cancelled = gw.ledger.transition(
+        package_id, State.CANCELLED, "cancel", {"reason": _reason(reason)}
+    )
+    leftovers = {
+        "plaintext payload": gw.home.work / package_id,
+        "sealed package": gw.home.sealed_file(package_id),
+        "published copy": gw.home.mailbox / str(package.partner) / "download" / f"{package_id}.pgp",
+    }
+    for what, path in leftovers.items():
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            fsync_dir(path.parent)
+            gw.ledger.record(
+                "erase",
+                package_id=package_id,
+                partner=package.partner,
+                category="erasure",
+                detail={"what": what, "reason": "cancelled"},
+            )
+    return cancelled

@@ -1,0 +1,141 @@
+"""Health of a gateway home: key expiry, permissions, partners, disk, ledger (`doctor`, `status`).
+
+Each finding is a small value with what is wrong and what to do, never a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from typing import Literal
+
+from gateway.adapters.gpg import KeyInfo
+from gateway.admin import audit
+from gateway.app.gateway import Gateway
+from gateway.core.errors import GatewayError
+from gateway.core.model import utc
+
+Level = Literal["ok", "warn", "fail"]
+MIN_FREE_BYTES = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One line of `doctor`: how it stands, what was checked, and what to do."""
+
+    level: Level
+    what: str
+    todo: str = ""
+
+    def line(self) -> str:
+        """The line an operator reads."""
+        return f"{self.level:<4} {self.what}" + (f": {self.todo}" if self.todo else "")
+
+
+def _key_findings(what: str, key: KeyInfo, now: float, warn_days: int) -> Iterator[Finding]:
+    if problem := key.problem():
+        yield Finding(
+            "fail",
+            f"{what} {key.fingerprint}: {problem}",
+            "rotate it now; packages for it are held",
+        )
+        return
+    for part, expires in (
+        ("expires", key.expires),
+        ("encryption subkey expires", key.encryption_expires),
+    ):
+        if expires and expires - now < warn_days * 86400:
+            yield Finding(
+                "warn", f"{what} {key.fingerprint} {part} {utc(expires)}", "rotate it before then"
+            )
+            return
+    yield Finding("ok", f"{what} {key.fingerprint} valid")
+
+
+def keys(gw: Gateway) -> Iterator[Finding]:
+    """The gateway's own key and every partner's key, with expiry warnings."""
+    now, days = gw.ledger.clock(), gw.settings.keys_warn_days
+    yield from _key_findings("the gateway's own key", gw.own_key_info, now, days)
+    for partner in gw.ledger.partners():
+        try:
+            key = gw.keyring.key(partner.openpgp_key)
+        except GatewayError as err:
+            yield Finding("fail", f"{partner.id}'s key: {err}")
+            continue
+        yield from _key_findings(f"{partner.id}'s key", key, now, days)
+
+
+def permissions(gw: Gateway) -> Iterator[Finding]:
+    """Keys and spool for the gateway's user alone."""
+    home = gw.home
+    for path, most in ((home.keys, 0o700), (home.gnupg, 0o700), (home.ssh, 0o700), (home.spool, 0o700),
+                       (home.ssh_identity, 0o600), (home.host_key, 0o600), (home.ledger, 0o660)):  # fmt: skip
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            yield Finding("fail", f"{path} is missing", "restore it from backup")
+            continue
+        if mode & ~most:
+            yield Finding("fail", f"{path} has mode {mode:o}", f"chmod {most:o} {path}")
+        else:
+            yield Finding("ok", f"{path} mode {mode:o}")
+
+
+def disk(gw: Gateway) -> Iterator[Finding]:
+    """Room in the spool for packages to be taken in and sealed."""
+    free = shutil.disk_usage(gw.home.spool).free
+    if free < MIN_FREE_BYTES:
+        yield Finding(
+            "fail",
+            f"{free // 1024**2} MiB free for the spool",
+            "free disk space: intake pauses when full",
+        )
+    else:
+        yield Finding("ok", f"{free // 1024**3} GiB free for the spool")
+
+
+def ledger(gw: Gateway) -> Iterator[Finding]:
+    """The audit trail's chain and checkpoints."""
+    verdict = audit.verify(gw)
+    if verdict.problem:
+        yield Finding(
+            "fail",
+            f"audit trail: {verdict.problem}",
+            "restore ledger.db from backup and investigate",
+        )
+    else:
+        yield Finding(
+            "ok", f"audit trail intact ({verdict.events} events, {verdict.checkpoints} checkpoints)"
+        )
+
+
+def partners(gw: Gateway, connect: bool) -> Iterator[Finding]:
+    """Each push partner reachable with its pinned host key (nothing is sent); each enabled."""
+    # Imported here, not above: `status` uses this module too, and the SFTP client's
+    # paramiko took 0.13 s of its start-up (python -X importtime).
+    from gateway.pipeline.setback import Retry
+    from gateway.transports.push import Deliverer
+
+    deliverer = Deliverer(gw.home, gw.ledger, gw.settings, Retry(gw.ledger, gw.settings))
+    for partner in gw.ledger.partners():
+        if not partner.enabled:
+            yield Finding(
+                "warn",
+                f"{partner.id} is disabled",
+                f"`gateway partner enable {partner.id}` when ready",
+            )
+            continue
+        if partner.transport != "push" or not connect:
+            continue
+        try:
+            with deliverer.session(partner):
+                pass
+        except GatewayError as err:
+            yield Finding("fail", f"{partner.id}: {err}")
+        else:
+            yield Finding(
+                "ok", f"{partner.id} reachable at {partner.host}:{partner.port}, host key as pinned"
+            )

@@ -1,0 +1,249 @@
+"""The plaintext inside a package (SPEC section 4): the manifest and the tar that carries it.
+
+Pure code: the manifest is a frozen value with a strict parser, and the tar is produced
+as a stream of chunks so that sealing a 1 GiB payload needs no more memory than a 4 KiB one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+from gateway.core.errors import Rejected, UsageError
+from gateway.core.names import authority_id, kind, package_id, payload_name
+
+SCHEMA: Final = "gateway-envelope/1"
+MANIFEST: Final = "manifest.json"
+PAYLOAD_DIR: Final = "payload/"
+MAX_MANIFEST_BYTES: Final = 64 * 1024
+CHUNK: Final = 1024 * 1024
+_FPR = re.compile(r"[0-9A-F]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # ASCII digits only
+
+
+@dataclasses.dataclass(frozen=True)
+class Party:
+    """A sender or recipient: authority id and primary key fingerprint."""
+
+    id: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    """The payload's plain file name, size and SHA-256."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """The signed description of a package; names both parties so it cannot be forwarded."""
+
+    package_id: str
+    kind: str
+    sender: Party
+    recipient: Party
+    created_at: str
+    payload: Payload
+    reference: str | None = None
+    legal_basis: str | None = None
+    marking: str | None = None
+    in_reply_to: str | None = None
+
+    def to_json(self) -> bytes:
+        """The manifest as UTF-8 JSON, optional fields left out when empty."""
+        doc: dict[str, Any] = {"schema": SCHEMA, **dataclasses.asdict(self)}
+        doc = {k: v for k, v in doc.items() if v is not None}
+        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def fingerprint(text: object, what: str) -> str:
+    """Return `text` if it is a 40-hex OpenPGP v4 fingerprint (capitals), else raise."""
+    if not isinstance(text, str) or not _FPR.fullmatch(text):
+        raise UsageError(f"{what} must be a 40-character hexadecimal fingerprint in capitals")
+    return text
+
+
+def _text(doc: dict[str, Any], key: str, optional: bool = False) -> str | None:
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 1024:
+        raise UsageError(f"manifest field {key!r} must be a non-empty string")
+    return value
+
+
+def _party(doc: dict[str, Any], key: str) -> Party:
+    value = doc.get(key)
+    if not isinstance(value, dict) or set(value) != {"id", "key"}:
+        raise UsageError(f"manifest field {key!r} must hold exactly 'id' and 'key'")
+    return Party(authority_id(str(value["id"])), fingerprint(value["key"], f"{key}.key"))
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and check a manifest; anything unexpected is an error naming the field."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise UsageError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON, huge numbers
+        raise UsageError("the manifest is not UTF-8 JSON") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise UsageError(f"the manifest is not a {SCHEMA} object")
+    known = {f.name for f in dataclasses.fields(Manifest)} | {"schema"}
+    if extra := sorted(set(doc) - known):
+        raise UsageError(f"the manifest has unknown fields: {', '.join(extra)}")
+    pay = doc.get("payload")
+    if not isinstance(pay, dict) or set(pay) != {"name", "size", "sha256"}:
+        raise UsageError("manifest field 'payload' must hold exactly 'name', 'size' and 'sha256'")
+    name, size, digest = pay["name"], pay["size"], pay["sha256"]
+    if not isinstance(name, str):
+        raise UsageError("manifest field 'payload.name' must be a string")
+    if type(size) is not int or size < 0:
+        raise UsageError("manifest field 'payload.size' must be a whole number of bytes")
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        raise UsageError("manifest field 'payload.sha256' must be 64 lowercase hex digits")
+    created = _text(doc, "created_at")
+    try:
+        datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%SZ")
+        valid = bool(_TIME.fullmatch(created or ""))
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageError("manifest field 'created_at' must be UTC time as 2026-11-28T18:00:00Z")
+    in_reply_to = _text(doc, "in_reply_to", optional=True)
+    return Manifest(
+        package_id=package_id(str(_text(doc, "package_id"))),
+        kind=kind(str(_text(doc, "kind"))),
+        sender=_party(doc, "sender"),
+        recipient=_party(doc, "recipient"),
+        created_at=str(created),
+        payload=Payload(payload_name(name), size, digest),
+        reference=_text(doc, "reference", optional=True),
+        legal_basis=_text(doc, "legal_basis", optional=True),
+        marking=_text(doc, "marking", optional=True),
+        in_reply_to=None if in_reply_to is None else package_id(in_reply_to),
+    )
+
+
+def _header(name: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o600
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+def tar_chunks(manifest: Manifest, payload: IO[bytes], mtime: int) -> Iterator[bytes]:
+    """Yield a POSIX tar of `manifest.json` then `payload/<name>`, streaming the payload.
+
+    The payload is hashed as it streams; if it does not match the manifest (the file
+    changed under us), the stream ends with an error instead of a valid tar.
+    """
+    body = manifest.to_json()
+    yield _header(MANIFEST, len(body), mtime) + body + _padding(len(body))
+    yield _header(PAYLOAD_DIR + manifest.payload.name, manifest.payload.size, mtime)
+    digest, size = hashlib.sha256(), 0
+    while chunk := payload.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        if size > manifest.payload.size:
+            break
+        yield chunk
+    if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
+        raise UsageError(
+            "the payload changed while it was being sealed, in the gateway's own spool: "
+            "check the host's disk and who can write to spool/work, then `gateway retry`"
+        )
+    yield _padding(size) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks (what GnuPG's stdin reads)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._view = memoryview(b"")
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def readinto(self, target: Any) -> int:
+        """Fill `target` from the next chunks; 0 at the end."""
+        while not self._view:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._view = memoryview(chunk)
+        n = min(len(target), len(self._view))
+        target[:n] = self._view[:n]
+        self._view = self._view[n:]
+        return n
+
+
+def unpack(tar_path: Path, payload_out: Path, max_payload: int) -> Manifest:
+    """Read a received envelope strictly; write the payload to `payload_out`; return the manifest.
+
+    Exactly two regular-file members, `manifest.json` then `payload/<the manifest's name>`;
+    no links, devices, folders, extra members, compression or oversized parts. The
+    payload is streamed to disk and must match the manifest's size and SHA-256.
+    """
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST or not first.isreg():
+                raise Rejected("the envelope does not start with a manifest.json file")
+            if first.size > MAX_MANIFEST_BYTES:
+                raise Rejected(f"manifest.json is larger than {MAX_MANIFEST_BYTES} bytes")
+            manifest = parse_manifest(_read(tar, first))
+            second = tar.next()
+            if (
+                second is None
+                or second.name != PAYLOAD_DIR + manifest.payload.name
+                or not second.isreg()
+            ):
+                raise Rejected("the envelope's second member is not the payload the manifest names")
+            if second.size != manifest.payload.size or second.size > max_payload:
+                raise Rejected("the payload's size is not the manifest's, or is over the limit")
+            digest = hashlib.sha256()
+            with _member(tar, second) as src, payload_out.open("wb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+            if digest.hexdigest() != manifest.payload.sha256:
+                raise Rejected("the payload's SHA-256 is not the manifest's")
+            if tar.next() is not None:
+                raise Rejected("the envelope holds more than manifest.json and the payload")
+    except (tarfile.TarError, EOFError):
+        raise Rejected("the envelope is not a valid uncompressed tar") from None
+    except UsageError as problem:
+        raise Rejected(f"the manifest is invalid: {problem}") from None
+    return manifest
+
+
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    extracted = tar.extractfile(member)
+    if extracted is None:
+        raise Rejected(f"{member.name} is not a regular file")
+    return extracted
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    with _member(tar, member) as f:
+        return f.read(MAX_MANIFEST_BYTES + 1)

@@ -1,0 +1,192 @@
+"""Settings (SPEC section 8): one frozen value, read from `gateway.toml` in one place.
+
+Every setting is declared once in `SETTINGS` with its default and its documentation;
+`gateway init` writes that documentation into the new `gateway.toml`, and a test
+fails if a setting is missing from docs or from the file written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+from typing import Final
+
+from gateway.core.errors import HomeError, UsageError
+from gateway.core.names import authority_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting: its dotted name, default and meaning."""
+
+    name: str
+    default: int | str
+    doc: str
+
+
+SETTINGS: Final = (
+    Setting("gateway.id", "", "This gateway's own authority id, e.g. GB-ACRO. Set by `init`."),
+    Setting(
+        "daemon.settle_seconds",
+        2,
+        "A file written in place is taken once its size and mtime have been still this long.",
+    ),
+    Setting("daemon.poll_seconds", 30, "How often each push partner's download folder is polled."),
+    Setting(
+        "daemon.scan_seconds",
+        60,
+        "How often the outbound folders are scanned in full, to catch any missed event.",
+    ),
+    Setting("daemon.workers", 4, "How many packages are sealed and delivered at once."),
+    Setting(
+        "daemon.max_package_bytes",
+        2 * 1024**3,
+        "Largest payload taken in; a larger file is quarantined.",
+    ),
+    Setting(
+        "gnupg.timeout_seconds",
+        600,
+        "Deadline for one GnuPG run; a run past it is killed and retried later.",
+    ),
+    Setting(
+        "gnupg.key_days",
+        730,
+        "Validity of the OpenPGP keys that `init` and `keys rotate` create, in days.",
+    ),
+    Setting(
+        "sftp.connect_timeout_seconds",
+        15,
+        "Deadline for TCP connect, SSH banner, key exchange and login with a partner.",
+    ),
+    Setting(
+        "sftp.io_timeout_seconds",
+        60,
+        "Deadline for any single SFTP request without an answer; the connection is then cut.",
+    ),
+    Setting("retry.first_delay_seconds", 30, "Delay before the first retry of a failed delivery."),
+    Setting("retry.max_delay_seconds", 3600, "Longest delay between two retries."),
+    Setting(
+        "retry.give_up_after_seconds",
+        259200,
+        "After this long without success a package becomes `failed`.",
+    ),
+    Setting(
+        "receipts.overdue_after_seconds",
+        86400,
+        "A delivered package with no receipt after this long is overdue.",
+    ),
+    Setting(
+        "serve.listen",
+        "",
+        "Address:port of the drop server for pull partners, e.g. 0.0.0.0:2222; empty: off.",
+    ),
+    Setting(
+        "audit.checkpoint_seconds",
+        3600,
+        "How often the daemon signs a checkpoint of the audit trail (also when it stops).",
+    ),
+    Setting(
+        "keys.overlap_days",
+        30,
+        "After a partner key rotation, how long the old key still verifies its receipts and packages.",
+    ),
+    Setting("keys.warn_days", 30, "Warn this many days before any key in use expires."),
+    Setting("serve.max_connections", 20, "Most drop-server sessions at once; more are refused."),
+    Setting("serve.max_auth_attempts", 3, "Keys one connection may try before it is refused."),
+    Setting("serve.ban_after_failures", 10, "Failed logins from one address before it is banned."),
+    Setting("serve.ban_seconds", 600, "How long a banned address is refused."),
+    Setting("serve.idle_timeout_seconds", 300, "A drop-server session idle this long is closed."),
+    Setting("serve.max_upload_bytes", 2 * 1024**3 + 1024**2, "Largest file a partner may upload."),
+)
+
+_BY_NAME: Final = {s.name: s for s in SETTINGS}
+_ZERO_ALLOWED: Final = {"daemon.settle_seconds", "keys.overlap_days"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The settings in force, with every value checked. Field = setting name, dots as `_`."""
+
+    gateway_id: str
+    daemon_settle_seconds: int = 2
+    daemon_poll_seconds: int = 30
+    daemon_scan_seconds: int = 60
+    daemon_workers: int = 4
+    daemon_max_package_bytes: int = 2 * 1024**3
+    gnupg_timeout_seconds: int = 600
+    gnupg_key_days: int = 730
+    sftp_connect_timeout_seconds: int = 15
+    sftp_io_timeout_seconds: int = 60
+    retry_first_delay_seconds: int = 30
+    retry_max_delay_seconds: int = 3600
+    retry_give_up_after_seconds: int = 259200
+    receipts_overdue_after_seconds: int = 86400
+    serve_listen: str = ""
+    audit_checkpoint_seconds: int = 3600
+    keys_overlap_days: int = 30
+    keys_warn_days: int = 30
+    serve_max_connections: int = 20
+    serve_max_auth_attempts: int = 3
+    serve_ban_after_failures: int = 10
+    serve_ban_seconds: int = 600
+    serve_idle_timeout_seconds: int = 300
+    serve_max_upload_bytes: int = 2 * 1024**3 + 1024**2
+
+
+def load(path: Path) -> Settings:
+    """Read and check `gateway.toml`; an unknown or ill-typed setting is an error."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise HomeError(
+            f"{path} not found: this is not a gateway home; run `gateway init --id ID` "
+            "or pass --home"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise HomeError(f"{path} is not valid TOML ({e}): fix the file") from None
+    return parse(data, str(path))
+
+
+def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
+    """Check a parsed settings document and build the settings value."""
+    values: dict[str, object] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise HomeError(f"{where}: {section!r} must be a [section]")
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            setting = _BY_NAME.get(name)
+            if setting is None:
+                raise HomeError(f"{where}: unknown setting {name!r}: remove it or fix its name")
+            if type(value) is not type(setting.default):
+                kind = type(setting.default).__name__
+                raise HomeError(
+                    f"{where}: {name} must be {'a whole number' if kind == 'int' else 'a string'}"
+                )
+            if isinstance(value, int) and value < (0 if name in _ZERO_ALLOWED else 1):
+                raise HomeError(f"{where}: {name} must be a positive number")
+            values[name.replace(".", "_")] = value
+    if "gateway_id" not in values:
+        raise HomeError(f"{where}: gateway.id is missing: set it to this gateway's authority id")
+    try:
+        authority_id(str(values["gateway_id"]))
+    except UsageError as problem:
+        raise HomeError(f"{where}: gateway.id: {problem}") from None
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def render(gateway_id: str) -> str:
+    """The text of a new `gateway.toml`: every setting, its default and its meaning."""
+    out: list[str] = ["# Exchange gateway settings. Every setting is shown with its default.\n"]
+    sections = dict.fromkeys(s.name.split(".")[0] for s in SETTINGS)
+    for section in sections:
+        out.append(f"\n[{section}]\n")
+        for s in SETTINGS:
+            head, key = s.name.split(".")
+            if head == section:
+                value = gateway_id if s.name == "gateway.id" else s.default
+                out.append(f"# {s.doc}\n{key} = {json.dumps(value)}\n")
+    return "".join(out)

@@ -1,0 +1,223 @@
+"""Taking files in: from `gateway send` (a copy) or from the outbound spool (a move).
+
+Nothing taken in is ever lost or taken twice. A spooled file is first renamed into the
+gateway's own `spool/work/<package_id>/` beside an `origin.json` written before it,
+then recorded in the ledger. A crash between the two leaves a work folder that
+`recover()` finishes taking in; a crash before the rename leaves the file where the
+producer put it. Bad entries go to `spool/quarantine/` with a reason file and a ledger
+entry; a link is moved, never followed, and its target never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Final
+
+from gateway.adapters import quarantine
+from gateway.adapters.files import fsync_dir, open_regular, publish, write_atomic
+from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
+from gateway.core.errors import GatewayError, NotFound, UsageError
+from gateway.core.lifecycle import State
+from gateway.core.model import Package, utc
+from gateway.core.names import kind as parse_kind
+from gateway.core.names import new_package_id, package_id, payload_name
+from gateway.core.settings import Settings
+
+PAYLOAD: Final = "payload"
+ORIGIN: Final = "origin.json"
+CHUNK: Final = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """What a sender may say of a package besides the file; all of it goes in the signed manifest."""
+
+    reference: str | None = None
+    legal_basis: str | None = None
+    marking: str | None = None
+    in_reply_to: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.in_reply_to is not None:
+            package_id(self.in_reply_to)
+        for value in (self.reference, self.legal_basis, self.marking):
+            if value is not None and not 0 < len(value) <= 1024:
+                raise UsageError("--ref, --legal-basis and --marking take 1 to 1024 characters")
+
+
+class Intake:
+    """Takes files into the gateway's own area and records them `received`."""
+
+    def __init__(self, home: Home, ledger: Ledger, settings: Settings) -> None:
+        self.home = home
+        self.ledger = ledger
+        self.settings = settings
+
+    def copy_in(
+        self,
+        source: Path,
+        partner: str,
+        kind: str,
+        labels: Labels | None = None,
+    ) -> Package:
+        """Take a copy of `source` (`gateway send`); the original is left alone."""
+        name = payload_name(source.name)
+        self._partner(partner)
+        kind = parse_kind(kind)
+        try:
+            fd = open_regular(source, single_link=False)
+        except UsageError as problem:
+            raise UsageError(f"{source}: {problem}") from None
+        if os.fstat(fd).st_size > self.settings.daemon_max_package_bytes:
+            os.close(fd)
+            raise UsageError(
+                f"{source} is larger than daemon.max_package_bytes: split it or raise the limit"
+            )
+        pid = new_package_id(self.settings.gateway_id)
+        folder = self.home.work / pid
+        folder.mkdir(mode=0o700)
+        try:
+            with os.fdopen(fd, "rb") as src, (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+            publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
+            return self._admit(pid, partner, kind, name, labels or Labels())
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def move_in(self, path: Path, partner: str, kind: str) -> Package:
+        """Take a file from the outbound spool, or quarantine it with the reason."""
+        pid = new_package_id(self.settings.gateway_id)
+        try:
+            name = payload_name(os.fsencode(path.name))
+            self._partner(partner)
+            parse_kind(kind)
+        except GatewayError as problem:
+            return self.quarantine(path, pid, partner, kind, str(problem))
+        folder = self.home.work / pid
+        folder.mkdir(mode=0o700)
+        try:
+            origin = {"partner": partner, "kind": kind, "name": name}
+            write_atomic(folder / ORIGIN, json.dumps(origin).encode())
+            os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing was taken: the file stays put
+            raise
+        fsync_dir(folder)
+        fsync_dir(path.parent)
+        return self._finish(pid)
+
+    def recover(self) -> list[Package]:
+        """Finish what a crash interrupted: work folders with no ledger entry."""
+        done = []
+        for folder in sorted(self.home.work.iterdir()):
+            if folder.name.startswith("."):  # a temporary file of a run that was cut short
+                shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+                continue
+            try:
+                self.ledger.package(folder.name)
+                continue
+            except NotFound:
+                pass
+            if (folder / ORIGIN).is_file() and os.path.lexists(folder / PAYLOAD):
+                done.append(self._finish(folder.name))
+            else:  # a copy that never completed or a move that never happened
+                shutil.rmtree(folder)
+        return done
+
+    def _finish(self, pid: str) -> Package:
+        """Check a moved-in file and record it, or quarantine it."""
+        folder = self.home.work / pid
+        origin = json.loads((folder / ORIGIN).read_text())
+        try:
+            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], Labels())
+        except UsageError as problem:
+            package = self.quarantine(
+                folder / PAYLOAD,
+                pid,
+                origin["partner"],
+                origin["kind"],
+                str(problem),
+                name=origin["name"],
+            )
+            shutil.rmtree(folder)
+            return package
+
+    def _admit(
+        self,
+        pid: str,
+        partner: str,
+        kind: str,
+        name: str,
+        labels: Labels,
+    ) -> Package:
+        """Hash a payload already in the work folder and record it `received`."""
+        path = self.home.work / pid / PAYLOAD
+        fd = open_regular(path, single_link=True)
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                if size > self.settings.daemon_max_package_bytes:
+                    raise UsageError(
+                        f"the file is larger than daemon.max_package_bytes "
+                        f"({self.settings.daemon_max_package_bytes}): split it or raise the limit"
+                    )
+        if size == 0:
+            raise UsageError("the file is empty: nothing to send")
+        now = utc(self.ledger.clock())
+        package = Package(
+            package_id=pid,
+            direction="out",
+            state=State.RECEIVED,
+            created_at=now,
+            updated_at=now,
+            partner=partner,
+            kind=kind,
+            payload_name=name,
+            payload_size=size,
+            payload_sha256=digest.hexdigest(),
+            **dataclasses.asdict(labels),
+        )
+        return self.ledger.insert(
+            package, "intake", {"name": name, "size": size, "sha256": package.payload_sha256}
+        )
+
+    def _partner(self, partner: str) -> None:
+        try:
+            self.ledger.partner(partner)
+        except NotFound:
+            raise UsageError(
+                f"unknown partner {partner}: register it with `gateway partner add`"
+            ) from None
+
+    def quarantine(self, path: Path, pid: str, partner: str | None, kind: str | None,
+                   reason: str, name: str | None = None) -> Package:  # fmt: skip
+        """Move a rejected entry to quarantine with `<pid>.reason.json`; record it `rejected`."""
+        original = name or os.fsencode(path.name).decode("utf-8", "backslashreplace")
+        now = utc(self.ledger.clock())
+        report = quarantine.put(self.home.quarantine, path, pid, {
+            "package_id": pid, "original_name": original, "partner": partner, "kind": kind,
+            "reason": reason, "at": now,
+            "what_to_do": "fix the file as the reason says and drop it again; "
+                          "delete this entry and its reason file once dealt with",
+        })  # fmt: skip
+        known = partner if partner and self._known(partner) else None
+        package = Package(package_id=pid, direction="out", state=State.REJECTED, created_at=now,
+                          updated_at=now, partner=known, kind=kind, last_error=reason)  # fmt: skip
+        detail = {"name": original, "what": report["what"], "reason": reason, "partner": partner}
+        return self.ledger.insert(package, "quarantine", detail)
+
+    def _known(self, partner: str) -> bool:
+        try:
+            self.ledger.partner(partner)
+        except NotFound:
+            return False
+        return True
