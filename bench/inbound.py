@@ -61,7 +61,7 @@ def build_set(rig: Rig, count: int, folder: Path) -> None:
     """`count` packages with fresh ids, signed and encrypted to the gateway by the partner's gpg."""
 
     def one(_: int) -> None:
-        pid = f"{PARTNER_ID}-{new_ulid()}"
+        pid = f"{PARTNER_ID}-{new_ulid(time.time())}"
         sealed = rig.partner.gpg(
             "--trust-model",
             "always",

@@ -21,7 +21,7 @@ from typing import Any
 from bench.measure import REPO, Row, Target, median
 from bench.rig import GATEWAY_ID, Rig
 from gateway.adapters.home import Home
-from gateway.admin import health
+from gateway.admin import health, partners
 from gateway.app.gateway import Gateway
 from gateway.core.model import chain_hash, utc
 from gateway.core.names import KINDS, new_ulid
@@ -264,10 +264,11 @@ def ledger_scale(rig: Rig, count: int, runs: int, say: Say) -> list[Row]:
     """Scenario 6."""
     home = Home(rig.root / "big")
     keys = partner_keys(rig, rig.root / "pk")
-    with Gateway.init(home, GATEWAY_ID, "bench") as gw:
+    with keys.init(home, GATEWAY_ID, "bench") as gw:
         rig.keyrings.append(home.gnupg)
         for n, (partner, (fpr, path)) in enumerate(keys.items()):
-            gw.add_push_partner(
+            partners.add_push(
+                gw,
                 partner,
                 path,
                 fpr,

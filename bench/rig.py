@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.measure import REPO, reap_agents
 from gateway.adapters.home import Home
-from gateway.app.gateway import Gateway
+from gateway.admin import keys, partners
 from tests.conftest import PartnerPgp, processes_under
 from tests.sshd import SshServer
 
@@ -55,9 +55,10 @@ class Rig:
         self.partner = PartnerPgp(self.root / "pgp", PARTNER_ID)
         self.keyrings.append(self.partner.home)
         self.home = Home(self.root / "gw")
-        with Gateway.init(self.home, GATEWAY_ID, "bench") as gw:
+        with keys.init(self.home, GATEWAY_ID, "bench") as gw:
             self.keyrings.append(self.home.gnupg)
-            gw.add_push_partner(
+            partners.add_push(
+                gw,
                 PARTNER_ID,
                 self.partner.public_key,
                 self.partner.fingerprint,

@@ -17,14 +17,46 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gateway.adapters.home import Home
+from gateway.admin import keys
 from gateway.app.gateway import Gateway
 from gateway.cli import main
-from gateway.core.lifecycle import State
-from gateway.pipeline.steps import Runner
+from gateway.core.lifecycle import DUE_TO_SEAL, State
 from tests.sshd import SshServer
 
 GATEWAY_ID = "GB-ACRO"
 PARTNER_ID = "US-NCB"
+T0 = 1_795_000_000.0  # 2026-11-18, a fixed "now" for a clock the test moves
+
+
+class ManualClock:
+    """A `gateway.core.clock.Clock` that moves only when the test moves it, or sleeps on it."""
+
+    def __init__(self, start: float = T0) -> None:
+        self._wall, self._mono = start, 1000.0
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._wall
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks on by `seconds`."""
+        with self._lock:
+            self._wall += seconds
+            self._mono += seconds
+
+    def set(self, wall: float) -> None:
+        """Set the wall clock (the monotonic one moves on by as much, never back)."""
+        with self._lock:
+            self._mono += max(0.0, wall - self._wall)
+            self._wall = wall
 
 
 def processes_under(path: Path) -> list[int]:
@@ -155,7 +187,7 @@ def partner_pgp(short_tmp: Path) -> Iterator[PartnerPgp]:
 def home(short_tmp: Path) -> Home:
     """A freshly initialised gateway home."""
     home = Home(short_tmp / "gw")
-    Gateway.init(home, GATEWAY_ID, "tester").close()
+    keys.init(home, GATEWAY_ID, "tester").close()
     return home
 
 
@@ -208,7 +240,13 @@ def send(home: Home, path: Path, *extra: str) -> str:
 def run_once(home: Home) -> None:
     """One pass of the daemon's work, as `gateway run --once` does it."""
     with gateway(home, "daemon") as gw:
-        Runner(gw).once()
+        gw.run_once()
+
+
+def seal_due(gw: Gateway) -> None:
+    """Seal every received package that is due, as the daemon's workers would."""
+    for package in gw.ledger.due(DUE_TO_SEAL, gw.clock.now()):
+        gw.steps.seal(package)
 
 
 def state(home: Home, pid: str) -> State:

@@ -17,7 +17,6 @@ import pytest
 
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
-from gateway.pipeline.daemon import Daemon
 from tests.conftest import PARTNER_ID, PartnerPgp, cli, gateway, remote_files, set_setting
 from tests.sshd import SshServer
 
@@ -270,7 +269,7 @@ def test_a_dead_watcher_is_restarted_and_the_scan_covers_the_gap(
     folder = home.outbound / PARTNER_ID / "conviction"
     stop = threading.Event()
     with gateway(home, "daemon") as gw:
-        d = Daemon(gw, stop)
+        d = gw.daemon(stop)
         thread = threading.Thread(target=d.run)
         thread.start()
         try:

@@ -17,9 +17,9 @@ from pathlib import Path
 import click
 import pytest
 
-from gateway.admin import docs
 from gateway.cli import COMMANDS, main
-from gateway.cli.status_cmd import COLUMNS
+from gateway.cli import reference as docs
+from gateway.core.lifecycle import STATUS_COLUMNS as COLUMNS
 from gateway.core.lifecycle import State
 from gateway.core.settings import SETTINGS
 
@@ -57,7 +57,7 @@ def test_cli_reference_is_generated_from_the_commands() -> None:
 
 def test_module_prints_the_reference_whatever_the_terminal() -> None:
     env = {**os.environ, "COLUMNS": "40", "LINES": "10"}
-    done = subprocess.run([sys.executable, "-m", "gateway.admin.docs"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "gateway.cli.reference"], capture_output=True,
                           text=True, check=True, timeout=60, env=env)  # fmt: skip
     assert done.stdout == docs.document()
 

@@ -26,9 +26,7 @@ from gateway.adapters.dropserver import INFLIGHT, DropServer
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core.lifecycle import State
-from gateway.pipeline.daemon import drop_server
-from gateway.pipeline.steps import Runner
-from tests.conftest import GATEWAY_ID, PartnerPgp, cli, gateway, set_setting
+from tests.conftest import GATEWAY_ID, PartnerPgp, cli, gateway, seal_due, set_setting
 
 PULL_ID = "AU-AFP"
 OTHER_ID = "FR-CJN"
@@ -76,7 +74,6 @@ class Drop:
 
     home: Home
     gw: Gateway
-    runner: Runner
     server: DropServer
     pgp: PartnerPgp
     key: Path
@@ -134,7 +131,7 @@ class Drop:
         """One round of the daemon's work with the pull partner."""
         partner = self.gw.ledger.partner(PULL_ID)
         due = self.gw.ledger.due(frozenset({State.SEALED}), time.time(), PULL_ID)
-        self.runner.partner_round(partner, due, poll=True)
+        self.gw.steps.turn(partner, due, poll=True)
 
     def publish(self, payload: bytes = b"<notice/>" * 100) -> str:
         """Send a file to the partner, seal it, and publish it; return the package id."""
@@ -144,7 +141,7 @@ class Drop:
         assert result.exit_code == 0, result.stderr
         source.unlink()
         pid = result.stdout.strip()
-        self.runner.seal_due()
+        seal_due(self.gw)
         self.exchange()
         assert self.state(pid) is State.PUBLISHED
         return pid
@@ -173,8 +170,7 @@ def pull_partner(home: Home, short_tmp: Path) -> Iterator[tuple[PartnerPgp, Path
 def serving(home: Home, short_tmp: Path, pgp: PartnerPgp, key: Path) -> Iterator[Drop]:
     """Open the gateway, start its drop server on a free loopback port; stop it after."""
     with gateway(home, "daemon") as gw:
-        runner = Runner(gw)
-        server = drop_server(gw, runner.mailboxes, "127.0.0.1:0")
+        server = gw.drop_server("127.0.0.1:0")
         server.start()
         try:
             known_hosts = short_tmp / f"known_hosts.{server.port}"
@@ -182,7 +178,7 @@ def serving(home: Home, short_tmp: Path, pgp: PartnerPgp, key: Path) -> Iterator
             known_hosts.write_text(f"[127.0.0.1]:{server.port} {kind} {blob}\n")
             local = short_tmp / "local"
             local.mkdir(exist_ok=True)
-            yield Drop(home, gw, runner, server, pgp, key, known_hosts, local)
+            yield Drop(home, gw, server, pgp, key, known_hosts, local)
         finally:
             server.stop()
 

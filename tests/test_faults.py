@@ -38,9 +38,8 @@ from gateway.adapters.sftp import SftpPartner
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package
 from gateway.core.names import new_ulid
-from gateway.pipeline.setback import Retry
-from gateway.transports import push as delivery
-from gateway.transports.push import Deliverer
+from gateway.pipeline import deliver as delivery
+from gateway.transports.push import endpoint
 from tests.conftest import (
     PARTNER_ID,
     PartnerPgp,
@@ -245,8 +244,7 @@ def measure_login(home: Home, proxy: FaultProxy) -> Login:
     with gateway(home) as gw, pytest.MonkeyPatch.context() as patch:
         patch.setattr(paramiko.SFTPClient, "from_transport", spy)
         partner = gw.ledger.partner(PARTNER_ID)
-        session = Deliverer(gw.home, gw.ledger, gw.settings, Retry(gw.ledger, gw.settings))
-        with session.session(partner) as sftp:
+        with gw.sessions.session(endpoint(partner)) as sftp:
             sftp.sftp.listdir(".")
             time.sleep(0.1)
             sent = proxy.connections[-1].sent
@@ -867,11 +865,11 @@ def test_ten_thousand_names_outside_the_contract_are_left_alone(desk: Desk, tall
     names = junk_names(10_000, pid)
     for name in names:
         (server.download / name).write_bytes(b"junk")
-    other = f"{PARTNER_ID}-{new_ulid()}"
+    other = f"{PARTNER_ID}-{new_ulid(time.time())}"
     (server.download / f"{other}.pgp").mkdir()  # contract names on things that are not files
     (server.download / f"{other}.receipt").symlink_to("/etc/passwd")
-    os.mkfifo(server.download / f"{PARTNER_ID}-{new_ulid()}.pgp")
-    (server.download / f"{PARTNER_ID}-{new_ulid()}.receipt").symlink_to(server.root)
+    os.mkfifo(server.download / f"{PARTNER_ID}-{new_ulid(time.time())}.pgp")
+    (server.download / f"{PARTNER_ID}-{new_ulid(time.time())}.receipt").symlink_to(server.root)
     specials = 4
     leave(desk, f"{pid}.receipt", sign(desk.pgp, receipt_json(pid, digest)))
     before = [e for e in events(home) if e.package_id != pid]

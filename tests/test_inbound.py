@@ -29,7 +29,7 @@ from gateway.core.errors import NotFound, Transient
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package, Partner
 from gateway.core.names import new_ulid
-from gateway.pipeline.accept import Inbound
+from gateway.pipeline.collect import Collector
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,
@@ -92,7 +92,7 @@ def now() -> str:
 
 def partner_pid() -> str:
     """A fresh package id of the partner's."""
-    return f"{PARTNER_ID}-{new_ulid()}"
+    return f"{PARTNER_ID}-{new_ulid(time.time())}"
 
 
 def events(home: Home, pid: str | None = None) -> list[Event]:
@@ -309,7 +309,7 @@ def test_bad_receipt_is_quarantined_and_changes_nothing(desk: Desk, case: str) -
 
 def test_receipt_for_an_unknown_package_is_quarantined(desk: Desk) -> None:
     pid, digest = delivered(desk)
-    unknown = f"{GATEWAY_ID}-{new_ulid()}"
+    unknown = f"{GATEWAY_ID}-{new_ulid(time.time())}"
     bad = sign(desk.pgp, receipt_json(unknown, digest))
     leave(desk, f"{unknown}.receipt", bad)
 
@@ -434,24 +434,24 @@ def test_fetched_packages_are_handled_side_by_side_and_a_failure_loses_none(
     pids = [partner_pid() for _ in range(10)]
     for pid in pids:
         leave(desk, f"{pid}.pgp", seal(desk, envelope(manifest(desk, pid))))
-    failing, handle, lock = pids[3], Inbound.handle, threading.Lock()
+    failing, handle, lock = pids[3], Collector.handle, threading.Lock()
     running, most = 0, 0
 
-    def spy(inbound: Inbound, partner: Partner, path: Path, pid: str, suffix: str) -> None:
+    def spy(collector: Collector, partner: Partner, path: Path) -> None:
         nonlocal running, most
         with lock:
             running += 1
             most = max(most, running)
         try:
-            if pid == failing:
+            if path.name == f"{failing}.pgp":
                 raise Transient("the ledger is busy (injected); try again")
-            handle(inbound, partner, path, pid, suffix)
+            handle(collector, partner, path)
         finally:
             with lock:
                 running -= 1
 
     with monkeypatch.context() as patched:
-        patched.setattr(Inbound, "handle", spy)
+        patched.setattr(Collector, "handle", spy)
         run_once(desk.home)
 
     assert most > 1, "handled side by side"

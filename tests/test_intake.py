@@ -12,7 +12,6 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
 from gateway.pipeline.intake import ORIGIN, PAYLOAD, Intake
-from gateway.pipeline.steps import Runner
 from tests.conftest import PARTNER_ID, PartnerPgp, gateway
 from tests.test_cli import add
 
@@ -40,7 +39,7 @@ def drop(path: Path, data: bytes = b"x") -> Path:
 
 def take_in(home: Home) -> int:
     with gateway(home, "daemon") as gw:
-        return Runner(gw).take_in()
+        return gw.steps.take_in()
 
 
 def quarantined(home: Home) -> dict[str, dict[str, object]]:

@@ -22,7 +22,6 @@ from gateway.app.gateway import actor
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.core.names import new_ulid
-from gateway.pipeline.steps import Runner
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,
@@ -31,6 +30,7 @@ from tests.conftest import (
     gateway,
     remote_files,
     run_once,
+    seal_due,
     set_setting,
     state,
 )
@@ -299,7 +299,7 @@ def test_own_key_rotation_signs_with_the_new_key_and_still_opens_the_old(
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert manifest["sender"] == {"id": GATEWAY_ID, "key": new}
 
-    inbound = f"{PARTNER_ID}-{new_ulid()}"
+    inbound = f"{PARTNER_ID}-{new_ulid(time.time())}"
     payload = b"<response>addressed to the old key</response>\n"
     (server.download / f"{inbound}.pgp").write_bytes(partner_package(pgp, inbound, old, payload))
     run_once(home)
@@ -379,7 +379,7 @@ def test_disabling_a_pull_partner_holds_a_package_already_sealed(
            f"{server.client_key}.pub", "--reason", "pull partner")  # fmt: skip
         pid = send_to(home, short_tmp, "AU-AFP")
         with gateway(home, "daemon") as gw:
-            Runner(gw).seal_due()
+            seal_due(gw)
         assert state(home, pid) is State.SEALED
         ok(home, "partner", "disable", "AU-AFP", "--reason", "partner reports a breach")
 

@@ -18,25 +18,15 @@ from typing import Any
 
 import pytest
 
+from gateway.adapters.clock import SystemClock
 from gateway.adapters.ledger import Ledger
 from gateway.core.errors import GatewayError, IllegalTransition, NotFound, PartnerError
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package, Partner, utc
 from gateway.core.names import new_package_id, new_ulid
-from tests.conftest import GATEWAY_ID, PARTNER_ID
+from tests.conftest import GATEWAY_ID, PARTNER_ID, T0, ManualClock
 
-T0 = 1_795_000_000.0  # 2026-11-18, a fixed "now" for the injected clock
 S = State
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -45,12 +35,12 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def ledger(path: Path, clock: Clock) -> Iterator[Ledger]:
+def ledger(path: Path, clock: ManualClock) -> Iterator[Ledger]:
     ledger = Ledger(path, "alice", clock)
     yield ledger
     ledger.close()
@@ -60,7 +50,11 @@ def outbound(
     state: State = State.RECEIVED, *, created: float | None = None, **fields: Any
 ) -> Package:
     """A new outbound package; `created` fixes the time inside its id (ids sort by it)."""
-    pid = new_package_id(GATEWAY_ID) if created is None else f"{GATEWAY_ID}-{new_ulid(created)}"
+    pid = (
+        new_package_id(GATEWAY_ID, time.time())
+        if created is None
+        else f"{GATEWAY_ID}-{new_ulid(created)}"
+    )
     stamp = utc(T0 if created is None else created)
     fields.setdefault("partner", PARTNER_ID)
     return Package(
@@ -101,14 +95,14 @@ def n_events(ledger: Ledger) -> int:
 def test_insert_records_the_package_and_its_first_event(ledger: Ledger) -> None:
     package = outbound(payload_name="n.xml")
 
-    ledger.insert(package, "receive", detail={"source": "spool"})
+    ledger.insert(package, "intake", detail={"source": "spool"})
 
     assert ledger.package(package.package_id) == package
     [event] = ledger.events(package.package_id)
     assert (event.id, event.actor, event.action, event.state, event.category) == (
         1,
         "alice",
-        "receive",
+        "intake",
         "received",
         "collection",
     )
@@ -118,16 +112,16 @@ def test_insert_records_the_package_and_its_first_event(ledger: Ledger) -> None:
 
 
 def test_each_transition_updates_the_row_and_appends_one_event(
-    ledger: Ledger, clock: Clock
+    ledger: Ledger, clock: ManualClock
 ) -> None:
-    package = ledger.insert(outbound(), "receive")
+    package = ledger.insert(outbound(), "intake")
     pid = package.package_id
 
-    clock.now = T0 + 10
+    clock.set(T0 + 10)
     ledger.transition(pid, State.SEALED, "seal", ciphertext_size=123)
-    clock.now = T0 + 20
-    ledger.transition(pid, State.DELIVERED, "deliver", delivered_at=utc(clock.now))
-    clock.now = T0 + 30
+    clock.set(T0 + 20)
+    ledger.transition(pid, State.DELIVERED, "deliver", delivered_at=utc(clock.now()))
+    clock.set(T0 + 30)
     final = ledger.transition(pid, State.ACKNOWLEDGED, "acknowledge")
 
     assert final == ledger.package(pid)
@@ -138,7 +132,7 @@ def test_each_transition_updates_the_row_and_appends_one_event(
     assert final.updated_at == utc(T0 + 30)
     rows = [(e.action, e.state, e.category, e.actor, e.at) for e in ledger.events(pid)]
     assert rows == [
-        ("receive", "received", "collection", "alice", utc(T0)),
+        ("intake", "received", "collection", "alice", utc(T0)),
         ("seal", "sealed", None, "alice", utc(T0 + 10)),
         ("deliver", "delivered", "disclosure", "alice", utc(T0 + 20)),
         ("acknowledge", "acknowledged", None, "alice", utc(T0 + 30)),
@@ -159,13 +153,13 @@ def test_each_transition_updates_the_row_and_appends_one_event(
     ],
 )
 def test_illegal_transition_raises_and_changes_nothing(
-    ledger: Ledger, clock: Clock, path_to: list[State], illegal: State
+    ledger: Ledger, clock: ManualClock, path_to: list[State], illegal: State
 ) -> None:
-    pid = ledger.insert(outbound(), "receive").package_id
+    pid = ledger.insert(outbound(), "intake").package_id
     for step in path_to:
         ledger.transition(pid, step, "step")
     before, events_before = ledger.package(pid), n_events(ledger)
-    clock.now = T0 + 100
+    clock.set(T0 + 100)
 
     with pytest.raises(IllegalTransition) as caught:
         ledger.transition(pid, illegal, "bad", failures=9)
@@ -186,11 +180,11 @@ def test_inserting_a_package_id_twice_is_a_gateway_error_and_changes_nothing(
     adapter's edge), not a raw `sqlite3.IntegrityError` that the CLI would show as a
     traceback.
     """
-    package = ledger.insert(outbound(), "receive")
+    package = ledger.insert(outbound(), "intake")
     again = dataclasses.replace(package, payload_name="other.xml")
 
     with pytest.raises(GatewayError):
-        ledger.insert(again, "receive")
+        ledger.insert(again, "intake")
 
     assert ledger.package(package.package_id) == package
     assert n_events(ledger) == 1
@@ -198,7 +192,7 @@ def test_inserting_a_package_id_twice_is_a_gateway_error_and_changes_nothing(
 
 def test_transition_of_an_unknown_package_raises_not_found(ledger: Ledger) -> None:
     with pytest.raises(NotFound):
-        ledger.transition(new_package_id(GATEWAY_ID), State.SEALED, "seal")
+        ledger.transition(new_package_id(GATEWAY_ID, time.time()), State.SEALED, "seal")
     assert n_events(ledger) == 0
 
 
@@ -212,7 +206,7 @@ def test_a_package_cannot_start_in_a_later_state(
     package = dataclasses.replace(outbound(), direction=direction, state=state)
 
     with pytest.raises(IllegalTransition, match=f"cannot start as {state}"):
-        ledger.insert(package, "receive")
+        ledger.insert(package, "intake")
 
     assert ledger.db["packages"].count == 0
     assert n_events(ledger) == 0
@@ -222,14 +216,14 @@ def test_a_package_cannot_start_in_a_later_state(
 
 
 @pytest.fixture
-def trail(ledger: Ledger, clock: Clock, path: Path) -> Iterator[sqlite3.Connection]:
+def trail(ledger: Ledger, clock: ManualClock, path: Path) -> Iterator[sqlite3.Connection]:
     """Five events in the ledger, and a raw connection to tamper with them."""
-    pid = ledger.insert(outbound(), "receive", detail={"n": 1}).package_id
+    pid = ledger.insert(outbound(), "intake", detail={"n": 1}).package_id
     for n, state in enumerate([S.SEALED, S.DELIVERED], start=2):
-        clock.now += 1
+        clock.advance(1)
         ledger.transition(pid, state, "step", detail={"n": n})
     for n in (4, 5):
-        clock.now += 1
+        clock.advance(1)
         ledger.record("partner.note", partner=PARTNER_ID, detail={"n": n})
     raw = sqlite3.connect(ledger.db.conn.execute("PRAGMA database_list").fetchone()[2])
     yield raw
@@ -340,7 +334,7 @@ def write_in_thread(
     """Start a thread with its own Ledger (its own connection) doing `work`."""
 
     def run() -> None:
-        other = Ledger(path, actor)
+        other = Ledger(path, actor, SystemClock())
         try:
             work(other)
         finally:
@@ -420,8 +414,8 @@ def test_writers_are_not_blocked_by_an_open_read_transaction(ledger: Ledger, pat
 @pytest.mark.parametrize("opened", ["new", "existing"])
 def test_every_connection_has_the_pragmas_in_force(path: Path, opened: str) -> None:
     if opened == "existing":
-        Ledger(path, "setup").close()
-    ledger = Ledger(path, "alice")
+        Ledger(path, "setup", SystemClock()).close()
+    ledger = Ledger(path, "alice", SystemClock())
     try:
         pragma = lambda name: ledger.db.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
         assert pragma("journal_mode") == "wal"
@@ -448,10 +442,10 @@ def migrations(path: Path) -> list[tuple[str, str, str]]:
 
 
 def test_migrations_run_once(path: Path) -> None:
-    Ledger(path, "first").close()
+    Ledger(path, "first", SystemClock()).close()
     applied = migrations(path)
-    Ledger(path, "second").close()
-    Ledger(path, "third").close()
+    Ledger(path, "second", SystemClock()).close()
+    Ledger(path, "third", SystemClock()).close()
 
     assert [(s, n) for s, n, _ in applied] == ALL_MIGRATIONS
     assert migrations(path) == applied, "reopening re-ran nothing"
@@ -515,7 +509,7 @@ def test_due_returns_pending_packages_whose_attempt_is_due_oldest_first(
     retry_later = outbound(created=T0 + 0, next_attempt_at=now + 1)
     sealed = outbound(created=T0 + 4)
     for package in (never_tried, retry_later, retry_now, retry_past, sealed):
-        ledger.insert(package, "receive")
+        ledger.insert(package, "intake")
     ledger.transition(sealed.package_id, S.SEALED, "seal")
 
     due = [p.package_id for p in ledger.due(frozenset({S.RECEIVED}), now)]
@@ -528,7 +522,7 @@ def test_due_returns_pending_packages_whose_attempt_is_due_oldest_first(
     assert [p.package_id for p in ledger.due(frozenset({S.RECEIVED}), now, limit=2)] == due[:2]
     ledger.add_partner(partner("XB-OTHER"), "test")
     other = outbound(created=T0 + 5, partner="XB-OTHER")
-    ledger.insert(other, "receive")
+    ledger.insert(other, "intake")
     assert [p.package_id for p in ledger.due(frozenset({S.RECEIVED}), now, "XB-OTHER")] == [
         other.package_id
     ]
@@ -544,14 +538,14 @@ def test_writes_inside_a_transaction_commit_together_or_not_at_all(
     first, second = outbound(), outbound()
     before = n_events(ledger)
     with pytest.raises(RuntimeError), ledger.transaction():
-        ledger.insert(first, "receive")
-        ledger.insert(second, "receive")
+        ledger.insert(first, "intake")
+        ledger.insert(second, "intake")
         raise RuntimeError("cut short")
     assert ledger.packages() == [] and n_events(ledger) == before
 
     other = sqlite3.connect(path)  # another connection sees nothing until the commit
     with ledger.transaction():
-        ledger.insert(first, "receive")
+        ledger.insert(first, "intake")
         ledger.transition(first.package_id, S.SEALED, "seal")
         assert other.execute("SELECT count(*) FROM packages").fetchone() == (0,)
     assert other.execute("SELECT state FROM packages").fetchall() == [("sealed",)]
@@ -564,7 +558,7 @@ def test_counts_by_partner_and_state_with_overdue_receipts(ledger: Ledger) -> No
     cutoff = T0 + 100
 
     def add(partner_id: str, path_to: list[State], delivered: float | None = None) -> None:
-        pid = ledger.insert(outbound(partner=partner_id), "receive").package_id
+        pid = ledger.insert(outbound(partner=partner_id), "intake").package_id
         for state in path_to:
             fields = {"delivered_at": utc(delivered)} if state is S.DELIVERED and delivered else {}
             ledger.transition(pid, state, "step", **fields)
@@ -591,7 +585,7 @@ def test_counts_by_partner_and_state_with_overdue_receipts(ledger: Ledger) -> No
 
 def test_counts_read_indexes_alone(ledger: Ledger) -> None:
     """On a million packages, reading rows for the overdue count cost 0.11-0.18 s of `status`."""
-    ledger.insert(outbound(partner=PARTNER_ID), "receive")
+    ledger.insert(outbound(partner=PARTNER_ID), "intake")
     statements: list[str] = []
     ledger.db.conn.set_trace_callback(statements.append)
     try:

@@ -11,7 +11,21 @@ import pytest
 
 from gateway.core import lifecycle
 from gateway.core.errors import IllegalTransition
-from gateway.core.lifecycle import FINAL, INITIAL, PENDING, TRANSITIONS, State, check, check_initial
+from gateway.core.lifecycle import (
+    AWAITING_RECEIPT,
+    CANCELLABLE,
+    CATEGORY,
+    FINAL,
+    INITIAL,
+    MAY_HOLD_PLAINTEXT,
+    RELEASABLE,
+    RESCHEDULABLE,
+    STATUS_COLUMNS,
+    TRANSITIONS,
+    State,
+    check,
+    check_initial,
+)
 
 S = State
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,9 +163,31 @@ def test_every_live_state_can_reach_a_final_state() -> None:
         assert seen & FINAL, f"{start} can never end"
 
 
-def test_pending_states_are_outbound_and_not_final() -> None:
-    assert {S.RECEIVED, S.SEALED, S.PUBLISHED} == PENDING
-    assert not PENDING & FINAL
+def test_the_named_sets_follow_from_the_table() -> None:
+    outbound = set(State) - {S.FETCHED, S.ACCEPTED}
+    for named in (RELEASABLE, RESCHEDULABLE, CANCELLABLE, AWAITING_RECEIPT, MAY_HOLD_PLAINTEXT):
+        assert named <= outbound
+    # What an operator can still stop is exactly what can still end cancelled.
+    assert {s for s in State if S.CANCELLED in TRANSITIONS[s]} == CANCELLABLE
+    # A receipt closes a package by moving it (through delivered) to acknowledged or refused.
+    for state in AWAITING_RECEIPT:
+        assert state is S.DELIVERED or S.DELIVERED in TRANSITIONS[state]
+    # `retry` of a held or failed package moves it back to the daemon's queue.
+    for state in RELEASABLE:
+        assert TRANSITIONS[state] >= {S.RECEIVED, S.SEALED}
+    assert not RESCHEDULABLE & FINAL and not MAY_HOLD_PLAINTEXT & FINAL
+
+
+def test_status_columns_count_every_state_once() -> None:
+    counted = [s for states in STATUS_COLUMNS.values() for s in states if s != "overdue"]
+    assert sorted(counted) == sorted(set(counted))
+    assert set(counted) == set(State) - {S.FETCHED, S.ACCEPTED, S.CANCELLED}
+
+
+def test_categories_are_those_of_dpa_2018_s62() -> None:
+    allowed = {"collection", "alteration", "consultation", "disclosure", "combination", "erasure"}
+    assert set(CATEGORY.values()) <= allowed
+    assert CATEGORY["deliver"] == CATEGORY["publish"] == "disclosure"
 
 
 def test_diagram_draws_every_start_move_and_end() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import Keyring
 from gateway.core.errors import GatewayError, KeyProblem, Timeout
 from tests.conftest import GATEWAY_ID, PartnerPgp
@@ -28,7 +29,7 @@ PAST = "20200101T000000"  # a --faked-system-time long before any test runs
 @pytest.fixture
 def keyring(short_tmp: Path) -> Iterator[Keyring]:
     """The gateway's fresh keyring; its gpg-agent is stopped afterwards."""
-    keyring = Keyring.create(short_tmp / "ring", timeout=60)
+    keyring = Keyring.create(short_tmp / "ring", timeout=60, clock=SystemClock())
     yield keyring
     keyring.close()
     keyring.stop_agent()
@@ -335,7 +336,7 @@ def test_a_hanging_gpg_is_killed_at_the_deadline(
     )
     stub.chmod(0o755)
     monkeypatch.setenv("PATH", f"{stub_dir}:{os.environ['PATH']}")
-    keyring = Keyring.create(short_tmp / "ring", timeout=1)
+    keyring = Keyring.create(short_tmp / "ring", timeout=1, clock=SystemClock())
     try:
         started = time.monotonic()
         with pytest.raises(Timeout, match="list keys"):

@@ -22,8 +22,7 @@ from gateway.adapters.ledger import Ledger
 from gateway.adapters.sftp import SftpPartner
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
-from gateway.pipeline.steps import Runner
-from gateway.transports import push as delivery
+from gateway.pipeline import deliver as delivery
 from tests.conftest import (
     GATEWAY_ID,
     PARTNER_ID,
@@ -134,21 +133,20 @@ def test_a_turn_during_the_upload_beside_gpg_leaves_that_package_alone(
     pid = send(home, short_tmp / "large.bin")
     place, seen = SftpPartner.place, list[tuple[object, object]]()
     with gateway(home, "daemon") as gw:
-        runner = Runner(gw)
 
         def turn_first(sftp: SftpPartner, name: str, size: int, sha256: str) -> Any:
             if not seen:  # the upload beside gpg, about to rename
                 seen.append(("turn", None))
                 partner, package = gw.ledger.partner(PARTNER_ID), gw.ledger.package(pid)
-                runner.partner_round(partner, [package], poll=False)  # as another worker would
+                gw.steps.turn(partner, [package], poll=False)  # as another worker would
                 seen.append((gw.ledger.package(pid).state, remote_files(server)))
             return place(sftp, name, size, sha256)
 
         monkeypatch.setattr(SftpPartner, "place", turn_first)
         try:
-            runner.seal(gw.ledger.package(pid))
+            gw.steps.seal(gw.ledger.package(pid))
         finally:
-            runner.deliverer.close_idle(0)
+            gw.sessions.close_idle(0)
         done = gw.ledger.package(pid)
         actions = [e.action for e in gw.ledger.events(pid)]
     assert seen[1:] == [(State.SEALED, [f".{pid}.pgp.part"])], "the turn left it alone"
@@ -178,7 +176,7 @@ def test_a_tee_that_breaks_leaves_the_hash_of_the_whole_sealed_file(
 
     tee = Breaks()
     with gateway(home, "daemon") as gw:
-        sealed = Runner(gw).sealer.seal(gw.ledger.package(pid), tee=tee)
+        sealed = gw.steps.sealer.seal(gw.ledger.package(pid), tee=tee)
     data = home.sealed_file(pid).read_bytes()
     assert (tee.writes, tee.whole) == (3, False), "dropped at its failure, never closed"
     assert (sealed.ciphertext_size, sealed.ciphertext_sha256) == (
@@ -255,13 +253,12 @@ def test_a_turn_soon_after_another_reuses_its_session_unless_the_pin_changed(
 
     monkeypatch.setattr(SftpPartner, "_connect", counted)
     with gateway(home, "daemon") as gw:
-        runner = Runner(gw)
 
         def turn(name: str) -> Package:
             (short_tmp / name).write_bytes(b"<notice/>")
-            package = runner.intake.copy_in(short_tmp / name, PARTNER_ID, "conviction")
-            runner.seal(package)
-            runner.partner_round(gw.ledger.partner(PARTNER_ID), [gw.ledger.package(package.package_id)], poll=True)  # fmt: skip
+            package = gw.steps.intake.copy_in(short_tmp / name, PARTNER_ID, "conviction")
+            gw.steps.seal(package)
+            gw.steps.turn(gw.ledger.partner(PARTNER_ID), [gw.ledger.package(package.package_id)], poll=True)  # fmt: skip
             return gw.ledger.package(package.package_id)
 
         try:
@@ -273,18 +270,19 @@ def test_a_turn_soon_after_another_reuses_its_session_unless_the_pin_changed(
                          impostor.host_key_line, "--reason", "test: re-pinned")  # fmt: skip
             assert result.exit_code == 0, result.stderr
             held = turn("after.xml")
-            assert len(connects) == 3, "the kept session was not used once the pin changed"
+            assert len(connects) == 2, "the kept session was not used once the pin changed"
             assert held.state is State.HELD and "not the one pinned" in str(held.last_error)
 
-            runner.deliverer.close_idle(0)
-            monkeypatch.setattr(delivery, "KEEP_SECONDS", 0.0)
+            gw.sessions.close_idle(0)
+            gw.sessions.keep_seconds = 0.0
             cli(home, "partner", "set-host-key", PARTNER_ID, "--host-key", server.host_key_line,
                 "--reason", "test: the right key again")  # fmt: skip
             assert turn("m.xml").state is State.DELIVERED
-            assert len(connects) == 5, "a session idle past KEEP_SECONDS is not used"
+            assert turn("m2.xml").state is State.DELIVERED
+            assert len(connects) == 4, "a session idle past KEEP_SECONDS is not used"
         finally:
-            runner.deliverer.close_idle(0)
-    assert len(remote_files(server)) == 4
+            gw.sessions.close_idle(0)
+    assert len(remote_files(server)) == 5
 
 
 def test_partner_down_then_back_delivers_once(exchange: tuple[Home, PartnerPgp, SshServer],

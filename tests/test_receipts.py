@@ -15,7 +15,7 @@ from gateway.core.model import Package
 from gateway.core.names import new_package_id
 from gateway.core.receipts import Receipt, closes, parse_receipt
 
-PID = new_package_id("GB-ACRO")
+PID = new_package_id("GB-ACRO", 0)
 HASH = "ab" * 32
 GOOD = Receipt(PID, "US-NCB", "GB-ACRO", "2026-11-28T18:00:05Z", HASH, "accepted")
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.pipeline.setback import backoff
+from gateway.core.backoff import backoff
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 

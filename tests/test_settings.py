@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from gateway.adapters.home import load_settings as load
 from gateway.core.errors import HomeError, UsageError
-from gateway.core.settings import SETTINGS, Settings, load, parse, render
+from gateway.core.settings import SETTINGS, Settings, parse, render
 
 PROPERTY = hypothesis_settings(max_examples=200, deadline=None, database=None)
 INT_SETTINGS = [s.name for s in SETTINGS if isinstance(s.default, int)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.home import Home
-from gateway.app.gateway import Gateway
+from gateway.admin import keys
 from gateway.core.lifecycle import State
 from tests.conftest import cli, gateway, set_setting
 
@@ -45,7 +45,7 @@ def pair(short_tmp: Path) -> Iterator[tuple[Home, Home]]:
     """GB-ACRO and US-NCB, each running as a daemon; US-NCB serves GB-ACRO."""
     acro, ncb = Home(short_tmp / "acro"), Home(short_tmp / "ncb")
     for home, gid in ((acro, "GB-ACRO"), (ncb, "US-NCB")):
-        Gateway.init(home, gid, "tester").close()
+        keys.init(home, gid, "tester").close()
         for name, value in (
             ("daemon.settle_seconds", 1),
             ("daemon.poll_seconds", 1),
@@ -123,6 +123,6 @@ def test_a_notice_and_a_response_each_acknowledged(pair: tuple[Home, Home]) -> N
     ).read_bytes() == answer.read_bytes()
     with gateway(ncb) as gw:
         events = [e.action for e in gw.ledger.events(response_id)]
-    # Erasing the plaintext and publishing run on different workers: either may come first.
-    assert events[:2] == ["intake", "seal"] and sorted(events[2:4]) == ["erase", "publish"]
+    # The erasure is committed with `sealed`; the attempt is recorded before the copy.
+    assert events[:5] == ["intake", "seal", "erase", "deliver.attempt", "publish"]
     assert "deliver" in events and events[-1] == "receipt"

@@ -19,7 +19,6 @@ import secrets
 import socket
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +27,7 @@ import paramiko
 from paramiko import sftp as codes
 
 from gateway.adapters.files import fsync_dir
+from gateway.core.clock import Clock
 from gateway.core.jail import Jail, Location, OutsideJail, resolve
 from gateway.core.names import is_temporary
 
@@ -65,9 +65,10 @@ class DropServer:
     """An SFTP server on `address` for pull partners; `start()`, then `stop()`."""
 
     def __init__(
-        self, address: tuple[str, int], host_key: Path, hooks: Hooks, limits: Limits
+        self, address: tuple[str, int], host_key: Path, hooks: Hooks, limits: Limits, clock: Clock
     ) -> None:
         self.address = address
+        self.clock = clock
         self.host_key = paramiko.Ed25519Key.from_private_key_file(str(host_key))
         self.hooks = hooks
         self.limits = limits
@@ -151,13 +152,13 @@ class DropServer:
             self._forget(transport)
             return
         while transport.is_active() and not self._stop.is_set():
-            if time.monotonic() - server.last_activity > self.limits.idle_seconds:
+            if self.clock.monotonic() - server.last_activity > self.limits.idle_seconds:
                 log.info(
                     "drop server: %s idle for %d s; closed", server.who, self.limits.idle_seconds
                 )
                 transport.close()
                 break
-            time.sleep(0.5)
+            self._stop.wait(0.5)  # the session's end and idleness are looked for twice a second
         self._forget(transport)
 
     def _forget(self, transport: paramiko.Transport) -> None:
@@ -170,7 +171,7 @@ class DropServer:
             count, _ = self._failures.get(address, (0, 0.0))
             count += 1
             until = (
-                time.monotonic() + self.limits.ban_seconds
+                self.clock.monotonic() + self.limits.ban_seconds
                 if count >= self.limits.ban_after_failures
                 else 0.0
             )
@@ -186,7 +187,7 @@ class DropServer:
     def _banned(self, address: str) -> bool:
         with self._lock:
             _, until = self._failures.get(address, (0, 0.0))
-            if until and until < time.monotonic():
+            if until and until < self.clock.monotonic():
                 del self._failures[address]
                 return False
             return bool(until)
@@ -201,7 +202,7 @@ class _Server(paramiko.ServerInterface):  # type: ignore[misc]
         self.partner: str | None = None
         self.candidate: str | None = None
         self.keys_tried: set[bytes] = set()
-        self.last_activity = time.monotonic()
+        self.last_activity = drop.clock.monotonic()
 
     @property
     def who(self) -> str:
@@ -326,11 +327,11 @@ def _attributes(st: os.stat_result, name: str) -> paramiko.SFTPAttributes:
     return attrs
 
 
-def _folder(name: str) -> paramiko.SFTPAttributes:
+def _folder(name: str, now: float) -> paramiko.SFTPAttributes:
     attrs = paramiko.SFTPAttributes()
     attrs.filename, attrs.st_mode, attrs.st_size = name, stat.S_IFDIR | 0o500, 0
     attrs.st_uid = attrs.st_gid = 0
-    attrs.st_atime = attrs.st_mtime = int(time.time())
+    attrs.st_atime = attrs.st_mtime = int(now)
     return attrs
 
 
@@ -343,6 +344,7 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self.partner = str(server.partner)
         self.hooks = server.drop.hooks
         self.limits = server.drop.limits
+        self.clock = server.drop.clock
         root = self.hooks.mailbox(self.partner)
         assert root is not None, "only a pull partner can log in"
         self.jail = Jail(root)
@@ -350,7 +352,7 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self.read_whole: set[str] = set()
 
     def touch(self) -> None:
-        self.server.last_activity = time.monotonic()
+        self.server.last_activity = self.server.drop.clock.monotonic()
 
     def session_ended(self) -> None:
         self.ended = True
@@ -371,7 +373,7 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         except OutsideJail:
             return SFTP_NO_SUCH_FILE
         if where.area == "root":
-            return [_folder("download"), _folder("upload")]
+            return [_folder("download", self.clock.now()), _folder("upload", self.clock.now())]
         if where.name is not None:
             return SFTP_NO_SUCH_FILE
         folder = self.jail.host_path(where)
@@ -388,7 +390,7 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         except OutsideJail:
             return SFTP_NO_SUCH_FILE
         if where.name is None:
-            return _folder(where.area)
+            return _folder(where.area, self.clock.now())
         try:
             st = os.lstat(self.jail.host_path(where))
         except FileNotFoundError:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import IO, Any, Final
 
 import gnupg
 
+from gateway.core.clock import Clock
 from gateway.core.errors import CryptoFailed, KeyProblem, Rejected, Timeout, Transient
 
 # Options on every run: no network look-ups, no chatter that could hide status lines.
@@ -70,9 +71,8 @@ def _epoch(text: str) -> int | None:
     return int(text) if text else None
 
 
-def _key_info(raw: dict[str, Any]) -> KeyInfo:
-    """Build a KeyInfo from python-gnupg's listing of one key (--with-colons fields)."""
-    now = time.time()
+def _key_info(raw: dict[str, Any], now: float) -> KeyInfo:
+    """Build a KeyInfo from python-gnupg's listing of one key (--with-colons fields), as of `now`."""
     trust = raw.get("trust", "")
     expired = trust == "e" or (bool(raw["expires"]) and int(raw["expires"]) <= now)
     enc: list[int | None] = []
@@ -159,8 +159,9 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
 class Keyring:
     """The gateway's OpenPGP keyring: its own key and the pinned partner keys."""
 
-    def __init__(self, home: Path, timeout: float) -> None:
+    def __init__(self, home: Path, timeout: float, clock: Clock) -> None:
         self.home = home
+        self.clock = clock
         self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=list(_OPTIONS))
         self._gpg.encoding = "utf-8"
         self._gpg.buffer_size = 1024 * 1024
@@ -180,11 +181,11 @@ class Keyring:
                 self._agent_started = True
 
     @classmethod
-    def create(cls, home: Path, timeout: float) -> Keyring:
+    def create(cls, home: Path, timeout: float, clock: Clock) -> Keyring:
         """A new, empty keyring folder (0700) with a passphrase cache that keeps nothing."""
         home.mkdir(mode=0o700)
         (home / "gpg-agent.conf").write_text(_AGENT_CONF)
-        return cls(home, timeout)
+        return cls(home, timeout, clock)
 
     def close(self) -> None:
         """Stop any gpg run still going."""
@@ -232,7 +233,7 @@ class Keyring:
                 f"{key_file} holds a secret key: ask the partner for the public key alone, "
                 "and tell them their secret key has left their hands"
             )
-        return [_key_info(k) for k in found]
+        return [_key_info(k, self.clock.now()) for k in found]
 
     def import_pinned(self, key_file: Path, fingerprint: str) -> KeyInfo:
         """Import a partner key only if the file holds exactly that one usable key."""
@@ -264,8 +265,8 @@ class Keyring:
         and anything that changes the keyring forgets what was kept.
         """
         with self._listing_lock:
-            fetched, found = self._listings.get(fingerprint, (0.0, []))
-        if time.monotonic() - fetched > LISTING_SECONDS:
+            fetched, found = self._listings.get(fingerprint, (-math.inf, []))
+        if self.clock.monotonic() - fetched > LISTING_SECONDS:
             with self._gpg.deadline("list keys"):
                 found = [
                     k
@@ -273,13 +274,13 @@ class Keyring:
                     if k["fingerprint"] == fingerprint
                 ]
             with self._listing_lock:
-                self._listings[fingerprint] = (time.monotonic(), found)
+                self._listings[fingerprint] = (self.clock.monotonic(), found)
         if len(found) != 1:
             raise KeyProblem(
                 f"key {fingerprint} is not in the keyring {self.home}: restore keys/ from backup "
                 "or register the partner again"
             )
-        return _key_info(found[0])
+        return _key_info(found[0], self.clock.now())
 
     def export_public(self, fingerprint: str) -> str:
         """The armored public key, for partners."""

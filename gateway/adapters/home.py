@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tomllib
 from pathlib import Path
 
 from gateway.core.errors import HomeError
 from gateway.core.names import KINDS
+from gateway.core.settings import Settings, parse
 
 
 class Home:
@@ -60,6 +62,10 @@ class Home:
     def sealed_file(self, package_id: str) -> Path:
         """Where the sealed package is kept until it is acknowledged."""
         return self.sealed / f"{package_id}.pgp"
+
+    def receipt_file(self, package_id: str) -> Path:
+        """Where the gateway's own signed receipt for inbound package `package_id` is kept."""
+        return self.receipts_out / f"{package_id}.receipt"
 
     def require(self) -> None:
         """Refuse to work in a folder that is not an initialised home."""
@@ -104,3 +110,18 @@ class Home:
             (base / kind).mkdir(mode=0o700, exist_ok=True)
         for folder in (self.inbound / partner, self.incoming / partner):
             folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and check `gateway.toml`; an unknown or ill-typed setting is an error."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise HomeError(
+            f"{path} not found: this is not a gateway home; run `gateway init --id ID` "
+            "or pass --home"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise HomeError(f"{path} is not valid TOML ({e}): fix the file") from None
+    return parse(data, str(path))

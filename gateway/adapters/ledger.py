@@ -15,8 +15,8 @@ import logging
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +25,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from gateway.core import lifecycle
+from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError, IllegalTransition, NotFound, PartnerError, Transient
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package, Partner, chain_hash, utc
@@ -32,16 +33,6 @@ from gateway.core.model import Event, Package, Partner, chain_hash, utc
 GENESIS: Final = "0" * 64
 log = logging.getLogger("gateway")
 MIGRATIONS: Final = Migrations("gateway")
-
-#: DPA 2018 s.62 category of each state a package enters, where one applies.
-CATEGORY: Final = {
-    State.RECEIVED: "collection",
-    State.FETCHED: "collection",
-    State.REJECTED: "collection",
-    State.DELIVERED: "disclosure",
-    State.PUBLISHED: "disclosure",
-    State.ACCEPTED: "collection",
-}
 
 
 @MIGRATIONS()
@@ -141,20 +132,27 @@ def m002_overdue_index(db: sqlite_utils.Database) -> None:
     db.table("packages").create_index(["state", "partner", "delivered_at"])
 
 
+class _Slot:
+    """One thread's connection, in a value its thread alone refers to."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+
 class Ledger:
     """The ledger of one home, as seen by one actor (an OS user, or `daemon`).
 
     Safe to share between threads: each thread gets its own SQLite connection.
     """
 
-    def __init__(self, path: Path, actor: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, actor: str, clock: Clock) -> None:
         if not path.exists():  # it names partners and packages: owner only, whatever the umask
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.path = path
         self.actor = actor
         self.clock = clock
         self._local = threading.local()
-        self._connections: list[sqlite_utils.Database] = []
+        self._closers: list[weakref.finalize[[], _Slot]] = []
         self._lock = threading.Lock()
         if MIGRATIONS.pending(self.db):
             with self.transaction():
@@ -162,17 +160,29 @@ class Ledger:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """This thread's connection, opened on first use."""
-        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = self._connect()
+        """This thread's connection, opened on first use and closed when the thread ends.
+
+        A drop-server session and a poll's handlers each run on threads of their own;
+        each connection holds two descriptors (the database and its WAL), so one kept
+        after its thread ended was a leak: 30 logins cost 59 descriptors for good.
+        """
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _Slot(self._connect())
+            # Runs when the thread ends (Python drops its thread-local values then), or at close().
+            closer = weakref.finalize(slot, slot.db.close)
             with self._lock:
-                self._connections.append(db)
-        return db
+                self._closers = [c for c in self._closers if c.alive] + [closer]
+        return slot.db
+
+    def open_connections(self) -> int:
+        """How many threads hold a connection now."""
+        with self._lock:
+            return sum(c.alive for c in self._closers)
 
     def _connect(self) -> sqlite_utils.Database:
         try:
-            # Each connection is used by one thread only; close() may run in another.
+            # Each connection is used by one thread only; it may be closed in another.
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
@@ -192,9 +202,9 @@ class Ledger:
     def close(self) -> None:
         """Close every thread's connection."""
         with self._lock:
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
+            closers, self._closers = self._closers, []
+        for closer in closers:
+            closer()
         self._local = threading.local()
 
     @contextmanager
@@ -240,17 +250,19 @@ class Ledger:
         package_id: str | None = None,
         partner: str | None = None,
         state: str | None = None,
-        category: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> Event:
-        """Append one event to the chain; the caller holds the write transaction."""
+        """Append one event to the chain; the caller holds the write transaction.
+
+        Its DPA 2018 s.62 category is the action's, from the lifecycle.
+        """
         last = self.db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
         event = Event(
             id=(last[0] + 1) if last else 1,
-            at=utc(self.clock()),
+            at=utc(self.clock.now()),
             actor=self.actor,
             action=action,
-            category=category,
+            category=lifecycle.CATEGORY.get(action),
             partner=partner,
             package_id=package_id,
             state=state,
@@ -309,7 +321,7 @@ class Ledger:
         """Record a new key of the gateway's own; the newest one signs."""
         with self.transaction():
             self.db.table("own_keys").insert(
-                {"fingerprint": fingerprint, "created_at": utc(self.clock())}
+                {"fingerprint": fingerprint, "created_at": utc(self.clock.now())}
             )
             self._append("key.create", detail={"openpgp_key": fingerprint, **detail})
 
@@ -358,7 +370,7 @@ class Ledger:
         """Make `fingerprint` the partner's key; the old one verifies for the overlap window."""
         with self.transaction():
             old = self.partner(partner_id).openpgp_key
-            now = self.clock()
+            now = self.clock.now()
             self.db.execute("UPDATE partner_keys SET retired_at = ? WHERE partner = ? AND retired_at IS NULL",
                             [now, partner_id])  # fmt: skip
             self.db.table("partner_keys").upsert(
@@ -378,7 +390,7 @@ class Ledger:
         """The keys that may sign for a partner now: its key, and keys retired within the overlap."""
         rows = self.db.execute(
             "SELECT fingerprint FROM partner_keys WHERE partner = ? AND (retired_at IS NULL OR retired_at > ?)",
-            [partner_id, self.clock() - overlap_seconds],
+            [partner_id, self.clock.now() - overlap_seconds],
         )
         return frozenset(row[0] for row in rows)
 
@@ -417,7 +429,6 @@ class Ledger:
                 package_id=package.package_id,
                 partner=package.partner,
                 state=package.state,
-                category=CATEGORY.get(package.state),
                 detail=detail,
             )
         return package
@@ -440,7 +451,6 @@ class Ledger:
                 package_id=package_id,
                 partner=current.partner,
                 state=new,
-                category=CATEGORY.get(new),
                 detail=detail,
             )
         return self.package(package_id)
@@ -450,7 +460,6 @@ class Ledger:
         package_id: str,
         action: str,
         detail: dict[str, Any] | None = None,
-        category: str | None = None,
         **fields: Any,
     ) -> Package:
         """Update fields of a package without changing its state, with an event."""
@@ -461,21 +470,25 @@ class Ledger:
                 action,
                 package_id=package_id,
                 partner=current.partner,
-                category=category,
                 detail=detail,
             )
         return self.package(package_id)
 
     def _update(self, current: Package, **fields: Any) -> None:
-        fields["updated_at"] = utc(self.clock())
+        fields["updated_at"] = utc(self.clock.now())
         self.db.table("packages").update(current.package_id, fields)
 
     def package(self, package_id: str) -> Package:
         """The package with this id."""
-        rows = list(self.db.table("packages").rows_where("package_id = ?", [package_id]))
-        if not rows:
+        package = self.find(package_id)
+        if package is None:
             raise NotFound(f"no package {package_id} in the ledger: see `gateway ledger list`")
-        return Package.from_row(rows[0])
+        return package
+
+    def find(self, package_id: str) -> Package | None:
+        """The package with this id, or None if the ledger has none."""
+        rows = list(self.db.table("packages").rows_where("package_id = ?", [package_id]))
+        return Package.from_row(rows[0]) if rows else None
 
     def packages(
         self,

@@ -29,6 +29,7 @@ from paramiko.sftp import (
 from gateway.adapters.files import publish
 from gateway.adapters.sshkeys import known_hosts_name
 from gateway.core.errors import HostKeyMismatch, RemoteConflict, TransferFailed
+from gateway.core.model import Arrival, Placed
 
 CHUNK: Final = 1024 * 1024
 #: paramiko's largest read request; a file this small takes one round trip unaided.
@@ -59,22 +60,6 @@ class Endpoint:
     user: str
     upload_dir: str
     download_dir: str
-
-
-@dataclasses.dataclass(frozen=True)
-class RemoteFile:
-    """A file listed on a partner's server."""
-
-    name: str
-    size: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Uploaded:
-    """The outcome of one upload: the remote path, and whether it was already there."""
-
-    path: str
-    already_there: bool
 
 
 class SftpPartner:
@@ -201,7 +186,7 @@ class SftpPartner:
             raise TransferFailed(f"the session with {self._name} is closed; will retry")
         return self._sftp
 
-    def put_atomic(self, local: Path, name: str, sha256: str) -> Uploaded:
+    def put_atomic(self, local: Path, name: str, sha256: str) -> Placed:
         """Upload `local` as `<upload_dir>/<name>`, complete or not at all.
 
         Idempotent: if the target is already there with the same content (a delivery
@@ -241,7 +226,7 @@ class SftpPartner:
         handle.set_pipelined(True)
         return RemotePart(handle, request, f"upload of {name} to {self._name}")
 
-    def place(self, name: str, size: int, sha256: str) -> Uploaded:
+    def place(self, name: str, size: int, sha256: str) -> Placed:
         """Rename a whole `.<name>.part` of `size` bytes into place as `<upload_dir>/<name>`.
 
         If `<name>` is there already (a delivery cut off after its rename), it must hold
@@ -266,7 +251,7 @@ class SftpPartner:
             raise TransferFailed(
                 f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
             ) from None
-        return Uploaded(final, already_there=False)
+        return Placed(final, already_there=False)
 
     def _upload_path(self, name: str) -> str:
         return f"{self.endpoint.upload_dir.rstrip('/') or '.'}/{name}"
@@ -296,7 +281,7 @@ class SftpPartner:
         # 0: the server states no limit, which says nothing of what it takes.
         return min(max_write, MAX_WRITE_BYTES) if max_write > 0 else FALLBACK_WRITE_BYTES
 
-    def list_download(self) -> list[RemoteFile]:
+    def list_download(self) -> list[Arrival]:
         """The regular files in the partner's download folder whose names are UTF-8.
 
         paramiko's own listing decodes every name strictly, so one name that is not UTF-8
@@ -304,7 +289,7 @@ class SftpPartner:
         and leaves such a name out (it is no name of the contract anyway).
         """
         folder = self.endpoint.download_dir.rstrip("/") or "."
-        found: list[RemoteFile] = []
+        found: list[Arrival] = []
         try:
             _, msg = self.sftp._request(CMD_OPENDIR, folder)
             handle = msg.get_binary()
@@ -321,7 +306,7 @@ class SftpPartner:
                     except UnicodeDecodeError:
                         continue
                     if attrs.st_mode is not None and stat.S_ISREG(attrs.st_mode):
-                        found.append(RemoteFile(name, attrs.st_size or 0))
+                        found.append(Arrival(name, attrs.st_size or 0))
             self.sftp._request(CMD_CLOSE, handle)
         except (paramiko.SSHException, OSError, EOFError) as err:
             raise TransferFailed(
@@ -377,7 +362,7 @@ class SftpPartner:
             return False
         return mode is None or not stat.S_ISDIR(mode)
 
-    def _compare(self, path: str, sha256: str) -> Uploaded:
+    def _compare(self, path: str, sha256: str) -> Placed:
         digest = hashlib.sha256()
         with self.sftp.open(path, "rb") as f:
             f.prefetch()
@@ -388,7 +373,7 @@ class SftpPartner:
                 f"{self._name} already holds {path} with other content; nothing was "
                 "overwritten. Ask the partner to remove it, then `gateway retry`"
             )
-        return Uploaded(path, already_there=True)
+        return Placed(path, already_there=True)
 
     def _remove_quietly(self, path: str) -> None:
         with contextlib.suppress(OSError):

@@ -7,7 +7,7 @@ import shutil
 from gateway.adapters.files import fsync_dir
 from gateway.app.gateway import Gateway
 from gateway.core.errors import IllegalTransition, UsageError
-from gateway.core.lifecycle import FINAL, State
+from gateway.core.lifecycle import CANCELLABLE, RELEASABLE, RESCHEDULABLE, State
 from gateway.core.model import Package
 
 
@@ -21,17 +21,17 @@ def retry(gw: Gateway, package_id: str, reason: str) -> Package:
     """Release a held or failed package, or make a waiting one due now."""
     package = gw.ledger.package(package_id)
     detail = {"reason": _reason(reason), "was": package.state}
-    if package.state in (State.HELD, State.FAILED):
+    if package.state in RELEASABLE:
         sealed = package.ciphertext_sha256 is not None and gw.home.sealed_file(package_id).exists()
         target = State.SEALED if sealed else State.RECEIVED
         return gw.ledger.transition(
             package_id, target, "retry", detail, failures=0, next_attempt_at=None, last_error=None,
-            retry_from=gw.ledger.clock(),
+            retry_from=gw.clock.now(),
         )  # fmt: skip
-    if package.state in (State.RECEIVED, State.SEALED):
+    if package.state in RESCHEDULABLE:
         return gw.ledger.note(
             package_id, "retry", detail, failures=0, next_attempt_at=None, last_error=None,
-            retry_from=gw.ledger.clock(),
+            retry_from=gw.clock.now(),
         )  # fmt: skip
     raise IllegalTransition(f"{package_id} is {package.state}: there is nothing to retry")
 
@@ -39,7 +39,7 @@ def retry(gw: Gateway, package_id: str, reason: str) -> Package:
 def cancel(gw: Gateway, package_id: str, reason: str) -> Package:
     """Cancel a package that has not reached its partner, and erase what the spool holds of it."""
     package = gw.ledger.package(package_id)
-    if package.state in FINAL or package.state is State.DELIVERED:
+    if package.state not in CANCELLABLE:
         raise IllegalTransition(
             f"{package_id} is {package.state}: too late to cancel"
             + (
@@ -64,7 +64,6 @@ def cancel(gw: Gateway, package_id: str, reason: str) -> Package:
                 "erase",
                 package_id=package_id,
                 partner=package.partner,
-                category="erasure",
                 detail={"what": what, "reason": "cancelled"},
             )
     return cancelled

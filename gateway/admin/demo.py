@@ -11,20 +11,19 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, TextIO
 
+from gateway.adapters.clock import SystemClock
 from gateway.adapters.home import Home
-from gateway.admin import audit
+from gateway.admin import keys, partners
 from gateway.app.gateway import Gateway
+from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
 from gateway.core.lifecycle import FINAL, State
 from gateway.core.model import Package
-from gateway.pipeline.daemon import drop_server
 from gateway.pipeline.intake import Intake, Labels
-from gateway.pipeline.steps import Runner
 
 OFFICE: Final = "XA-RECORDS"
 AGENCY: Final = "XB-AGENCY"
@@ -49,39 +48,41 @@ def _place(keep: bool) -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _setup(root: Path) -> tuple[Gateway, Gateway]:
-    office, agency = (Gateway.init(Home(root / name), name, "demo") for name in (OFFICE, AGENCY))
+def _setup(root: Path, clock: Clock) -> tuple[Gateway, Gateway]:
+    office, agency = (
+        keys.init(Home(root / name), name, "demo", clock) for name in (OFFICE, AGENCY)
+    )
     for name, gw in ((OFFICE, office), (AGENCY, agency)):
         (root / f"{name}.asc").write_text(gw.keyring.export_public(gw.own_key))
-    agency.add_pull_partner(OFFICE, root / f"{OFFICE}.asc", office.own_key, office.home.ssh_identity_pub,
-                            "demo: keys exchanged by hand")  # fmt: skip
+    partners.add_pull(agency, OFFICE, root / f"{OFFICE}.asc", office.own_key,
+                      office.home.ssh_identity_pub, "demo: keys exchanged by hand")  # fmt: skip
     return office, agency
 
 
 def run(keep: bool, out: TextIO) -> bool:
     """Run the demo; print an account to `out`; say whether every package was acknowledged."""
-    started = time.monotonic()
+    clock = SystemClock()
+    started = clock.monotonic()
     with _place(keep) as root:
-        office, agency = _setup(root)
-        runners = Runner(office), Runner(agency)
-        server = drop_server(agency, runners[1].mailboxes, "127.0.0.1:0")
+        office, agency = _setup(root, clock)
+        server = agency.drop_server("127.0.0.1:0")
         server.start()
         try:
-            office.add_push_partner(AGENCY, root / f"{AGENCY}.asc", agency.own_key, f"sftp://{OFFICE}@127.0.0.1:{server.port}",
-                                    agency.home.host_key_pub.read_text(), "demo: host key read from `keys show`")  # fmt: skip
+            partners.add_push(office, AGENCY, root / f"{AGENCY}.asc", agency.own_key, f"sftp://{OFFICE}@127.0.0.1:{server.port}",
+                              agency.home.host_key_pub.read_text(), "demo: host key read from `keys show`")  # fmt: skip
             out.write(f"Exchange gateway demo in {root}\n"
                       f"  {OFFICE:<11} records office, pushes to the partner's drop server\n"
                       f"  {AGENCY:<11} partner agency, drop server on 127.0.0.1:{server.port}\n\n")  # fmt: skip
             sent = [_send(office, root, AGENCY, kind, *_NOTICES[kind]) for kind in _NOTICES]
             sent.append(_send(agency, root, OFFICE, "response", *_RESPONSE, reference=sent[0]))
-            done = _exchange(office, agency, runners, sent)
+            done = _exchange(office, agency, sent)
             _account(out, office, agency, sent)
         finally:
             server.stop()
             for gw in (office, agency):
                 gw.keyring.stop_agent()
                 gw.close()
-        elapsed = time.monotonic() - started
+        elapsed = clock.monotonic() - started
         if keep:
             out.write(f"\nKept in {root}. Look around, for example:\n"
                       f"  gateway --home {root / OFFICE} ledger list\n"
@@ -110,18 +111,17 @@ def _send(
     )
 
 
-def _exchange(
-    office: Gateway, agency: Gateway, runners: tuple[Runner, Runner], sent: list[str]
-) -> bool:
+def _exchange(office: Gateway, agency: Gateway, sent: list[str]) -> bool:
     """Let both gateways work, turn about, until every package is final (or time runs out)."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        for runner in runners:
-            runner.once()
+    clock = office.clock
+    deadline = clock.monotonic() + DEADLINE_SECONDS
+    while clock.monotonic() < deadline:
+        for gw in (office, agency):
+            gw.run_once()
         states = [_owner(office, agency, pid).ledger.package(pid).state for pid in sent]
         if all(s in FINAL for s in states):
             return all(s is State.ACKNOWLEDGED for s in states)
-        time.sleep(0.1)
+        clock.sleep(0.1)
     return False
 
 
@@ -147,7 +147,7 @@ def _account(out: TextIO, office: Gateway, agency: Gateway, sent: list[str]) -> 
             out.write(f"  at {receiver.settings.gateway_id}: not received\n")
     out.write("\n")
     for gw in (office, agency):
-        verdict = audit.verify(gw)
+        verdict = gw.audit.verify()
         packages = gw.ledger.packages()
         outbound = sum(p.direction == "out" for p in packages)
         out.write(f"{gw.settings.gateway_id:<11} ledger: {outbound} sent, {len(packages) - outbound} received; "

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Literal
 
 from gateway.adapters.gpg import KeyInfo
-from gateway.admin import audit
 from gateway.app.gateway import Gateway
 from gateway.core.errors import GatewayError
 from gateway.core.model import utc
@@ -57,7 +56,7 @@ def _key_findings(what: str, key: KeyInfo, now: float, warn_days: int) -> Iterat
 
 def keys(gw: Gateway) -> Iterator[Finding]:
     """The gateway's own key and every partner's key, with expiry warnings."""
-    now, days = gw.ledger.clock(), gw.settings.keys_warn_days
+    now, days = gw.clock.now(), gw.settings.keys_warn_days
     yield from _key_findings("the gateway's own key", gw.own_key_info, now, days)
     for partner in gw.ledger.partners():
         try:
@@ -99,7 +98,7 @@ def disk(gw: Gateway) -> Iterator[Finding]:
 
 def ledger(gw: Gateway) -> Iterator[Finding]:
     """The audit trail's chain and checkpoints."""
-    verdict = audit.verify(gw)
+    verdict = gw.audit.verify()
     if verdict.problem:
         yield Finding(
             "fail",
@@ -114,12 +113,6 @@ def ledger(gw: Gateway) -> Iterator[Finding]:
 
 def partners(gw: Gateway, connect: bool) -> Iterator[Finding]:
     """Each push partner reachable with its pinned host key (nothing is sent); each enabled."""
-    # Imported here, not above: `status` uses this module too, and the SFTP client's
-    # paramiko took 0.13 s of its start-up (python -X importtime).
-    from gateway.pipeline.setback import Retry
-    from gateway.transports.push import Deliverer
-
-    deliverer = Deliverer(gw.home, gw.ledger, gw.settings, Retry(gw.ledger, gw.settings))
     for partner in gw.ledger.partners():
         if not partner.enabled:
             yield Finding(
@@ -130,8 +123,12 @@ def partners(gw: Gateway, connect: bool) -> Iterator[Finding]:
             continue
         if partner.transport != "push" or not connect:
             continue
+        # Imported here, not above: `status` uses this module too, and the SFTP client's
+        # paramiko took 0.13 s of its start-up (python -X importtime).
+        from gateway.transports.push import endpoint
+
         try:
-            with deliverer.session(partner):
+            with gw.sessions.session(endpoint(partner)):
                 pass
         except GatewayError as err:
             yield Finding("fail", f"{partner.id}: {err}")

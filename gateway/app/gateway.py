@@ -1,33 +1,41 @@
 """The composition root: one `Gateway` per command, built from the home, passed down.
 
-No module keeps global state; everything a command touches hangs off this object and
-is closed with it (the ledger connection, the keyring's gpg-agent).
+No module keeps global state: everything a command touches is built here, from the
+home, its settings and one clock, and closed with the gateway (the ledger's
+connections, the kept SFTP sessions, the keyring's gpg runs). The pipeline's parts
+(transports, steps, scheduler, daemon, drop server) are built the first time they are
+asked for: `status` and `ledger list` never import the SFTP client (paramiko and
+cryptography took 0.13 s of every start-up, python -X importtime).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
-import re
-import time
-from collections.abc import Callable
-from pathlib import Path
+import queue
+import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from gateway.adapters import sshkeys
-from gateway.adapters.files import write_atomic
+from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import KeyInfo, Keyring
-from gateway.adapters.home import Home
+from gateway.adapters.home import Home, load_settings
 from gateway.adapters.ledger import Ledger
-from gateway.core import settings as settings_mod
-from gateway.core.envelope import fingerprint as parse_fingerprint
-from gateway.core.errors import HomeError, KeyProblem, PartnerError, UsageError
-from gateway.core.model import Partner, utc
-from gateway.core.names import authority_id
+from gateway.core.clock import Clock
+from gateway.core.errors import HomeError, KeyProblem
+from gateway.core.model import Partner
+from gateway.pipeline.audit import AuditTrail
 
-_SFTP_URL = re.compile(
-    r"sftp://(?P<user>[A-Za-z0-9._-]{1,64})@(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\])(?::(?P<port>\d{1,5}))?/?"
-)
+if TYPE_CHECKING:  # built on first use, imported then
+    from gateway.adapters.dropserver import DropServer
+    from gateway.adapters.sessions import SessionPool
+    from gateway.adapters.watch import Hint
+    from gateway.pipeline.daemon import Daemon
+    from gateway.pipeline.schedule import Scheduler
+    from gateway.pipeline.steps import Steps
+    from gateway.transports.base import Transport
+    from gateway.transports.pull import Reads
 
 
 def actor() -> str:
@@ -46,12 +54,16 @@ def actor() -> str:
 class Gateway:
     """Everything one command needs, built once from the home."""
 
-    def __init__(self, home: Home, actor: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, home: Home, actor: str, clock: Clock | None = None) -> None:
         home.require()
         self.home = home
-        self.settings = settings_mod.load(home.settings)
-        self.keyring = Keyring(home.gnupg, self.settings.gnupg_timeout_seconds)
-        self.ledger = Ledger(home.ledger, actor, clock)
+        self.clock: Clock = clock or SystemClock()
+        self.settings = load_settings(home.settings)
+        self.keyring = Keyring(home.gnupg, self.settings.gnupg_timeout_seconds, self.clock)
+        self.ledger = Ledger(home.ledger, actor, self.clock)
+        self.audit = AuditTrail(home, self.ledger, self.keyring, self.settings.gateway_id)
+        #: Wakes the daemon's main loop (a worker finished, a partner uploaded).
+        self.hints: queue.Queue[Hint] = queue.Queue()
 
     def __enter__(self) -> Gateway:
         return self
@@ -65,175 +77,100 @@ class Gateway:
         self.close()
 
     def close(self) -> None:
-        """Close the ledger and stop the keyring's agent."""
+        """Close the kept sessions and the ledger; stop any gpg run still going."""
+        if "sessions" in self.__dict__:
+            self.sessions.close_idle(0)
         self.ledger.close()
         self.keyring.close()
 
     @property
     def own_key(self) -> str:
         """The fingerprint of the gateway's current OpenPGP key."""
-        return self.own_key_info.fingerprint
-
-    @property
-    def own_key_info(self) -> KeyInfo:
-        """The gateway's current OpenPGP key, as the keyring knows it."""
         fingerprint = self.ledger.own_key()
         if fingerprint is None:
             raise KeyProblem(
                 "the ledger names no key of the gateway's own: restore ledger.db from backup"
             )
-        return self.keyring.key(fingerprint)
+        return fingerprint
 
-    @classmethod
-    def init(cls, home: Home, gateway_id: str, actor: str) -> Gateway:
-        """Create a new home: settings, ledger, folders, OpenPGP key, SSH keys."""
-        authority_id(gateway_id)
-        if home.settings.exists() or home.ledger.exists() or home.gnupg.exists():
-            raise HomeError(f"{home.root} is already a gateway home; nothing was changed")
-        home.root.mkdir(parents=True, exist_ok=True)
-        home.create_folders()
-        settings = settings_mod.parse({"gateway": {"id": gateway_id}})
+    @property
+    def own_key_info(self) -> KeyInfo:
+        """The gateway's current OpenPGP key, as the keyring knows it."""
+        return self.keyring.key(self.own_key)
+
+    # -- the pipeline, built on first use ---------------------------------------------------
+
+    @functools.cached_property
+    def sessions(self) -> SessionPool:
+        """The kept SFTP sessions with push partners."""
+        from gateway.adapters.sessions import SessionPool
+
+        s = self.settings
+        return SessionPool(self.home.ssh_identity, self.home.known_hosts,
+                           s.sftp_connect_timeout_seconds, s.sftp_io_timeout_seconds, self.clock)  # fmt: skip
+
+    @functools.cached_property
+    def reads(self) -> Reads:
+        """What the drop server saw pull partners read whole, until their turn records it."""
+        from gateway.transports.pull import Reads
+
+        return Reads()
+
+    def transport(self, partner: Partner) -> Transport:
+        """How the gateway reaches `partner`."""
+        if partner.transport == "push":
+            from gateway.transports.push import PushTransport
+
+            return PushTransport(partner, self.sessions)
+        from gateway.transports.pull import PullTransport
+
+        return PullTransport(partner.id, self.home.mailbox / partner.id,
+                             self.home.incoming / partner.id, self.reads)  # fmt: skip
+
+    @functools.cached_property
+    def steps(self) -> Steps:
+        """The daemon's units of work."""
+        from gateway.pipeline.steps import Steps
+
+        return Steps(self.home, self.ledger, self.keyring, self.settings, self.clock,
+                     self.transport)  # fmt: skip
+
+    def scheduler(self, once: bool) -> Scheduler:
+        """What is due: for the daemon, or for one pass (`once`)."""
+        from gateway.pipeline.schedule import Scheduler
+
+        return Scheduler(self.steps, self.ledger, self.settings, self.clock, self.transport, once)
+
+    def run_once(self) -> None:
+        """`gateway run --once`: all work that is due, one poll of every partner."""
         try:
-            keyring = Keyring.create(home.gnupg, settings.gnupg_timeout_seconds)
-            try:
-                fpr = keyring.generate(gateway_id, settings.gnupg_key_days)
-            finally:
-                keyring.stop_agent()
-            ssh_line = sshkeys.generate(home.ssh_identity, f"{gateway_id} gateway")
-            sshkeys.generate(home.host_key, f"{gateway_id} drop server")
-            home.known_hosts.touch(mode=0o600)
-            # gateway.toml last: its presence is what makes the folder a home.
-            write_atomic(home.settings, settings_mod.render(gateway_id).encode(), mode=0o640)
-            gw = cls(home, actor)
-        except BaseException:
-            home.remove_created()
-            raise
-        gw.ledger.record(
-            "init", detail={"gateway_id": gateway_id, "ssh_key": sshkeys.fingerprint(ssh_line)}
-        )
-        gw.ledger.add_own_key(fpr, {"by": "init"})
-        return gw
+            self.scheduler(once=True).drain()
+        finally:
+            self.sessions.close_idle(0)
 
-    def add_push_partner(
-        self,
-        partner_id: str,
-        key_file: Path,
-        fpr: str,
-        url: str,
-        host_key: str,
-        reason: str,
-        upload_dir: str = "upload",
-        download_dir: str = "download",
-        hide_recipient: bool = True,
-    ) -> Partner:
-        """Register a push partner: pin its OpenPGP key and SSH host key, make its folders."""
-        partner_id, fpr = (
-            authority_id(partner_id),
-            parse_fingerprint(fpr.replace(" ", "").upper(), "--fingerprint"),
-        )
-        match = _SFTP_URL.fullmatch(url)
-        if match is None:
-            raise UsageError(f"{url!r} is not sftp://USER@HOST[:PORT]")
-        port = int(match["port"] or 22)
-        if not 0 < port < 65536:
-            raise UsageError(f"port {port} is out of range")
-        key_type, blob = sshkeys.parse_public(host_key, "--host-key")
-        for folder in (upload_dir, download_dir):
-            if not re.fullmatch(r"[A-Za-z0-9._/-]{1,200}", folder) or ".." in folder.split("/"):
-                raise UsageError(f"{folder!r} is not a safe remote folder name")
-        self._refuse_existing(partner_id)
-        key = self.keyring.import_pinned(key_file, fpr)
-        host = match["host"].strip("[]")
-        line = f"{sshkeys.known_hosts_name(host, port)} {key_type} {blob}\n"
-        existing = self.home.known_hosts.read_text() if self.home.known_hosts.exists() else ""
-        write_atomic(self.home.known_hosts, (existing + line).encode())
-        partner = Partner(
-            id=partner_id, transport="push", openpgp_key=key.fingerprint,
-            added_at=utc(self.ledger.clock()), host=host, port=port, user=match["user"],
-            upload_dir=upload_dir, download_dir=download_dir, hide_recipient=int(hide_recipient),
-        )  # fmt: skip
-        self.ledger.add_partner(partner, reason)
-        self.home.create_partner_folders(partner_id)
-        return partner
+    def drop_server(self, listen: str) -> DropServer:
+        """The drop server for this home's pull partners, listening on `listen` (not started)."""
+        from gateway.adapters.dropserver import DropServer, Limits
+        from gateway.pipeline.access import hooks
+        from gateway.pipeline.daemon import WAKE
 
-    def add_pull_partner(self, partner_id: str, key_file: Path, fpr: str, ssh_key_file: Path,
-                         reason: str, hide_recipient: bool = True) -> Partner:  # fmt: skip
-        """Register a pull partner: pin its OpenPGP key and the SSH key it logs in with."""
-        partner_id = authority_id(partner_id)
-        fpr = parse_fingerprint(fpr.replace(" ", "").upper(), "--fingerprint")
-        try:
-            key_type, blob = sshkeys.parse_public(ssh_key_file.read_text(), "--ssh-key")
-        except (OSError, UnicodeDecodeError):
-            raise UsageError(f"cannot read the SSH key file {ssh_key_file}") from None
-        self._refuse_existing(partner_id)
-        key = self.keyring.import_pinned(key_file, fpr)
-        partner = Partner(
-            id=partner_id, transport="pull", openpgp_key=key.fingerprint,
-            added_at=utc(self.ledger.clock()), ssh_key=f"{key_type} {blob}",
-            hide_recipient=int(hide_recipient),
-        )  # fmt: skip
-        self.ledger.add_partner(partner, reason)
-        self.home.create_partner_folders(partner_id)
-        for folder in ("", "download", "upload"):
-            (self.home.mailbox / partner_id / folder).mkdir(mode=0o700, exist_ok=True)
-        return partner
+        s = self.settings
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise HomeError(f"{listen!r} is not ADDRESS:PORT to listen on, e.g. 0.0.0.0:2222")
+        limits = Limits(max_connections=s.serve_max_connections, max_auth_attempts=s.serve_max_auth_attempts,
+                        ban_after_failures=s.serve_ban_after_failures, ban_seconds=s.serve_ban_seconds,
+                        idle_seconds=s.serve_idle_timeout_seconds, max_upload_bytes=s.serve_max_upload_bytes)  # fmt: skip
+        wake: Hint = WAKE
+        return DropServer((host.strip("[]"), int(port)), self.home.host_key,
+                          hooks(self.home, self.ledger, self.reads, lambda: self.hints.put(wake)),
+                          limits, self.clock)  # fmt: skip
 
-    def rotate_partner_key(self, partner_id: str, key_file: Path, fpr: str, reason: str) -> KeyInfo:
-        """Pin a partner's new OpenPGP key; new packages use it, the old one still verifies a while."""
-        self.ledger.partner(partner_id)
-        fpr = parse_fingerprint(fpr.replace(" ", "").upper(), "--fingerprint")
-        key = self.keyring.import_pinned(key_file, fpr)
-        self.ledger.rotate_partner_key(partner_id, key.fingerprint, reason)
-        return key
+    def daemon(self, stop: threading.Event) -> Daemon:
+        """`gateway run`: the service, with the drop server when `serve.listen` is set."""
+        from gateway.pipeline.daemon import Daemon
 
-    def rotate_own_key(self, reason: str) -> KeyInfo:
-        """Make a new OpenPGP key for the gateway; it signs from now on.
-
-        The old key stays in the keyring, so packages still addressed to it open.
-        """
-        fpr = self.keyring.generate(self.settings.gateway_id, self.settings.gnupg_key_days)
-        self.ledger.add_own_key(
-            fpr, {"by": "keys rotate", "reason": reason, "previous": self.own_key}
-        )
-        return self.keyring.key(fpr)
-
-    def set_host_key(self, partner_id: str, host_key: str, reason: str) -> str:
-        """Pin a push partner's new SSH host key (confirmed out of band); return its fingerprint."""
-        partner = self.ledger.partner(partner_id)
-        if partner.transport != "push" or not partner.host or not partner.port:
-            raise PartnerError(f"{partner_id} is not a push partner: it has no server to pin")
-        key_type, blob = sshkeys.parse_public(host_key, "--host-key")
-        name = sshkeys.known_hosts_name(partner.host, partner.port)
-        old = self.host_key_of(partner)
-        kept = [
-            line
-            for line in self.home.known_hosts.read_text().splitlines()
-            if line.split()[:1] != [name]
-        ]
-        write_atomic(
-            self.home.known_hosts,
-            "".join(f"{line}\n" for line in [*kept, f"{name} {key_type} {blob}"]).encode(),
-        )
-        new = sshkeys.fingerprint(f"{key_type} {blob}")
-        self.ledger.record("partner.host-key", partner=partner_id, detail={
-            "reason": reason, "old": sshkeys.fingerprint(old) if old else None, "new": new})  # fmt: skip
-        return new
-
-    def _refuse_existing(self, partner_id: str) -> None:
-        if any(p.id == partner_id for p in self.ledger.partners()):
-            raise PartnerError(
-                f"partner {partner_id} is already registered: see `gateway partner show {partner_id}`"
-            )
-        if partner_id == self.settings.gateway_id:
-            raise PartnerError(f"{partner_id} is this gateway's own id")
-
-    def host_key_of(self, partner: Partner) -> str | None:
-        """The SSH host key pinned for a push partner, as 'TYPE BASE64'."""
-        if not partner.host or not partner.port or not self.home.known_hosts.exists():
-            return None
-        name = sshkeys.known_hosts_name(partner.host, partner.port)
-        for line in self.home.known_hosts.read_text().splitlines():
-            fields = line.split()
-            if len(fields) >= 3 and fields[0] == name:
-                return f"{fields[1]} {fields[2]}"
-        return None
+        listen = self.settings.serve_listen
+        return Daemon(self.home, self.settings, self.clock, self.steps, self.scheduler(once=False),
+                      self.audit, self.hints, self.sessions.close_idle,
+                      self.drop_server(listen) if listen else None, stop)  # fmt: skip

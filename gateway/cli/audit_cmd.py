@@ -6,7 +6,6 @@ import json
 
 import click
 
-from gateway.admin import audit
 from gateway.app.gateway import Gateway
 from gateway.cli import fail, with_gateway
 
@@ -25,7 +24,7 @@ def verify(gw: Gateway) -> None:
     Example:
       gateway audit verify
     """
-    verdict = audit.verify(gw)
+    verdict = gw.audit.verify()
     if verdict.problem:
         fail(
             f"{verdict.problem}; the trail after it cannot be trusted: restore ledger.db from backup and investigate"
@@ -46,7 +45,7 @@ def checkpoint(gw: Gateway) -> None:
     Example:
       gateway audit checkpoint
     """
-    click.echo(f"checkpoint written: {audit.checkpoint(gw)}")
+    click.echo(f"checkpoint written: {gw.audit.checkpoint()}")
 
 
 @command.command("export")
@@ -63,5 +62,5 @@ def export(gw: Gateway, since: str | None) -> None:
     Example:
       gateway audit export --since 2026-11-01T00:00:00Z > audit.jsonl
     """
-    for row in audit.export(gw, since):
+    for row in gw.audit.export(since):
         click.echo(json.dumps(row, ensure_ascii=False, sort_keys=True))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from gateway.app.gateway import Gateway, actor
+from gateway.admin import keys
+from gateway.app.gateway import actor
 from gateway.cli import State
 
 
@@ -26,7 +27,7 @@ def command(state: State, gateway_id: str) -> None:
     Example:
       gateway --home /srv/gateway init --id GB-ACRO
     """
-    with Gateway.init(state.home, gateway_id, actor()) as gw:
+    with keys.init(state.home, gateway_id, actor()) as gw:
         key = gw.own_key_info
         click.echo(f"created gateway {gateway_id} in {state.home.root}")
         click.echo(f"OpenPGP key {key.fingerprint}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gateway.adapters import sshkeys
+from gateway.admin import keys
 from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
 from gateway.core.model import utc
@@ -88,7 +89,7 @@ def rotate(gw: Gateway, reason: str) -> None:
     Example:
       gateway keys rotate --reason 'annual rotation'
     """
-    key = gw.rotate_own_key(reason)
+    key = keys.rotate(gw, reason)
     click.echo(
         f"new OpenPGP key {key.fingerprint}: send `gateway keys export --openpgp` to every partner"
     )

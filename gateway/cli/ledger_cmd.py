@@ -44,7 +44,7 @@ def list_(
     if state == "overdue":
         state, cutoff = (
             "delivered",
-            utc(gw.ledger.clock() - gw.settings.receipts_overdue_after_seconds),
+            utc(gw.clock.now() - gw.settings.receipts_overdue_after_seconds),
         )
     packages = gw.ledger.packages(
         state=state, partner=partner, direction=direction, delivered_before=cutoff

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from gateway.adapters import sshkeys
+from gateway.admin import partners
 from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
 from gateway.core.model import Partner, utc
@@ -86,13 +87,13 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
         --pull --ssh-key au-afp.pub --reason 'MoU 2026, keys checked by phone'
     """
     if pull and not url and ssh_key and not host_key:
-        partner = gw.add_pull_partner(
-            partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient
+        partner = partners.add_pull(
+            gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient
         )
         click.echo(f"added {partner.id}: it logs in to the drop server as {partner.id}")
         return
     if not pull and url and host_key and not ssh_key:
-        partner = gw.add_push_partner(partner_id, openpgp_key, fingerprint, url, host_key, reason,
+        partner = partners.add_push(gw, partner_id, openpgp_key, fingerprint, url, host_key, reason,
                                       upload_dir, download_dir, not show_recipient)  # fmt: skip
         click.echo(f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/")
         return
@@ -102,7 +103,7 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
 def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
     """What an operator needs to know of one partner, as plain values."""
     key = gw.keyring.key(partner.openpgp_key)
-    host_key = gw.host_key_of(partner)
+    host_key = partners.host_key_of(gw, partner)
     held = [p for p in gw.ledger.packages(partner=partner.id, state="held")]
     waiting = [p for p in gw.ledger.packages(partner=partner.id, state="sealed") if p.last_error]
     problems = [p.last_error for p in held + waiting if p.last_error]
@@ -192,7 +193,7 @@ def rotate_key(
       gateway partner rotate-key US-NCB --openpgp-key us-ncb-2027.asc \\
         --fingerprint 89AB...CDEF --reason 'annual rotation, checked by phone'
     """
-    key = gw.rotate_partner_key(partner_id, openpgp_key, fingerprint, reason)
+    key = partners.rotate_key(gw, partner_id, openpgp_key, fingerprint, reason)
     click.echo(f"{partner_id} now uses {key.fingerprint}")
 
 
@@ -246,4 +247,6 @@ def set_host_key(gw: Gateway, partner_id: str, host_key: str, reason: str) -> No
       gateway partner set-host-key US-NCB --host-key 'ssh-ed25519 AAAAC3Nz...' \\
         --reason 'server rebuilt; new key read to us by phone, ticket 4711'
     """
-    click.echo(f"{partner_id}: host key {gw.set_host_key(partner_id, host_key, reason)} pinned")
+    click.echo(
+        f"{partner_id}: host key {partners.set_host_key(gw, partner_id, host_key, reason)} pinned"
+    )

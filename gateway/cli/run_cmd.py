@@ -9,9 +9,8 @@ from types import FrameType
 
 import click
 
+from gateway.adapters.lock import exclusive
 from gateway.cli import State
-from gateway.pipeline.daemon import Daemon, exclusive
-from gateway.pipeline.steps import Runner
 
 
 @click.command("run")
@@ -31,7 +30,7 @@ def command(state: State, once: bool) -> None:
     with state.gateway("daemon") as gw, exclusive(gw.home.lock):
         try:
             if once:
-                Runner(gw).once()
+                gw.run_once()
                 return
             stop = threading.Event()
 
@@ -40,7 +39,7 @@ def command(state: State, once: bool) -> None:
 
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, on_signal)
-            if not Daemon(gw, stop).run():
+            if not gw.daemon(stop).run():
                 # A worker is still in a step: end the process now rather than close the
                 # ledger under it. Safe: each step is checkpointed and idempotent, and the
                 # next start finishes it; the OS releases the work lock.

@@ -10,9 +10,6 @@ import click
 
 from gateway.cli import State
 from gateway.core.errors import UsageError
-from gateway.pipeline.accept import Inbound
-from gateway.pipeline.daemon import drop_server
-from gateway.transports.pull import Mailboxes
 
 
 @click.command("serve")
@@ -34,10 +31,7 @@ def command(state: State, listen: str | None) -> None:
         if not listen:
             raise UsageError("say where to listen: --listen ADDRESS:PORT, or set serve.listen")
         stop = threading.Event()
-        mailboxes = Mailboxes(
-            gw.home, gw.ledger, Inbound(gw.home, gw.ledger, gw.keyring, gw.settings)
-        )
-        server = drop_server(gw, mailboxes, listen)
+        server = gw.drop_server(listen)
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             stop.set()
@@ -47,7 +41,7 @@ def command(state: State, listen: str | None) -> None:
         server.start()
         try:
             while not stop.wait(0.5):
-                mailboxes.apply_events()
+                gw.steps.record_reads()
         finally:
             server.stop()
-            mailboxes.apply_events()
+            gw.steps.record_reads()

@@ -9,20 +9,8 @@ import click
 from gateway.admin import health
 from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
+from gateway.core.lifecycle import STATUS_COLUMNS
 from gateway.core.model import utc
-
-#: status column -> the ledger states counted in it
-COLUMNS = {
-    "queued": ("received",),
-    "in_flight": ("sealed", "published"),
-    "awaiting_receipt": ("delivered",),
-    "overdue": ("overdue",),
-    "held": ("held",),
-    "failed": ("failed",),
-    "acknowledged": ("acknowledged",),
-    "refused": ("refused",),
-    "rejected": ("rejected",),
-}
 
 
 @click.command("status")
@@ -37,7 +25,7 @@ def command(gw: Gateway, as_json: bool) -> None:
     Example:
       gateway status
     """
-    now = gw.ledger.clock()
+    now = gw.clock.now()
     counts = gw.ledger.counts(utc(now - gw.settings.receipts_overdue_after_seconds))
     partners = [p.id for p in gw.ledger.partners()]
     if any(partner is None for partner, _ in counts):
@@ -46,16 +34,16 @@ def command(gw: Gateway, as_json: bool) -> None:
     for pid in partners:
         ledger_id = None if pid == "(unknown)" else pid
         row: dict[str, Any] = {"partner": pid}
-        for column, states in COLUMNS.items():
+        for column, states in STATUS_COLUMNS.items():
             row[column] = sum(counts.get((ledger_id, s), 0) for s in states)
         rows.append(row)
     warnings = [f.what + f": {f.todo}" for f in health.keys(gw) if f.level != "ok"]
     result = {"partners": rows, "warnings": warnings}
 
     def text() -> str:
-        head = f"{'partner':<20}" + "".join(f"{c.replace('_', ' '):>17}" for c in COLUMNS)
+        head = f"{'partner':<20}" + "".join(f"{c.replace('_', ' '):>17}" for c in STATUS_COLUMNS)
         lines = [head] + [
-            f"{r['partner']:<20}" + "".join(f"{r[c]:>17}" for c in COLUMNS) for r in rows
+            f"{r['partner']:<20}" + "".join(f"{r[c]:>17}" for c in STATUS_COLUMNS) for r in rows
         ]
         return "\n".join(lines + [f"warning: {w}" for w in warnings])
 

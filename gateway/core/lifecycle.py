@@ -57,9 +57,59 @@ TRANSITIONS: Final[dict[State, frozenset[State]]] = {
     S.REJECTED:     frozenset(),
 }  # fmt: skip
 
-#: States in which the gateway still has work to do for an outbound package.
-PENDING: Final = frozenset({S.RECEIVED, S.SEALED, S.PUBLISHED})
 FINAL: Final = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+# What the states mean to the rest of the gateway. Every set of states that a rule
+# needs is named here, beside the table, and nowhere else.
+
+#: Outbound states the daemon's own work moves on: sealed when received, delivered or
+#: published when sealed. Each waits for its `next_attempt_at`.
+DUE_TO_SEAL: Final = frozenset({S.RECEIVED})
+DUE_TO_DELIVER: Final = frozenset({S.SEALED})
+#: Out of the daemon's hands until an operator acts (`gateway retry` releases them).
+RELEASABLE: Final = frozenset({S.HELD, S.FAILED})
+#: Waiting for the daemon: `gateway retry` makes them due now.
+RESCHEDULABLE: Final = DUE_TO_SEAL | DUE_TO_DELIVER
+#: Not yet in the partner's hands: `gateway cancel` may stop them.
+CANCELLABLE: Final = frozenset({S.RECEIVED, S.SEALED, S.PUBLISHED, S.HELD, S.FAILED})
+#: A receipt from the partner may close a package in these (sealed: the upload landed,
+#: then the gateway stopped before recording it).
+AWAITING_RECEIPT: Final = frozenset({S.SEALED, S.PUBLISHED, S.DELIVERED})
+#: What the partner's receipt said, once it came.
+RECEIPTED: Final = frozenset({S.ACKNOWLEDGED, S.REFUSED})
+#: An outbound package in these may still have its plaintext in the spool: it was not
+#: sealed yet, or it was set aside before sealing. In any other state, a plaintext
+#: left behind by a crash is erased at the next start.
+MAY_HOLD_PLAINTEXT: Final = frozenset({S.RECEIVED, S.HELD, S.FAILED})
+
+#: The columns of `gateway status`: column -> the states counted in it ("overdue" is
+#: `delivered` past `receipts.overdue_after_seconds`, counted by the ledger).
+STATUS_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "queued": (S.RECEIVED,),
+    "in_flight": (S.SEALED, S.PUBLISHED),
+    "awaiting_receipt": (S.DELIVERED,),
+    "overdue": ("overdue",),
+    "held": (S.HELD,),
+    "failed": (S.FAILED,),
+    "acknowledged": (S.ACKNOWLEDGED,),
+    "refused": (S.REFUSED,),
+    "rejected": (S.REJECTED,),
+}
+
+#: DPA 2018 s.62: the category of each action of the audit trail that is one of the
+#: processing operations the Act names. Actions not listed (retries, checkpoints,
+#: partner changes) are not processing of personal data.
+CATEGORY: Final = {
+    "intake": "collection",  # a package taken in from the upstream system
+    "quarantine": "collection",  # bad input kept aside, with its reason
+    "fetch": "collection",  # a partner's package fetched, not yet opened
+    "accept": "collection",  # ... opened, verified and delivered to spool/inbound
+    "reject": "collection",  # ... refused and kept in quarantine
+    "publish": "disclosure",  # placed where a pull partner can read it
+    "deliver": "disclosure",  # in the partner's hands
+    "erase": "erasure",
+    "audit.export": "consultation",
+}
 
 
 def check(current: State, new: State) -> State:

@@ -104,3 +104,19 @@ class Event:
     def expected_hash(self) -> str:
         """The hash this event must carry, given its content and the hash before it."""
         return chain_hash(dataclasses.astuple(self)[:10])
+
+
+@dataclasses.dataclass(frozen=True)
+class Placed:
+    """Where a file was made available to a partner, and whether it was there already."""
+
+    path: str
+    already_there: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrival:
+    """A file a partner left for the gateway: its name (of the contract) and size."""
+
+    name: str
+    size: int

@@ -6,9 +6,8 @@ saying what was wrong, so a bad name never gets further than the edge.
 
 from __future__ import annotations
 
-import os
 import re
-import time
+import secrets
 import unicodedata
 from typing import Final
 
@@ -43,17 +42,17 @@ def kind(text: str) -> str:
     return text
 
 
-def new_ulid(now: float | None = None, randomness: bytes | None = None) -> str:
-    """A ULID: 48-bit millisecond time then 80 random bits, in Crockford base32."""
-    millis = int((time.time() if now is None else now) * 1000)
-    rand = os.urandom(10) if randomness is None else randomness
+def new_ulid(now: float, randomness: bytes | None = None) -> str:
+    """A ULID for time `now`: 48-bit millisecond time then 80 random bits, in Crockford base32."""
+    millis = int(now * 1000)
+    rand = secrets.token_bytes(10) if randomness is None else randomness
     value = (millis << 80) | int.from_bytes(rand, "big")
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
-def new_package_id(sender: str) -> str:
-    """A fresh, time-ordered package id for a package sent by `sender`."""
-    return f"{authority_id(sender)}-{new_ulid()}"
+def new_package_id(sender: str, now: float) -> str:
+    """A fresh, time-ordered package id for a package sent by `sender` at time `now`."""
+    return f"{authority_id(sender)}-{new_ulid(now)}"
 
 
 def package_id(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Settings (SPEC section 8): one frozen value, read from `gateway.toml` in one place.
+"""Settings (SPEC section 8): one frozen value, checked here, read from `gateway.toml` by the home.
 
 Every setting is declared once in `SETTINGS` with its default and its documentation;
 `gateway init` writes that documentation into the new `gateway.toml`, and a test
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
-from pathlib import Path
 from typing import Final
 
 from gateway.core.errors import HomeError, UsageError
@@ -133,21 +131,6 @@ class Settings:
     serve_ban_seconds: int = 600
     serve_idle_timeout_seconds: int = 300
     serve_max_upload_bytes: int = 2 * 1024**3 + 1024**2
-
-
-def load(path: Path) -> Settings:
-    """Read and check `gateway.toml`; an unknown or ill-typed setting is an error."""
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise HomeError(
-            f"{path} not found: this is not a gateway home; run `gateway init --id ID` "
-            "or pass --home"
-        ) from None
-    except tomllib.TOMLDecodeError as e:
-        raise HomeError(f"{path} is not valid TOML ({e}): fix the file") from None
-    return parse(data, str(path))
 
 
 def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:

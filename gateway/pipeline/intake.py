@@ -79,7 +79,7 @@ class Intake:
             raise UsageError(
                 f"{source} is larger than daemon.max_package_bytes: split it or raise the limit"
             )
-        pid = new_package_id(self.settings.gateway_id)
+        pid = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
         folder = self.home.work / pid
         folder.mkdir(mode=0o700)
         try:
@@ -93,7 +93,7 @@ class Intake:
 
     def move_in(self, path: Path, partner: str, kind: str) -> Package:
         """Take a file from the outbound spool, or quarantine it with the reason."""
-        pid = new_package_id(self.settings.gateway_id)
+        pid = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
         try:
             name = payload_name(os.fsencode(path.name))
             self._partner(partner)
@@ -172,7 +172,7 @@ class Intake:
                     )
         if size == 0:
             raise UsageError("the file is empty: nothing to send")
-        now = utc(self.ledger.clock())
+        now = utc(self.ledger.clock.now())
         package = Package(
             package_id=pid,
             direction="out",
@@ -202,7 +202,7 @@ class Intake:
                    reason: str, name: str | None = None) -> Package:  # fmt: skip
         """Move a rejected entry to quarantine with `<pid>.reason.json`; record it `rejected`."""
         original = name or os.fsencode(path.name).decode("utf-8", "backslashreplace")
-        now = utc(self.ledger.clock())
+        now = utc(self.ledger.clock.now())
         report = quarantine.put(self.home.quarantine, path, pid, {
             "package_id": pid, "original_name": original, "partner": partner, "kind": kind,
             "reason": reason, "at": now,

@@ -6,8 +6,9 @@ erased. A crash at any point leaves either a `received` package whose plaintext 
 still there (sealed again from scratch) or a `sealed` one whose leftover plaintext
 `erase_leftovers()` removes.
 
-The sealed file is hashed on a thread of its own. With a tee (the partner's server, for a
-large package: `Deliverer.stream`) it is read as gpg writes it, and each block handed on.
+The sealed file is hashed on a thread of its own. With a tee (a part on the partner's
+server, lent for a large package: `Delivery.stream`) it is read as gpg writes it, and
+each block handed on.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
-from gateway.core.errors import KeyProblem, NotFound, PartnerError, Transient, UsageError
-from gateway.core.lifecycle import State
+from gateway.core.errors import KeyProblem, NotFound, Transient, UsageError
+from gateway.core.lifecycle import MAY_HOLD_PLAINTEXT, State
 from gateway.core.model import Package
 from gateway.pipeline.intake import PAYLOAD
 
@@ -138,10 +139,6 @@ class Sealer:
         whether all of them did).
         """
         partner = self.ledger.partner(str(package.partner))
-        if not partner.enabled:
-            raise PartnerError(
-                f"partner {partner.id} is disabled: `gateway partner enable` it, then retry"
-            )
         own_key = self.ledger.own_key()
         if own_key is None:
             raise KeyProblem(
@@ -152,7 +149,7 @@ class Sealer:
         final = self.home.sealed_file(package.package_id)
         tmp = final.with_name(f".{final.name}.tmp")
         tmp.unlink(missing_ok=True)  # the follower must find gpg's file, not an older one
-        mtime = int(self.ledger.clock())
+        mtime = int(self.ledger.clock.now())
         follower = Follower(tmp, tee)
         follower.start()
         try:
@@ -202,7 +199,6 @@ class Sealer:
                 "erase",
                 package_id=package.package_id,
                 partner=package.partner,
-                category="erasure",
                 detail={"what": "plaintext payload, after sealing"},
             )
         self.erase_plaintext(package.package_id)
@@ -224,9 +220,5 @@ class Sealer:
                 package = self.ledger.package(folder.name)
             except (NotFound, UsageError):  # not in the ledger yet: Intake.recover's business
                 continue
-            if package.direction == "out" and package.state not in (
-                State.RECEIVED,
-                State.HELD,
-                State.FAILED,
-            ):
+            if package.direction == "out" and package.state not in MAY_HOLD_PLAINTEXT:
                 self.erase_plaintext(package.package_id)

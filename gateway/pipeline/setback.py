@@ -14,23 +14,14 @@ from collections.abc import Callable
 from datetime import datetime
 
 from gateway.adapters.ledger import Ledger
+from gateway.core.backoff import backoff
 from gateway.core.errors import GatewayError, Transient
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.core.settings import Settings
 
 
-def backoff(attempts: int, first: float, cap: float, rand: float) -> float:
-    """Delay before retry number `attempts` (1-based): exponential, capped, with full jitter.
-
-    `rand` in [0, 1) spreads retries of many packages so a partner that comes back is
-    not hit by all of them at once; the delay is never below half the exponential step.
-    """
-    step = min(cap, first * 2.0 ** min(max(0, attempts - 1), 64))  # 2**64: past any cap
-    return step * (0.5 + rand / 2)
-
-
-class Retry:
+class Setback:
     """Sets packages back after trouble, by the rules above."""
 
     def __init__(
@@ -40,14 +31,14 @@ class Retry:
         self.settings = settings
         self.rand = rand
 
-    def setback_all(self, packages: list[Package], err: GatewayError) -> None:
+    def all(self, packages: list[Package], err: GatewayError) -> None:
         """Set back every package of a batch for the same reason."""
         for package in packages:
-            self.setback(self.ledger.package(package.package_id), err)
+            self.one(self.ledger.package(package.package_id), err)
 
-    def setback(self, package: Package, err: GatewayError) -> None:
+    def one(self, package: Package, err: GatewayError) -> None:
         """Schedule a retry after transient trouble, fail it past the deadline, or hold it."""
-        now = self.ledger.clock()
+        now = self.ledger.clock.now()
         started = package.retry_from or datetime.fromisoformat(package.created_at).timestamp()
         age = now - started
         if not isinstance(err, Transient):

@@ -1,55 +1,81 @@
-"""The work loop: recover, take in, seal, deliver, poll. `run --once` is one pass of it.
+"""The step runner: every unit of the daemon's work, one method each.
 
-Every step reads what is due from the ledger, so a pass after a crash simply carries on
-where the last one stopped.
+- `take(entry)`: a spool entry taken in, or quarantined (`intake`);
+- `seal(package)`: a received package sealed; a large one delivered beside gpg
+  (`sealing`, `deliver`);
+- `turn(partner, packages, poll)`: one turn with a partner over one link of its
+  transport: what it read whole is recorded, due packages are delivered, and with
+  `poll` what it sent is collected and what the gateway owes it is answered
+  (`deliver`, `collect`, `accept`, `acknowledge`).
+
+Each step reads what it needs from the ledger and records what it did, so a step cut
+short by a crash is simply done again. The checks that stop traffic (a disabled
+partner, a key that cannot be used) are made here, once, before any transport is
+touched; nothing here asks which transport a partner has. What is due, and when, is
+`schedule.Scheduler`'s to say.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 
+from gateway.adapters.gpg import Keyring
+from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
 from gateway.adapters.spool import Entry, entries
-from gateway.app.gateway import Gateway
-from gateway.core.errors import GatewayError, KeyProblem, PartnerError
+from gateway.core.clock import Clock
+from gateway.core.errors import GatewayError, KeyProblem, PartnerError, Transient
 from gateway.core.lifecycle import State
-from gateway.core.model import Package, Partner
+from gateway.core.model import Package, Partner, utc
 from gateway.core.names import new_package_id
-from gateway.pipeline.accept import Inbound
-from gateway.pipeline.collect import Poller
+from gateway.core.settings import Settings
+from gateway.pipeline.accept import Accept
+from gateway.pipeline.acknowledge import Acknowledge
+from gateway.pipeline.collect import Collector
+from gateway.pipeline.deliver import Delivery
 from gateway.pipeline.intake import Intake
 from gateway.pipeline.sealing import Sealer
-from gateway.pipeline.setback import Retry
-from gateway.transports.pull import Mailboxes
-from gateway.transports.push import Deliverer
+from gateway.pipeline.setback import Setback
+from gateway.transports.base import Transport
 
 log = logging.getLogger("gateway")
 
 
-class Runner:
-    """One pass over all work that is due."""
+def closed(partner: Partner) -> PartnerError | None:
+    """Why no traffic may go to or come from `partner` now, or None."""
+    if partner.enabled:
+        return None
+    return PartnerError(
+        f"partner {partner.id} is disabled: `gateway partner enable {partner.id}` when ready, "
+        "then `gateway retry` its held packages"
+    )
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.intake = Intake(gw.home, gw.ledger, gw.settings)
-        self.sealer = Sealer(gw.home, gw.ledger, gw.keyring, gw.settings.gateway_id)
-        self.retry = Retry(gw.ledger, gw.settings)
-        self.deliverer = Deliverer(gw.home, gw.ledger, gw.settings, self.retry)
-        self.inbound = Inbound(gw.home, gw.ledger, gw.keyring, gw.settings)
-        self.poller = Poller(gw.home, gw.ledger, self.inbound, self.deliverer)
-        self.mailboxes = Mailboxes(gw.home, gw.ledger, self.inbound)
 
-    def once(self) -> None:
-        """Recover, take in everything waiting (letting fresh files settle), seal, deliver, poll."""
-        self.recover()
-        deadline = time.monotonic() + 10 * max(1, self.gw.settings.daemon_settle_seconds)
-        while self.take_in() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        try:
-            self.seal_due()
-            self.exchange_all()
-        finally:
-            self.deliverer.close_idle(0)
+class Steps:
+    """The daemon's units of work, over one home."""
+
+    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, settings: Settings,
+                 clock: Clock, transport: Callable[[Partner], Transport]) -> None:  # fmt: skip
+        self.home = home
+        self.ledger = ledger
+        self.keyring = keyring
+        self.settings = settings
+        self.clock = clock
+        self.transport = transport
+        self.intake = Intake(home, ledger, settings)
+        self.sealer = Sealer(home, ledger, keyring, settings.gateway_id)
+        self.setback = Setback(ledger, settings)
+        self.delivery = Delivery(home, ledger, self.sealer, self.setback)
+        self.collector = Collector(
+            home,
+            ledger,
+            Accept(home, ledger, keyring, settings),
+            Acknowledge(home, ledger, keyring, settings.gateway_id,
+                        settings.keys_overlap_days * 86400),
+        )  # fmt: skip
+
+    # -- taking in ----------------------------------------------------------------------
 
     def recover(self) -> None:
         """Finish what a crash interrupted."""
@@ -59,9 +85,9 @@ class Runner:
     def take_in(self) -> int:
         """Take in every settled entry of the outbound spool; return how many are unsettled."""
         unsettled = 0
-        now = time.time()
-        for entry in entries(self.gw.home.outbound):
-            if entry.regular and not entry.settled(now, self.gw.settings.daemon_settle_seconds):
+        now = self.clock.now()
+        for entry in entries(self.home.outbound):
+            if entry.regular and not entry.settled(now, self.settings.daemon_settle_seconds):
                 unsettled += 1
                 continue
             self.take(entry)
@@ -85,64 +111,77 @@ class Runner:
             reason = "not a regular file (a link, folder, FIFO or device is never taken)"
         else:
             return self.intake.move_in(entry.path, entry.partner, entry.kind)
-        pid = new_package_id(self.gw.settings.gateway_id)
+        pid = new_package_id(self.settings.gateway_id, self.clock.now())
         return self.intake.quarantine(entry.path, pid, entry.partner, entry.kind, reason)
 
-    def seal_due(self) -> None:
-        """Seal every received package that is due."""
-        for package in self.gw.ledger.due(frozenset({State.RECEIVED}), time.time()):
-            self.seal(package)
+    # -- sealing --------------------------------------------------------------------------
 
     def seal(self, package: Package) -> None:
-        """Seal one package (a large one for a push partner while uploading it), or set it back."""
+        """Seal one package (a large one while delivering it), or set it back."""
         try:
-            if self.deliverer.streams(package):
-                self.deliverer.stream(self.sealer, package)
+            partner = self.ledger.partner(str(package.partner))
+            if problem := closed(partner):
+                raise problem
+            if (package.payload_size or 0) >= self.delivery.stream_from:
+                self.delivery.stream(self.transport(partner), package)
             else:
                 self.sealer.seal(package)
         except GatewayError as err:
-            self.retry.setback(package, err)
+            self.setback.one(package, err)
 
-    def partner_round(self, partner: Partner, packages: list[Package], poll: bool) -> None:
-        """One turn with a partner: deliver or publish what is due; fetch and answer if `poll`.
+    # -- a partner's turn -----------------------------------------------------------------
 
-        A push partner is visited over SFTP; a pull partner's mailbox is local.
-        """
+    def turn(self, partner: Partner, packages: list[Package], poll: bool) -> None:
+        """One turn with a partner: deliver what is due; collect and answer if `poll`."""
+        transport = self.transport(partner)
+        self._record_reads(partner, transport)
+        if problem := closed(partner):
+            self.setback.all(packages, problem)
+            return
         packages = self.sendable(packages)
-        if partner.transport == "push":
-            if packages:
-                self.deliverer.deliver(partner, packages)
+        if not (packages or poll):
+            return
+        delivered = False  # delivery sets back its own failures; before it, nothing was tried
+        try:
+            with transport.link() as link:
+                self.delivery.deliver(transport, link, packages)
+                delivered = True
+                if poll:
+                    self.collector.collect(partner, link)
+                    self.collector.answer(partner, link)
+        except GatewayError as err:
+            if not delivered:
+                self.setback.all(packages, err)
             if poll:
-                self.poller.poll(partner)
-            return
-        self.mailboxes.apply_events()
-        if not partner.enabled:
-            self.retry.setback_all(packages, PartnerError(f"partner {partner.id} is disabled"))
-            return
-        self.mailboxes.publish(partner, packages)
-        self.mailboxes.take_uploads(partner)
-        self.mailboxes.publish_receipts(partner)
+                log.log(logging.WARNING if isinstance(err, Transient) else logging.ERROR,
+                        "poll of %s: %s", partner.id, err)  # fmt: skip
+
+    def record_reads(self) -> None:
+        """Record every package a partner has read whole since its last turn: `delivered`."""
+        for partner in self.ledger.partners():
+            self._record_reads(partner, self.transport(partner))
+
+    def _record_reads(self, partner: Partner, transport: Transport) -> None:
+        for pid in transport.read_whole():
+            package = self.ledger.find(pid)
+            if package and package.partner == partner.id and package.state is State.PUBLISHED:
+                self.ledger.transition(pid, State.DELIVERED, "deliver", {"how": "read whole by the partner"},
+                                       delivered_at=utc(self.clock.now()))  # fmt: skip
 
     def sendable(self, packages: list[Package]) -> list[Package]:
         """The packages whose recipient key is still good; the others are held, never sent."""
         problems: dict[str, str | None] = {}
         for fpr in {str(p.recipient_key) for p in packages}:
             try:
-                problems[fpr] = self.gw.keyring.key(fpr).problem()
+                problems[fpr] = self.keyring.key(fpr).problem()
             except KeyProblem as err:
                 problems[fpr] = str(err)
         good = []
         for package in packages:
             if problem := problems[str(package.recipient_key)]:
-                self.retry.setback(package, KeyProblem(
+                self.setback.one(package, KeyProblem(
                     f"sealed for {package.recipient_key}, but {problem}: once the partner's key is "
                     "renewed, `gateway retry`; if it was replaced, cancel and send the original again"))  # fmt: skip
             else:
                 good.append(package)
         return good
-
-    def exchange_all(self) -> None:
-        """Deliver to, publish for, and poll every partner once."""
-        for partner in self.gw.ledger.partners():
-            due = self.gw.ledger.due(frozenset({State.SEALED}), time.time(), partner.id)
-            self.partner_round(partner, due, poll=True)

@@ -1,132 +1,123 @@
-"""Mailboxes of pull partners: publishing to `download/`, taking in from `upload/`.
+"""Pull partners: the partner's mailbox on the gateway's own drop server.
 
-`spool/mailbox/<PARTNER>/download/` holds the sealed packages and receipts the partner
-may fetch; a package placed there is `published`, and `delivered` once the partner has
-read it whole (the drop server reports that). `upload/` holds what the partner put
-there, complete files only; they are handled exactly like files fetched from a push
-partner. The drop server's threads only report events; ledger work happens here, on
-the threads that call `apply_events()`.
+`spool/mailbox/<PARTNER>/download/` holds what the partner may fetch; a package placed
+there is `published`, and `delivered` once the partner has read it whole (the drop
+server reports that, on its own threads, into `Reads`; the partner's next turn records
+it). `upload/` holds the files the partner put there, complete ones only: a turn first
+moves them into the gateway's own `spool/incoming/<PARTNER>/`, where whatever waits (a
+handling that trouble or a crash cut short) is handled again until its outcome is
+recorded. See `base.py` for the contract.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import os
-import queue
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.adapters.dropserver import Hooks
 from gateway.adapters.files import publish, sha256_file
-from gateway.adapters.home import Home
-from gateway.adapters.ledger import Ledger
-from gateway.adapters.sshkeys import parse_public
-from gateway.core.errors import GatewayError, NotFound
+from gateway.core.errors import RemoteConflict, TransferFailed
 from gateway.core.lifecycle import State
-from gateway.core.model import Package, Partner, utc
-from gateway.core.names import WIRE_NAME, is_temporary, receipt_name, wire_name
-from gateway.pipeline.accept import Inbound
+from gateway.core.model import Arrival, Placed
+from gateway.core.names import WIRE_NAME, is_temporary
+from gateway.core.settings import Settings
 
 
-class Mailboxes:
-    """Publishes to and takes in from the mailboxes of pull partners."""
+class Reads:
+    """Files the drop server saw read whole, per partner, until the partner's turn takes them."""
 
-    def __init__(
-        self, home: Home, ledger: Ledger, inbound: Inbound, wake: Callable[[], None] = lambda: None
-    ) -> None:
-        self.home = home
-        self.ledger = ledger
-        self.inbound = inbound
-        self.wake = wake
-        self.events: queue.Queue[tuple[str, str, str]] = queue.Queue()
+    def __init__(self) -> None:
+        self._names: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
 
-    def folder(self, partner_id: str) -> Path:
-        """The mailbox of one pull partner."""
-        return self.home.mailbox / partner_id
+    def add(self, partner_id: str, name: str) -> None:
+        """Note that `partner_id` read `name` whole and closed it."""
+        with self._lock:
+            self._names.setdefault(partner_id, []).append(name)
 
-    def hooks(self) -> Hooks:
-        """What the drop server needs to know and to report."""
-        return Hooks(mailbox=self._mailbox, authorized_key=self._authorized_key,
-                     downloaded=self._report("downloaded"), uploaded=self._report("uploaded"))  # fmt: skip
+    def take(self, partner_id: str) -> list[str]:
+        """The names read since the last call, forgotten here."""
+        with self._lock:
+            return self._names.pop(partner_id, [])
 
-    def _pull_partner(self, partner_id: str) -> Partner | None:
-        try:
-            partner = self.ledger.partner(partner_id)
-        except (NotFound, GatewayError):
-            return None
-        return partner if partner.transport == "pull" else None
 
-    def _mailbox(self, partner_id: str) -> Path | None:
-        return self.folder(partner_id) if self._pull_partner(partner_id) else None
+class PullTransport:
+    """A pull partner's mailbox."""
 
-    def _authorized_key(self, partner_id: str) -> bytes | None:
-        partner = self._pull_partner(partner_id)
-        if partner is None or not partner.enabled or not partner.ssh_key:
-            return None
-        return base64.b64decode(parse_public(partner.ssh_key)[1])
+    placed = State.PUBLISHED
 
-    def _report(self, kind: str) -> Callable[[str, str], None]:
-        def report(partner: str, name: str) -> None:
-            self.events.put((kind, partner, name))
-            self.wake()
+    def __init__(self, partner_id: str, mailbox: Path, incoming: Path, reads: Reads) -> None:
+        self.partner_id = partner_id
+        self.mailbox = mailbox
+        self.incoming = incoming
+        self.reads = reads
 
-        return report
+    @contextlib.contextmanager
+    def link(self) -> Iterator[PullLink]:
+        """The mailbox is a local folder: there is nothing to open."""
+        yield PullLink(self.mailbox, self.incoming)
 
-    def apply_events(self) -> None:
-        """Record what the drop server reported: packages read whole are delivered."""
-        while True:
-            try:
-                kind, partner_id, name = self.events.get_nowait()
-            except queue.Empty:
-                return
-            match = WIRE_NAME.fullmatch(name)
-            if kind == "downloaded" and match and match["suffix"] == ".pgp":
-                self._delivered(partner_id, match["pid"])
+    def read_whole(self) -> list[str]:
+        """Package ids the partner read whole since the last call."""
+        matches = (WIRE_NAME.fullmatch(n) for n in self.reads.take(self.partner_id))
+        return [m["pid"] for m in matches if m and m["suffix"] == ".pgp"]
 
-    def _delivered(self, partner_id: str, pid: str) -> None:
-        try:
-            package = self.ledger.package(pid)
-        except NotFound:
-            return
-        if package.partner == partner_id and package.state is State.PUBLISHED:
-            self.ledger.transition(pid, State.DELIVERED, "deliver", {"how": "read whole by the partner"},
-                                   delivered_at=utc(self.ledger.clock()))  # fmt: skip
+    def poll_seconds(self, settings: Settings) -> float:
+        """A local folder costs nothing to look at: on every turn."""
+        return 0.0
 
-    def publish(self, partner: Partner, packages: list[Package]) -> None:
-        """Place sealed packages in the partner's download folder; each becomes `published`."""
-        download = self.folder(partner.id) / "download"
-        for package in packages:
-            final = download / wire_name(package.package_id)
-            tmp = download / f".{final.name}.tmp"
-            shutil.copyfile(self.home.sealed_file(package.package_id), tmp)
-            publish(tmp, final)
-            self.ledger.transition(package.package_id, State.PUBLISHED, "publish",
-                                   {"path": f"/download/{final.name}"})  # fmt: skip
 
-    def publish_receipts(self, partner: Partner) -> None:
-        """Place the receipts we owe the partner in its download folder."""
-        download = self.folder(partner.id) / "download"
-        for package in self.ledger.receipts_due(partner.id):
-            final = download / receipt_name(package.package_id)
-            tmp = download / f".{final.name}.tmp"
-            shutil.copyfile(self.inbound.receipt_file(package.package_id), tmp)
-            publish(tmp, final)
-            self.ledger.note(package.package_id, "receipt.sent", {"path": f"/download/{final.name}",
-                             "sha256": sha256_file(final)}, receipt_state="sent")  # fmt: skip
+class PullLink:
+    """One turn with a mailbox."""
 
-    def take_uploads(self, partner: Partner) -> None:
-        """Handle every complete file the partner uploaded, like a fetched one.
+    where = "/download"
 
-        Each is first moved to `spool/incoming/<PARTNER>/`; whatever waits there (a run
-        that trouble or a crash cut short) is handled again until its outcome is recorded.
-        """
-        upload = self.folder(partner.id) / "upload"
-        incoming = self.home.incoming / partner.id
-        incoming.mkdir(mode=0o700, exist_ok=True)
-        for name in sorted(os.listdir(upload)):
-            if WIRE_NAME.fullmatch(name) and not is_temporary(name) and (upload / name).is_file():
-                os.replace(upload / name, incoming / name)
-        for name in sorted(os.listdir(incoming)):
-            if match := WIRE_NAME.fullmatch(name):
-                self.inbound.handle(partner, incoming / name, match["pid"], match["suffix"])
+    def __init__(self, mailbox: Path, incoming: Path) -> None:
+        self.download = mailbox / "download"
+        self.upload = mailbox / "upload"
+        self.incoming = incoming
+
+    def deliver(self, local: Path, name: str, sha256: str) -> Placed:
+        """Copy into the download folder under a hidden name, then rename into place."""
+        final = self.download / name
+        if final.exists():
+            if sha256_file(final) != sha256:
+                raise RemoteConflict(f"the mailbox already holds {name} with other content; "
+                                     "nothing was overwritten: remove it, then `gateway retry`")  # fmt: skip
+            return Placed(f"/download/{name}", already_there=True)
+        tmp = self.download / f".{name}.tmp"
+        shutil.copyfile(local, tmp)
+        publish(tmp, final)
+        return Placed(f"/download/{name}", already_there=False)
+
+    answer = deliver
+
+    def open_part(self, name: str) -> None:
+        """A copy within the host gains nothing from the overlap: seal first."""
+        return None
+
+    def place(self, name: str, size: int, sha256: str) -> Placed:
+        """Never called: no part is ever opened."""
+        raise TransferFailed(f"no part of {name} was opened in the mailbox")
+
+    def collect(self) -> list[Arrival]:
+        """Take the complete uploads into the gateway's custody; list all that wait there."""
+        self.incoming.mkdir(mode=0o700, exist_ok=True)
+        for name in sorted(os.listdir(self.upload)):
+            path = self.upload / name
+            if WIRE_NAME.fullmatch(name) and not is_temporary(name) and path.is_file():
+                os.replace(path, self.incoming / name)
+        return [Arrival(name, (self.incoming / name).stat().st_size)
+                for name in sorted(os.listdir(self.incoming)) if WIRE_NAME.fullmatch(name)]  # fmt: skip
+
+    def fetch(self, arrival: Arrival, local: Path, max_bytes: int) -> None:
+        """Already in the spool, where `collect` put it."""
+        if local != self.incoming / arrival.name:
+            os.replace(self.incoming / arrival.name, local)
+
+    def remove(self, arrival: Arrival) -> None:
+        """Forget a file the gateway is done with (`collect` moved it out of the mailbox)."""
+        (self.incoming / arrival.name).unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """The CLI reference (`docs/cli.md`), generated from the commands' own `--help`.
 
-`python -m gateway.admin.docs > docs/cli.md` writes it; `tests/test_docs.py` fails when the
+`python -m gateway.cli.reference > docs/cli.md` writes it; `tests/test_docs.py` fails when the
 file and the code disagree, so the reference cannot drift from what `--help` says.
 The help is formatted at a fixed width, so the output does not depend on the terminal.
 
@@ -19,7 +19,7 @@ from gateway.core.settings import SETTINGS
 
 WIDTH: Final = 100
 PROGRAM: Final = "gateway"
-REGENERATE: Final = "python -m gateway.admin.docs > docs/cli.md"
+REGENERATE: Final = "python -m gateway.cli.reference > docs/cli.md"
 
 
 def commands() -> list[tuple[str, str]]:

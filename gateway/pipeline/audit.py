@@ -1,0 +1,118 @@
+"""The audit trail's checks: the hash chain, and signed checkpoints of its head.
+
+The chain (each event hashes the one before) shows an edited, removed or reordered
+event. It cannot show a trail rewritten from some point on, or cut short, by someone
+with write access to ledger.db: for that, a checkpoint names the head event's id and
+hash, signed with the gateway's own key, and is kept outside the database in
+`spool/audit/`. `verify()` checks the chain and every checkpoint against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from gateway.adapters.files import publish
+from gateway.adapters.gpg import Keyring
+from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
+from gateway.core.errors import KeyProblem, Rejected, UsageError
+from gateway.core.model import Event, utc
+
+SCHEMA: Final = "gateway-checkpoint/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What `verify` found: events checked, checkpoints checked, and the first problem."""
+
+    events: int
+    checkpoints: int
+    broken: Event | None = None
+    problem: str | None = None
+
+
+class AuditTrail:
+    """The audit trail of one home: its checkpoints, their check, its export."""
+
+    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, gateway_id: str) -> None:
+        self.home = home
+        self.ledger = ledger
+        self.keyring = keyring
+        self.gateway_id = gateway_id
+
+    @property
+    def folder(self) -> Path:
+        """Where checkpoints are kept."""
+        path = self.home.spool / "audit"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def checkpoint(self) -> Path:
+        """Sign the chain's head with the gateway's key and keep it; return the file."""
+        event_id, head = self.ledger.head()
+        doc = {"schema": SCHEMA, "gateway": self.gateway_id, "event_id": event_id,
+               "hash": head, "at": utc(self.ledger.clock.now())}  # fmt: skip
+        final = self.folder / f"{event_id:012d}.checkpoint"
+        tmp = final.with_name(f".{final.name}.tmp")
+        own = self.ledger.own_key()
+        if own is None:
+            raise KeyProblem(
+                "the ledger names no key of the gateway's own: restore ledger.db from backup"
+            )
+        self.keyring.sign_clear(io.BytesIO(json.dumps(doc, sort_keys=True).encode()), tmp, own)
+        publish(tmp, final)
+        self.ledger.record(
+            "audit.checkpoint", detail={"event_id": event_id, "hash": head, "signer": own}
+        )
+        return final
+
+    def verify(self) -> Verdict:
+        """Check the chain, then each checkpoint's signature and that the chain still holds it."""
+        events, broken = self.ledger.verify_chain()
+        if broken is not None:
+            return Verdict(events, 0, broken, f"event {broken.id} was edited, removed or reordered")
+        own = self.ledger.own_keys()
+        checked = 0
+        for path in sorted(self.folder.glob("*.checkpoint")):
+            plain = path.with_name(f".{path.name}.plain")
+            try:
+                self.keyring.open_message(path, plain, own, encrypted=False, max_output=64 * 1024)
+                doc = json.loads(plain.read_text())
+            except (Rejected, ValueError) as problem:
+                return Verdict(events, checked, None,
+                               f"checkpoint {path.name} is not signed by this gateway: {problem}")  # fmt: skip
+            finally:
+                plain.unlink(missing_ok=True)
+            event_id, expected = int(doc["event_id"]), str(doc["hash"])
+            if event_id > events:
+                return Verdict(events, checked, None,
+                               f"the trail ends at event {events}, but checkpoint {path.name} saw event {event_id}: "
+                               "events were removed from its end")  # fmt: skip
+            if event_id and self.ledger.event_hash(event_id) != expected:
+                return Verdict(events, checked, None,
+                               f"event {event_id} is not the one checkpoint {path.name} signed: the trail was rewritten")  # fmt: skip
+            checked += 1
+        return Verdict(events, checked)
+
+    def export(self, since: str | None) -> list[dict[str, object]]:
+        """The events at or after `since` (ISO 8601 time), as plain values; the read is logged."""
+        start = None
+        if since is not None:
+            try:
+                start = utc(datetime.fromisoformat(since).timestamp())
+            except ValueError:
+                raise UsageError(
+                    f"--since {since!r} is not a time: write it as 2026-11-01T00:00:00Z"
+                ) from None
+        rows = [
+            dataclasses.asdict(e) for e in self.ledger.events() if start is None or e.at >= start
+        ]
+        for row in rows:
+            row["detail"] = json.loads(str(row["detail"])) if row["detail"] else None
+        self.ledger.record("audit.export", detail={"since": since, "events": len(rows)})
+        return rows

@@ -1,0 +1,164 @@
+"""Delivery: `sealed` -> `delivered` (or `published`), over one link of any transport.
+
+Checkpoint, then act: the attempt is recorded before the bytes go; the partner's name
+for the file is fixed by the package id, and a link treats a name already holding the
+same bytes as delivered, so a delivery cut off at any instant is finished, never
+repeated under a second name.
+
+A large package is delivered while it is sealed (`stream`): gpg and an upload take
+about as long as each other, so one after the other they took twice as long as the
+bare tools (docs/performance.md, scenario 1). The link lends the sealer its part as a
+tee; sealing knows nothing of delivery, nor delivery of sealing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Final
+
+from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
+from gateway.core.errors import GatewayError, Transient
+from gateway.core.lifecycle import State
+from gateway.core.model import Package, Placed, utc
+from gateway.core.names import wire_name
+from gateway.pipeline.sealing import Sealer
+from gateway.pipeline.setback import Setback
+from gateway.transports.base import Link, Transport
+
+log = logging.getLogger("gateway")
+#: Deliveries recorded per ledger commit. Each commit is an fsync (about 9 ms under load),
+#: which was a third of the cost of a small package; a crash costs at most this many
+#: re-checks.
+GROUP: Final = 32
+#: Payloads from this size up are delivered while they are sealed. Below it the overlap
+#: saves little (32 MiB go up in about 0.25 s here), and a partner turn's batch costs
+#: less per package (one ledger commit per GROUP uploads).
+STREAM_FROM: Final = 32 * 1024 * 1024
+
+
+class Delivery:
+    """Delivers sealed packages over a transport's link, and records each."""
+
+    def __init__(self, home: Home, ledger: Ledger, sealer: Sealer, setback: Setback) -> None:
+        self.home = home
+        self.ledger = ledger
+        self.sealer = sealer
+        self.setback = setback
+        self.stream_from = STREAM_FROM
+        self._streaming: set[str] = set()  # package ids being delivered beside gpg
+        self._lock = threading.Lock()
+
+    def deliver(self, transport: Transport, link: Link, packages: list[Package]) -> None:
+        """Deliver `packages` (all sealed, all for one partner) over `link`.
+
+        A failure during one sets back that package and the rest (the link is gone); a
+        conflict holds one package.
+        """
+        with self._lock:  # a package being delivered beside gpg is that delivery's to finish
+            packages = [p for p in packages if p.package_id not in self._streaming]
+        handled: list[Package] = []  # delivered and recorded, or held
+        try:
+            for start in range(0, len(packages), GROUP):
+                self._group(transport, link, packages[start : start + GROUP], handled)
+        except GatewayError as err:
+            self.setback.all(packages[len(handled) :], err)
+
+    def _group(self, transport: Transport, link: Link, group: list[Package],
+               handled: list[Package]) -> None:  # fmt: skip
+        """Deliver `group`, recording the attempts before and the deliveries after, one commit each.
+
+        A crash before the second commit leaves delivered packages `sealed`: the next turn
+        finds each already there with the same SHA-256 and records it then. Each package
+        done with is appended to `handled`; a transient failure leaves the rest.
+        """
+        with self.ledger.transaction():
+            for package in group:
+                self.ledger.note(package.package_id, "deliver.attempt", {"endpoint": link.where})
+        placed: list[tuple[Package, Placed]] = []
+        try:
+            for package in group:
+                try:
+                    placed.append((package, link.deliver(
+                        self.home.sealed_file(package.package_id),
+                        wire_name(package.package_id),
+                        str(package.ciphertext_sha256),
+                    )))  # fmt: skip
+                except Transient:
+                    raise
+                except GatewayError as err:  # a conflict on the partner's side: this one is held
+                    self.setback.one(package, err)
+                handled.append(package)
+        finally:
+            with self.ledger.transaction():
+                for package, put in placed:
+                    self._record(transport.placed, package, put, link.where)
+
+    def stream(self, transport: Transport, package: Package) -> None:
+        """Seal `package` while delivering it; place it once `sealed` is recorded.
+
+        Nothing shows on the partner's side before the ledger holds the ciphertext's
+        SHA-256: the bytes go to the link's hidden part, placed only after `sealed` is
+        recorded. Until then, this process's delivery turns leave the package alone (one
+        `gateway run` per home); after a crash the partner's turn delivers it again over
+        the part. A link that cannot be had, has no part to lend, or breaks changes
+        nothing but the timing: the package is sealed all the same, and the partner's
+        next turn delivers it.
+        """
+        with self._lock:
+            self._streaming.add(package.package_id)
+        try:
+            self._stream(transport, package)
+        finally:
+            with self._lock:
+                self._streaming.discard(package.package_id)
+
+    def _stream(self, transport: Transport, package: Package) -> None:
+        name = wire_name(package.package_id)
+        beside = False
+        try:
+            with transport.link() as link:
+                part = link.open_part(name)
+                if part is not None:
+                    beside = True
+                    with part:
+                        self.ledger.note(
+                            package.package_id, "deliver.attempt", {"endpoint": link.where}
+                        )
+                        sealed = self.sealer.seal(package, tee=part)
+                        self._place(transport, link, part.whole, sealed)
+                    return
+        except _LinkLost:  # sealed; the partner's next turn delivers it
+            return
+        except GatewayError as err:
+            if beside:
+                raise
+            log.info("%s: sealed first, delivered after (%s)", package.package_id, err)
+        self.sealer.seal(package)
+
+    def _place(self, transport: Transport, link: Link, whole: bool, sealed: Package) -> None:
+        """Place a part that went up whole, and record it; else give up the link."""
+        if not whole:
+            raise _LinkLost
+        try:
+            put = link.place(wire_name(sealed.package_id), int(sealed.ciphertext_size or 0),
+                             str(sealed.ciphertext_sha256))  # fmt: skip
+        except GatewayError as err:
+            self.setback.one(sealed, err)
+            raise _LinkLost from None
+        self._record(transport.placed, sealed, put, link.where)
+
+    def _record(self, state: State, package: Package, put: Placed, where: str) -> None:
+        detail = {"endpoint": where, "path": put.path, "already_there": put.already_there,
+                  "recipient_key": package.recipient_key, "ciphertext_sha256": package.ciphertext_sha256}  # fmt: skip
+        if state is State.DELIVERED:
+            self.ledger.transition(package.package_id, state, "deliver", detail, next_attempt_at=None,
+                                   last_error=None, delivered_at=utc(self.ledger.clock.now()))  # fmt: skip
+        else:
+            self.ledger.transition(package.package_id, state, "publish", detail,
+                                   next_attempt_at=None, last_error=None)  # fmt: skip
+
+
+class _LinkLost(Exception):
+    """The link failed after the package was sealed: it is not kept; the package waits sealed."""

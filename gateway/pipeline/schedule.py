@@ -1,0 +1,95 @@
+"""What is due, and when: the one schedule of `gateway run` and `gateway run --once`.
+
+The daemon asks `due()` each time it wakes and hands the steps to its workers;
+`run --once` is `drain()`: the same steps, one after another, until none is due. Due
+means: a received package whose next attempt has come is sealed; a partner with sealed
+packages whose next attempt has come, or whose poll has come, gets a turn. Partners'
+turns go first, so deliveries overlap sealing instead of waiting behind a thousand
+seals, and each look reads a few rows, not every pending package (reading all of a
+thousand pending packages on every wake-up made the daemon's main loop quadratic).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Collection, Iterable
+from typing import Final
+
+from gateway.adapters.ledger import Ledger
+from gateway.core.clock import Clock
+from gateway.core.lifecycle import DUE_TO_DELIVER, DUE_TO_SEAL
+from gateway.core.model import Partner
+from gateway.core.settings import Settings
+from gateway.pipeline.steps import Steps
+from gateway.transports.base import Transport
+
+#: Sealed packages handed to one partner's turn; the next turn takes the rest.
+ROUND_PACKAGES: Final = 256
+#: How long `run --once` lets files still being written settle, in settle periods.
+ONCE_SETTLE_PERIODS: Final = 10
+
+Job = tuple[str, Callable[[], None]]
+
+
+class Scheduler:
+    """Says which steps are due; with `once`, each package and each poll only once."""
+
+    def __init__(self, steps: Steps, ledger: Ledger, settings: Settings, clock: Clock,
+                 transport: Callable[[Partner], Transport], once: bool = False) -> None:  # fmt: skip
+        self.steps = steps
+        self.ledger = ledger
+        self.settings = settings
+        self.clock = clock
+        self.transport = transport
+        self.once = once
+        self.next_poll: dict[str, float] = {}
+        self.handed: set[tuple[str, str]] = set()  # with `once`: (step, package id) handed out
+
+    def due(self, busy: Collection[str], room: int) -> list[Job]:
+        """The steps due now that nobody is working on: every partner's turn, and up to
+        `room` seals. A job's key (`partner:<ID>` or a package id) says what it works on."""
+        jobs: list[Job] = []
+        now, tick = self.clock.now(), self.clock.monotonic()
+        for partner in self.ledger.partners():
+            key = f"partner:{partner.id}"
+            if key in busy:
+                continue
+            poll = tick >= self.next_poll.get(partner.id, -math.inf)
+            packages = [p for p in self.ledger.due(DUE_TO_DELIVER, now, partner.id,
+                                                   limit=ROUND_PACKAGES + len(self.handed))
+                        if ("deliver", p.package_id) not in self.handed][:ROUND_PACKAGES]  # fmt: skip
+            if not (packages or poll):
+                continue
+            if poll:
+                every = self.transport(partner).poll_seconds(self.settings)
+                self.next_poll[partner.id] = math.inf if self.once else tick + every
+            self._hand("deliver", [p.package_id for p in packages])
+            jobs.append((key, functools.partial(self.steps.turn, partner, packages, poll)))
+        if room > 0:
+            due = self.ledger.due(DUE_TO_SEAL, now, limit=len(busy) + len(self.handed) + room)
+            fresh = [
+                p
+                for p in due
+                if p.package_id not in busy and ("seal", p.package_id) not in self.handed
+            ]
+            for package in fresh[:room]:
+                self._hand("seal", [package.package_id])
+                jobs.append((package.package_id, functools.partial(self.steps.seal, package)))
+        return jobs
+
+    def _hand(self, step: str, ids: Iterable[str]) -> None:
+        if self.once:
+            self.handed.update((step, pid) for pid in ids)
+
+    def drain(self) -> None:
+        """`run --once`: finish what a crash interrupted, take in everything waiting (letting
+        files still being written settle), then run every due step until none is."""
+        self.steps.recover()
+        settle = self.settings.daemon_settle_seconds
+        deadline = self.clock.monotonic() + ONCE_SETTLE_PERIODS * max(1, settle)
+        while self.steps.take_in() and self.clock.monotonic() < deadline:
+            self.clock.sleep(0.2)
+        while jobs := self.due(busy=(), room=ROUND_PACKAGES):
+            for _, job in jobs:
+                job()
