@@ -6,11 +6,11 @@
 
 `outbound` copies SOURCE into the partner's outbound spool folder under a temporary name
 (not timed), then drops it as an upstream system does (a rename), takes it in
-(`Intake.move_in`, what the daemon does with a dropped file), seals it (`Runner.seal`,
+(`Intake.move_in`, what the daemon does with a dropped file), seals it (`Steps.seal`,
 which uploads a large package beside gpg) and, if it is not delivered yet, delivers it
-(`Runner.partner_round`, no poll). It prints one JSON line: the seconds from the drop to
+(`Steps.turn`, no poll). It prints one JSON line: the seconds from the drop to
 the ledger's `delivered`, the seconds spent in each step, and the peak memory of the process (and, with --memory, of its gpg
-children). `once` and `daemon` run `Runner.once()` and `Daemon.run()` as the CLI does, and report the seconds in each step (`daemon` into OUT,
+children). `once` and `daemon` run `Gateway.run_once()` and `Daemon.run()` as the CLI does, and report the seconds in each step (`daemon` into OUT,
 summed over its worker threads, so the sums exceed the wall time). The steps are
 timed by wrapping the functions the gateway calls; nothing in the gateway is changed.
 """
@@ -40,7 +40,7 @@ from gateway.pipeline import accept as inbound
 from gateway.pipeline import collect as poll
 from gateway.pipeline import sealing
 from gateway.pipeline.daemon import Daemon
-from gateway.pipeline.steps import Runner
+from gateway.pipeline.steps import Steps
 
 spent: Counter[str] = Counter()
 calls: Counter[str] = Counter()
@@ -79,17 +79,17 @@ STEPS: tuple[tuple[Any, str, str], ...] = (
     (SftpPartner, "remove_download", "SftpPartner.remove_download"),
     (inbound, "unpack", "inbound: unpack the tar"),
     (inbound, "sha256_file", "inbound: sha256 of the fetched file"),
-    (inbound.Inbound, "_deliver", "inbound: deliver to spool/inbound (fsyncs)"),
-    (inbound.Inbound, "_receipt_out", "inbound: our receipt (Keyring.seal, publish)"),
+    (inbound.Accept, "_deliver", "inbound: deliver to spool/inbound (fsyncs)"),
+    (inbound.Accept, "_receipt_out", "inbound: our receipt (Keyring.seal, publish)"),
     (poll, "sha256_file", "poll: sha256 of a receipt"),
     (Ledger, "insert", "ledger: insert"),
     (Ledger, "transition", "ledger: transition (alone or in a group)"),
     (Ledger, "note", "ledger: note (alone or in a group)"),
     (Ledger, "record", "ledger: record (alone or in a group)"),
     (Ledger, "due", "ledger: due (query)"),
-    (Runner, "take", "intake: Runner.take (move in, fsyncs, hash, ledger)"),
-    (Runner, "seal", "Runner.seal (one package)"),
-    (Runner, "partner_round", "Runner.partner_round (deliver and/or poll)"),
+    (Steps, "take", "intake: Steps.take (move in, fsyncs, hash, ledger)"),
+    (Steps, "seal", "Steps.seal (one package)"),
+    (Steps, "turn", "Steps.turn (deliver and/or poll)"),
     (Daemon, "dispatch", "daemon: dispatch (main thread)"),
 )
 
@@ -154,7 +154,7 @@ def outbound(home: Path, source: Path, partner_id: str, memory: bool) -> dict[st
     if memory:
         children.start()
     with Gateway(Home(home), "daemon") as gw:
-        runner = Runner(gw)
+        runner = gw.steps
         folder = gw.home.outbound / partner_id / "conviction"
         part = folder / f"{source.name}.part"
         shutil.copyfile(source, part)
@@ -169,7 +169,7 @@ def outbound(home: Path, source: Path, partner_id: str, memory: bool) -> dict[st
         peaks["sealed"] = peak()
         package = gw.ledger.package(package.package_id)
         if package.state is State.SEALED:
-            runner.partner_round(gw.ledger.partner(partner_id), [package], poll=False)
+            runner.turn(gw.ledger.partner(partner_id), [package], poll=False)
         done = time.perf_counter()
         peaks["delivered"] = peak()
         state = gw.ledger.package(package.package_id).state
@@ -196,7 +196,7 @@ def once(home: Path) -> dict[str, Any]:
     """`gateway run --once`, timed step by step."""
     with Gateway(Home(home), "daemon") as gw:
         start = time.perf_counter()
-        Runner(gw).once()
+        gw.run_once()
         seconds = time.perf_counter() - start
         gw.keyring.stop_agent()
     return {"seconds": seconds, "steps": steps()}
@@ -210,7 +210,7 @@ def daemon(home: Path, out: Path) -> None:
     with Gateway(Home(home), "daemon") as gw:
         start = time.perf_counter()
         try:
-            Daemon(gw, stop).run()
+            gw.daemon(stop).run()
         finally:
             gw.keyring.stop_agent()
     out.write_text(json.dumps({"seconds": time.perf_counter() - start, "steps": steps()}))

@@ -23,7 +23,7 @@ from typing import Any
 from bench.measure import Row, Target, alternate, cpu_busy, median, rate_row
 from bench.rig import GATEWAY_ID, PARTNER_ID, Rig
 from gateway.core.names import new_ulid
-from gateway.pipeline.collect import MAX_FILES_PER_POLL
+from gateway.transports.push import MAX_FILES_PER_POLL
 
 Say = Callable[[str], None]
 SIZE = 4096
@@ -102,7 +102,7 @@ def inbound(rig: Rig, count: int, repeats: int, say: Say, warm: int, diagnose: b
     """Scenario 5: `gateway run --once` until all are in vs `sftp get` + a `gpg --decrypt` loop.
 
     The warm-up uses `warm` packages; with `diagnose`, one more pass (of at most DIAGNOSED
-    packages) runs `Runner.once()` with every step timed (`bench.child once`).
+    packages) runs `Gateway.run_once()` with every step timed (`bench.child once`).
     """
     probe = min(count, DIAGNOSED)
     sizes = [warm] + [count] * repeats + ([probe] if diagnose else [])

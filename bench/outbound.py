@@ -30,8 +30,8 @@ from bench.measure import (
     time_row,
 )
 from bench.rig import PARTNER_ID, Rig
+from gateway.adapters.sessions import KEEP_SECONDS
 from gateway.adapters.sftp import FALLBACK_WRITE_BYTES, Endpoint, SftpPartner
-from gateway.transports.push import KEEP_SECONDS
 
 Say = Callable[[str], None]
 SMALL = 4096
