@@ -19,7 +19,7 @@ from gateway.core.envelope import (
     Manifest,
     parse_manifest,
 )
-from gateway.core.errors import Rejected, UsageError
+from gateway.core.errors import InputRefused, Rejected
 
 
 def unpack(tar_path: Path, payload_out: Path, max_payload: int) -> Manifest:
@@ -57,7 +57,7 @@ def unpack(tar_path: Path, payload_out: Path, max_payload: int) -> Manifest:
                 raise Rejected("the envelope holds more than manifest.json and the payload")
     except (tarfile.TarError, EOFError):
         raise Rejected("the envelope is not a valid uncompressed tar") from None
-    except UsageError as problem:
+    except InputRefused as problem:
         raise Rejected(f"the manifest is invalid: {problem}") from None
     return manifest
 

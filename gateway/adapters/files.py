@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from gateway.core.errors import UsageError
+from gateway.core.errors import InputRefused
 
 
 def fsync_dir(path: Path) -> None:
@@ -70,16 +70,18 @@ def open_regular(path: Path, *, single_link: bool) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise UsageError("it is a symbolic link; links are never followed") from None
+            raise InputRefused("it is a symbolic link; links are never followed") from None
         if e.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
-            raise UsageError("it is not a regular file") from None
+            raise InputRefused("it is not a regular file") from None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UsageError("it is not a regular file")
+            raise InputRefused("it is not a regular file")
         if single_link and st.st_nlink != 1:
-            raise UsageError(f"it has {st.st_nlink} hard links; only a file with one link is taken")
+            raise InputRefused(
+                f"it has {st.st_nlink} hard links; only a file with one link is taken"
+            )
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

@@ -22,7 +22,7 @@ from typing import IO, Any, Final
 import gnupg
 
 from gateway.core.clock import Clock
-from gateway.core.errors import CryptoFailed, KeyProblem, Rejected, Timeout, Transient
+from gateway.core.errors import CryptoFailed, HostTrouble, KeyProblem, Rejected, Timeout, Transient
 
 # Options on every run: no network look-ups, no chatter that could hide status lines.
 _OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting"]
@@ -150,7 +150,7 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
                 "it will be tried again (raise gnupg.timeout_seconds for very large files)"
             )
         if failed is not None:
-            raise Transient(
+            raise HostTrouble(
                 f"GnuPG stopped before it could {what} ({failed.strerror or failed}): "
                 "is the spool's disk full? It will be tried again"
             ) from None
@@ -323,7 +323,7 @@ class Keyring:
         except Transient:
             out.unlink(missing_ok=True)
             if shutil.disk_usage(out.parent).free < 1024**2:
-                raise Transient(
+                raise HostTrouble(
                     "no space left on the spool's disk: the package waits; free some space"
                 ) from None
             raise
@@ -419,7 +419,7 @@ def _check_sealed(result: Any, signer: str, recipient: str) -> None:
     lines = _status(result.stderr or "")
     keywords = {line[0] for line in lines if line}
     if "No space left on device" in (result.stderr or ""):
-        raise Transient(
+        raise HostTrouble(
             "no space left on the spool's disk: GnuPG could not write the sealed package; "
             "it will be tried again"
         )

@@ -21,7 +21,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
-from gateway.core.errors import HomeError
+from gateway.core.errors import HomeMissing, SettingsInvalid
 from gateway.core.names import KINDS
 from gateway.core.settings import Settings, parse
 
@@ -70,7 +70,7 @@ class Home:
     def require(self) -> None:
         """Refuse to work in a folder that is not an initialised home."""
         if not self.settings.is_file():
-            raise HomeError(
+            raise HomeMissing(
                 f"{self.root} is not a gateway home (no gateway.toml): run "
                 "`gateway init --id ID` there, or pass --home or set GATEWAY_HOME"
             )
@@ -118,10 +118,10 @@ def load_settings(path: Path) -> Settings:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        raise HomeError(
+        raise HomeMissing(
             f"{path} not found: this is not a gateway home; run `gateway init --id ID` "
             "or pass --home"
         ) from None
     except tomllib.TOMLDecodeError as e:
-        raise HomeError(f"{path} is not valid TOML ({e}): fix the file") from None
+        raise SettingsInvalid(f"{path} is not valid TOML ({e}): fix the file") from None
     return parse(data, str(path))

@@ -26,7 +26,14 @@ from sqlite_utils.migrations import Migrations
 
 from gateway.core import lifecycle
 from gateway.core.clock import Clock
-from gateway.core.errors import GatewayError, IllegalTransition, NotFound, PartnerError, Transient
+from gateway.core.errors import (
+    IllegalTransition,
+    LedgerBusy,
+    LedgerUnavailable,
+    NoSuchPackage,
+    PartnerError,
+    UnknownPartner,
+)
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package, Partner, chain_hash, utc
 
@@ -194,7 +201,7 @@ class Ledger:
             ):
                 conn.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as e:
-            raise GatewayError(
+            raise LedgerUnavailable(
                 f"cannot open the ledger {self.path} ({e}): check its permissions"
             ) from None
         return sqlite_utils.Database(conn)
@@ -220,7 +227,7 @@ class Ledger:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            raise Transient(f"the ledger is busy or unwritable ({e}); try again") from None
+            raise LedgerBusy(f"the ledger is busy or unwritable ({e}); try again") from None
         appended: list[Event] = []
         self._local.appended = appended
         try:
@@ -233,7 +240,7 @@ class Ledger:
                 self.db.execute("COMMIT")
             except sqlite3.Error as e:
                 self.db.rollback()
-                raise Transient(
+                raise LedgerBusy(
                     f"the ledger could not commit ({e}); nothing was recorded, try again"
                 ) from None
         finally:
@@ -406,7 +413,7 @@ class Ledger:
         """The partner with this id."""
         rows = list(self.db.table("partners").rows_where("id = ?", [partner_id]))
         if not rows:
-            raise NotFound(f"no partner {partner_id}: see `gateway partner list`")
+            raise UnknownPartner(f"no partner {partner_id}: see `gateway partner list`")
         return Partner(**rows[0])
 
     def partners(self) -> list[Partner]:
@@ -482,7 +489,7 @@ class Ledger:
         """The package with this id."""
         package = self.find(package_id)
         if package is None:
-            raise NotFound(f"no package {package_id} in the ledger: see `gateway ledger list`")
+            raise NoSuchPackage(f"no package {package_id} in the ledger: see `gateway ledger list`")
         return package
 
     def find(self, package_id: str) -> Package | None:

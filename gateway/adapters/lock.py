@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.core.errors import HomeError
+from gateway.core.errors import HomeLocked
 
 
 @contextlib.contextmanager
@@ -20,7 +20,7 @@ def exclusive(lock: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise HomeError(
+            raise HomeLocked(
                 f"another `gateway run` (pid {holder}) is already working on this home: "
                 "stop it first, or leave the work to it; other commands can be used beside it"
             ) from None

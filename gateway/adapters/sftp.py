@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -49,6 +50,19 @@ MAX_WRITE_BYTES: Final = 261120
 # Host key algorithms to offer for each pinned key type, so the server shows the key
 # that was pinned rather than another of its keys.
 _ALGORITHMS: Final = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
+#: What a broken, refused or timed-out network step raises: paramiko's own errors, an SFTP
+#: error status (IOError), a protocol reply it did not expect, or a connection cut (EOF).
+_NETWORK_ERRORS: Final = (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError)
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """The edge of this adapter: a network error inside becomes `TransferFailed` saying
+    "WHAT failed (why); will retry", with nothing of the error but a short reason."""
+    try:
+        yield
+    except _NETWORK_ERRORS as err:
+        raise TransferFailed(f"{what} failed ({_why(err)}); will retry") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,18 +153,14 @@ class SftpPartner:
             raise HostKeyMismatch(
                 f"no SSH host key is pinned for {e.host}:{e.port}: pin it with `gateway partner add`"
             )
-        try:
+        with _translated(f"connecting to {self._name}"):
             sock = socket.create_connection((e.host, e.port), timeout=self._connect_timeout)
-        except OSError as err:
-            raise TransferFailed(
-                f"cannot connect to {self._name} ({err.strerror or err}); will retry"
-            ) from None
         self._transport = t = paramiko.Transport(sock)
         t.banner_timeout = t.handshake_timeout = t.auth_timeout = self._connect_timeout
         t.get_security_options().key_types = [
             alg for kind in pinned for alg in _ALGORITHMS.get(kind, [kind])
         ]
-        try:
+        with _translated(f"SSH with {self._name}"):
             t.start_client(timeout=self._connect_timeout)
             if not t.is_active() or t.host_key is None:  # paramiko's start_client gives up silently
                 raise TransferFailed(
@@ -164,20 +174,17 @@ class SftpPartner:
                     "partner's new key by phone before pinning it"
                 )
             key = paramiko.Ed25519Key.from_private_key_file(str(self._identity))
-            t.auth_publickey(e.user, key)
+            try:
+                t.auth_publickey(e.user, key)
+            except paramiko.AuthenticationException:
+                raise TransferFailed(
+                    f"{self._name} refused the gateway's SSH key: send the partner "
+                    "`gateway keys export --ssh`; will retry"
+                ) from None
             self._sftp = paramiko.SFTPClient.from_transport(t)
             assert self._sftp is not None
             self._sftp.get_channel().settimeout(self._io_timeout)
             t.set_keepalive(15)
-        except paramiko.AuthenticationException:
-            raise TransferFailed(
-                f"{self._name} refused the gateway's SSH key: send the partner "
-                "`gateway keys export --ssh`; will retry"
-            ) from None
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise TransferFailed(
-                f"SSH with {self._name} failed ({_why(err)}); will retry"
-            ) from None
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -194,34 +201,21 @@ class SftpPartner:
         content, nothing is overwritten and `RemoteConflict` says so.
         """
         final, size = self._upload_path(name), local.stat().st_size
-        try:
+        with _translated(f"upload of {name} to {self._name}"):
             if self._exists(final):
                 return self._compare(final, sha256)
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise TransferFailed(
-                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
-            ) from None
         with self.open_part(name) as part:
-            try:
-                with local.open("rb") as src:
-                    while chunk := src.read(part.block):
-                        part.write(chunk)
-            except OSError as err:
-                raise TransferFailed(
-                    f"cannot read {local} ({err.strerror or err}); will retry"
-                ) from None
+            with _translated(f"reading {local}"), local.open("rb") as src:
+                while chunk := src.read(part.block):
+                    part.write(chunk)
             part.close()
         return self.place(name, size, sha256)
 
     def open_part(self, name: str) -> RemotePart:
         """Open `<upload_dir>/.<name>.part` for writing, emptied; `place` it once it is whole."""
-        try:
+        with _translated(f"upload of {name} to {self._name}"):
             request = self.write_bytes()
             handle = self.sftp.open(self._upload_path(f".{name}.part"), "wb")
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise TransferFailed(
-                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
-            ) from None
         handle.MAX_REQUEST_SIZE = request  # this file only, not paramiko's class default
         handle.set_pipelined(True)
         return RemotePart(handle, request, f"upload of {name} to {self._name}")
@@ -233,7 +227,7 @@ class SftpPartner:
         the same bytes: then the part is removed and the upload counts as done.
         """
         final, tmp = self._upload_path(name), self._upload_path(f".{name}.part")
-        try:
+        with _translated(f"upload of {name} to {self._name}"):
             uploaded = self.sftp.stat(tmp).st_size
             if uploaded != size:
                 raise TransferFailed(
@@ -247,10 +241,6 @@ class SftpPartner:
                     raise
                 self._remove_quietly(tmp)
                 return self._compare(final, sha256)
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise TransferFailed(
-                f"upload of {name} to {self._name} failed ({_why(err)}); will retry"
-            ) from None
         return Placed(final, already_there=False)
 
     def _upload_path(self, name: str) -> str:
@@ -290,7 +280,7 @@ class SftpPartner:
         """
         folder = self.endpoint.download_dir.rstrip("/") or "."
         found: list[Arrival] = []
-        try:
+        with _translated(f"listing {folder} on {self._name}"):
             _, msg = self.sftp._request(CMD_OPENDIR, folder)
             handle = msg.get_binary()
             while True:
@@ -308,10 +298,6 @@ class SftpPartner:
                     if attrs.st_mode is not None and stat.S_ISREG(attrs.st_mode):
                         found.append(Arrival(name, attrs.st_size or 0))
             self.sftp._request(CMD_CLOSE, handle)
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise TransferFailed(
-                f"cannot list {folder} on {self._name} ({_why(err)}); will retry"
-            ) from None
         return found
 
     def fetch(self, name: str, local: Path, max_bytes: int, listed_size: int) -> None:
@@ -325,35 +311,29 @@ class SftpPartner:
         tmp = local.with_name(f".{local.name}.tmp")
         size = 0
         try:
-            with self.sftp.open(remote, "rb") as src, tmp.open("wb") as dst:
-                if listed_size > READ_AHEAD_FROM:
-                    src.prefetch(listed_size)
-                while chunk := src.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise TransferFailed(
-                            f"{name} on {self._name} grew past {max_bytes} bytes while fetched"
-                        )
-                    dst.write(chunk)
-            publish(tmp, local)
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise TransferFailed(
-                f"fetch of {name} from {self._name} failed ({_why(err)}); will retry"
-            ) from None
+            with _translated(f"fetch of {name} from {self._name}"):
+                with self.sftp.open(remote, "rb") as src, tmp.open("wb") as dst:
+                    if listed_size > READ_AHEAD_FROM:
+                        src.prefetch(listed_size)
+                    while chunk := src.read(CHUNK):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise TransferFailed(
+                                f"{name} on {self._name} grew past {max_bytes} bytes while fetched"
+                            )
+                        dst.write(chunk)
+                publish(tmp, local)  # after `dst` is closed: whole, or not at all
         finally:
             tmp.unlink(missing_ok=True)
 
     def remove_download(self, name: str) -> None:
         """Remove a file from the partner's download folder once its outcome is recorded."""
         remote = f"{self.endpoint.download_dir.rstrip('/') or '.'}/{name}"
-        try:
+        with (
+            _translated(f"removal of {name} on {self._name}"),
+            contextlib.suppress(FileNotFoundError),
+        ):
             self.sftp.remove(remote)
-        except FileNotFoundError:
-            pass
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise TransferFailed(
-                f"cannot remove {name} on {self._name} ({_why(err)}); will retry"
-            ) from None
 
     def _exists(self, path: str) -> bool:
         try:
@@ -412,15 +392,13 @@ class RemotePart:
 
     def write(self, chunk: bytes) -> None:
         """Send `chunk` after what was sent before."""
-        try:
+        with _translated(self._what):
             self._handle.write(chunk)
-        except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as err:
-            raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
 
     def close(self) -> None:
         """Close the file once the server has said yes to every write."""
         handle = self._handle
-        try:
+        with _translated(self._what):
             handle.flush()
             while handle._reqs:
                 request = handle._reqs.popleft()
@@ -430,8 +408,6 @@ class RemotePart:
                 if kind != CMD_STATUS:
                     raise paramiko.SFTPError(f"the server answered a write with message {kind}")
             handle.close()
-        except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as err:
-            raise TransferFailed(f"{self._what} failed ({_why(err)}); will retry") from None
         self.whole = True
 
 

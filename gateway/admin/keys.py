@@ -10,7 +10,7 @@ from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core import settings as settings_mod
 from gateway.core.clock import Clock
-from gateway.core.errors import HomeError
+from gateway.core.errors import HomeExists
 from gateway.core.names import authority_id
 
 
@@ -19,7 +19,7 @@ def init(home: Home, gateway_id: str, actor: str, clock: Clock | None = None) ->
     authority_id(gateway_id)
     clock = clock or SystemClock()
     if home.settings.exists() or home.ledger.exists() or home.gnupg.exists():
-        raise HomeError(f"{home.root} is already a gateway home; nothing was changed")
+        raise HomeExists(f"{home.root} is already a gateway home; nothing was changed")
     home.root.mkdir(parents=True, exist_ok=True)
     home.create_folders()
     settings = settings_mod.parse({"gateway": {"id": gateway_id}})

@@ -23,7 +23,7 @@ from gateway.adapters.gpg import KeyInfo, Keyring
 from gateway.adapters.home import Home, load_settings
 from gateway.adapters.ledger import Ledger
 from gateway.core.clock import Clock
-from gateway.core.errors import HomeError, KeyProblem
+from gateway.core.errors import LedgerDamaged, SettingsInvalid
 from gateway.core.model import Partner
 from gateway.pipeline.audit import AuditTrail
 
@@ -88,7 +88,7 @@ class Gateway:
         """The fingerprint of the gateway's current OpenPGP key."""
         fingerprint = self.ledger.own_key()
         if fingerprint is None:
-            raise KeyProblem(
+            raise LedgerDamaged(
                 "the ledger names no key of the gateway's own: restore ledger.db from backup"
             )
         return fingerprint
@@ -157,7 +157,7 @@ class Gateway:
         s = self.settings
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
-            raise HomeError(f"{listen!r} is not ADDRESS:PORT to listen on, e.g. 0.0.0.0:2222")
+            raise SettingsInvalid(f"{listen!r} is not ADDRESS:PORT to listen on, e.g. 0.0.0.0:2222")
         limits = Limits(max_connections=s.serve_max_connections, max_auth_attempts=s.serve_max_auth_attempts,
                         ban_after_failures=s.serve_ban_after_failures, ban_seconds=s.serve_ban_seconds,
                         idle_seconds=s.serve_idle_timeout_seconds, max_upload_bytes=s.serve_max_upload_bytes)  # fmt: skip

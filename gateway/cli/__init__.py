@@ -1,6 +1,7 @@
 """`gateway`: a thin shell over the library. One module per command group.
 
-Errors become one `error:` line here and nowhere else; `--debug` shows the traceback.
+Errors become one `error:` line and their class's exit code here and nowhere else;
+`--debug` shows the traceback.
 Each command lives in `gateway/cli/NAME_cmd.py` as `command` and is imported only when it
 runs or a help text lists it, so `status` does not pay for the daemon's imports.
 """
@@ -46,10 +47,10 @@ class State:
             yield gw
 
 
-def fail(message: str) -> NoReturn:
-    """Stop with one `error:` line and exit status 1."""
+def fail(message: str, exit_code: int = GatewayError.exit_code) -> NoReturn:
+    """Stop with one `error:` line and `exit_code` (1, the general one, unless told)."""
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(exit_code)
 
 
 class Group(click.Group):
@@ -68,7 +69,8 @@ class Group(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command, turning every error into one line on stderr."""
+        """Run the command, turning every error into one line on stderr and an exit code:
+        a `GatewayError` its class's (`docs/cli.md`, Exit codes), anything else 1."""
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -78,7 +80,7 @@ class Group(click.Group):
             if state is not None and state.debug:
                 raise
             if isinstance(err, GatewayError):
-                fail(str(err))
+                fail(str(err), err.exit_code)
             if isinstance(err, OSError):
                 where = f" ({err.filename})" if err.filename else ""
                 fail(

@@ -15,6 +15,7 @@ import sys
 from typing import Any, Final
 
 from gateway.cli import main
+from gateway.core.errors import EXIT_RANGES, meaning, tree
 from gateway.core.settings import SETTINGS
 
 WIDTH: Final = 100
@@ -63,15 +64,36 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def exit_codes_table() -> str:
+    """Every exit code: the ranges, then each error class with its code and meaning, as
+    Markdown. The meaning is the first paragraph of the class's docstring."""
+    ranges = ["| codes | about |", "|---|---|"]
+    ranges += [
+        f"| {r.low if r.low == r.high else f'{r.low}-{r.high}'} | {_cell(r.about)} |"
+        for r in EXIT_RANGES
+    ]
+    rows = ["| code | error | meaning |", "|---|---|---|"]
+    rows += [f"| {c.exit_code} | `{c.__name__}` | {_cell(meaning(c))} |" for c in tree()]
+    return "\n".join(ranges) + "\n\n" + "\n".join(rows) + "\n"
+
+
 def document() -> str:
     """The text of docs/cli.md."""
     parts = [
         "# Command reference\n\n"
         f"Generated from the commands' own `--help` by `{REGENERATE}`; do not edit by hand.\n"
-        "The settings of `gateway.toml` are listed at the end, under [Settings](#settings).\n"
+        "The exit codes are listed at the end, under [Exit codes](#exit-codes), and the settings\n"
+        "of `gateway.toml` after them, under [Settings](#settings).\n"
     ]
     for path, text in commands():
         parts.append(f"\n## {path}\n\n```text\n{text}\n```\n")
+    parts.append(
+        "\n## Exit codes\n\n"
+        "`gateway` exits 0 when the command did its work. An error is one line on stderr, "
+        "starting `error:`, that says what happened and what to do; its exit status says which "
+        "kind of error it was, so that a script can tell them apart. `audit verify` and "
+        "`doctor` exit 1 when what they check is not right.\n\n" + exit_codes_table()
+    )
     parts.append(
         "\n## Settings\n\n"
         "`gateway init` writes every setting into `gateway.toml` with its default and meaning; "

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Any, Final
 
-from gateway.core.errors import UsageError
+from gateway.core.errors import InputRefused, SpoolDamaged, UsageError
 from gateway.core.names import authority_id, kind, package_id, payload_name
 
 SCHEMA: Final = "gateway-envelope/1"
@@ -80,40 +80,47 @@ def _text(doc: dict[str, Any], key: str, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value or len(value) > 1024:
-        raise UsageError(f"manifest field {key!r} must be a non-empty string")
+        raise InputRefused(f"manifest field {key!r} must be a non-empty string")
     return value
 
 
 def _party(doc: dict[str, Any], key: str) -> Party:
     value = doc.get(key)
     if not isinstance(value, dict) or set(value) != {"id", "key"}:
-        raise UsageError(f"manifest field {key!r} must hold exactly 'id' and 'key'")
+        raise InputRefused(f"manifest field {key!r} must hold exactly 'id' and 'key'")
     return Party(authority_id(str(value["id"])), fingerprint(value["key"], f"{key}.key"))
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse and check a manifest; anything unexpected is an error naming the field."""
+    """Parse and check a manifest; anything unexpected raises `InputRefused` naming it."""
+    try:
+        return _manifest(data)
+    except UsageError as problem:  # an id, a kind or a fingerprint that is not one
+        raise InputRefused(str(problem)) from None
+
+
+def _manifest(data: bytes) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
-        raise UsageError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+        raise InputRefused(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON, huge numbers
-        raise UsageError("the manifest is not UTF-8 JSON") from None
+        raise InputRefused("the manifest is not UTF-8 JSON") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise UsageError(f"the manifest is not a {SCHEMA} object")
+        raise InputRefused(f"the manifest is not a {SCHEMA} object")
     known = {f.name for f in dataclasses.fields(Manifest)} | {"schema"}
     if extra := sorted(set(doc) - known):
-        raise UsageError(f"the manifest has unknown fields: {', '.join(extra)}")
+        raise InputRefused(f"the manifest has unknown fields: {', '.join(extra)}")
     pay = doc.get("payload")
     if not isinstance(pay, dict) or set(pay) != {"name", "size", "sha256"}:
-        raise UsageError("manifest field 'payload' must hold exactly 'name', 'size' and 'sha256'")
+        raise InputRefused("manifest field 'payload' must hold exactly 'name', 'size' and 'sha256'")
     name, size, digest = pay["name"], pay["size"], pay["sha256"]
     if not isinstance(name, str):
-        raise UsageError("manifest field 'payload.name' must be a string")
+        raise InputRefused("manifest field 'payload.name' must be a string")
     if type(size) is not int or size < 0:
-        raise UsageError("manifest field 'payload.size' must be a whole number of bytes")
+        raise InputRefused("manifest field 'payload.size' must be a whole number of bytes")
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-        raise UsageError("manifest field 'payload.sha256' must be 64 lowercase hex digits")
+        raise InputRefused("manifest field 'payload.sha256' must be 64 lowercase hex digits")
     created = _text(doc, "created_at")
     try:
         datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%SZ")
@@ -121,7 +128,7 @@ def parse_manifest(data: bytes) -> Manifest:
     except ValueError:
         valid = False
     if not valid:
-        raise UsageError("manifest field 'created_at' must be UTC time as 2026-11-28T18:00:00Z")
+        raise InputRefused("manifest field 'created_at' must be UTC time as 2026-11-28T18:00:00Z")
     in_reply_to = _text(doc, "in_reply_to", optional=True)
     return Manifest(
         package_id=package_id(str(_text(doc, "package_id"))),
@@ -165,7 +172,7 @@ def tar_chunks(manifest: Manifest, payload: IO[bytes], mtime: int) -> Iterator[b
             break
         yield chunk
     if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
-        raise UsageError(
+        raise SpoolDamaged(
             "the payload changed while it was being sealed, in the gateway's own spool: "
             "check the host's disk and who can write to spool/work, then `gateway retry`"
         )

@@ -1,7 +1,8 @@
 """Names of the contract (SPEC section 2 and 3): authority ids, package ids, kinds, file names.
 
-Pure functions only. Each parser either returns a valid value or raises `UsageError`
-saying what was wrong, so a bad name never gets further than the edge.
+Pure functions only. Each parser either returns a valid value or raises saying what was
+wrong, so a bad name never gets further than the edge: `UsageError` for an id or a kind
+(what an operator types), `InputRefused` for a file's name (what a file brings).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import secrets
 import unicodedata
 from typing import Final
 
-from gateway.core.errors import UsageError
+from gateway.core.errors import InputRefused, UsageError
 
 KINDS: Final = ("conviction", "extradition", "request", "response")
 
@@ -88,7 +89,7 @@ def payload_name(raw: str | bytes) -> str:
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise UsageError(
+            raise InputRefused(
                 "the file name is not UTF-8: rename the file and drop it again"
             ) from None
     else:
@@ -96,22 +97,22 @@ def payload_name(raw: str | bytes) -> str:
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
-            raise UsageError(
+            raise InputRefused(
                 "the file name is not UTF-8: rename the file and drop it again"
             ) from None
     if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise UsageError(f"the file name must be 1 to {MAX_NAME_BYTES} bytes: rename the file")
+        raise InputRefused(f"the file name must be 1 to {MAX_NAME_BYTES} bytes: rename the file")
     if name.strip() != name:
-        raise UsageError("the file name starts or ends with a space: rename the file")
+        raise InputRefused("the file name starts or ends with a space: rename the file")
     if "/" in name or name in (".", ".."):
-        raise UsageError("the file name must be a plain name, not a path")
+        raise InputRefused("the file name must be a plain name, not a path")
     if any(unicodedata.category(c)[0] in "CZ" and c != " " for c in name):
-        raise UsageError(
+        raise InputRefused(
             "the file name holds control or invisible characters: rename the file using "
             "letters, digits, spaces and punctuation only"
         )
     if is_temporary(name):
-        raise UsageError(
+        raise InputRefused(
             "the file name is a dot-file or ends like a temporary file "
             "(.part, .tmp, .partial, ~): rename the file"
         )

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Final
 
-from gateway.core.errors import HomeError, UsageError
+from gateway.core.errors import SettingsInvalid, UsageError
 from gateway.core.names import authority_id
 
 
@@ -138,26 +138,30 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
     values: dict[str, object] = {}
     for section, table in data.items():
         if not isinstance(table, dict):
-            raise HomeError(f"{where}: {section!r} must be a [section]")
+            raise SettingsInvalid(f"{where}: {section!r} must be a [section]")
         for key, value in table.items():
             name = f"{section}.{key}"
             setting = _BY_NAME.get(name)
             if setting is None:
-                raise HomeError(f"{where}: unknown setting {name!r}: remove it or fix its name")
+                raise SettingsInvalid(
+                    f"{where}: unknown setting {name!r}: remove it or fix its name"
+                )
             if type(value) is not type(setting.default):
                 kind = type(setting.default).__name__
-                raise HomeError(
+                raise SettingsInvalid(
                     f"{where}: {name} must be {'a whole number' if kind == 'int' else 'a string'}"
                 )
             if isinstance(value, int) and value < (0 if name in _ZERO_ALLOWED else 1):
-                raise HomeError(f"{where}: {name} must be a positive number")
+                raise SettingsInvalid(f"{where}: {name} must be a positive number")
             values[name.replace(".", "_")] = value
     if "gateway_id" not in values:
-        raise HomeError(f"{where}: gateway.id is missing: set it to this gateway's authority id")
+        raise SettingsInvalid(
+            f"{where}: gateway.id is missing: set it to this gateway's authority id"
+        )
     try:
         authority_id(str(values["gateway_id"]))
     except UsageError as problem:
-        raise HomeError(f"{where}: gateway.id: {problem}") from None
+        raise SettingsInvalid(f"{where}: gateway.id: {problem}") from None
     return Settings(**values)  # type: ignore[arg-type]
 
 

@@ -16,7 +16,7 @@ from gateway.adapters.dropserver import Hooks
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.sshkeys import parse_public
-from gateway.core.errors import NotFound
+from gateway.core.errors import UnknownPartner
 from gateway.core.model import Partner
 from gateway.pipeline.steps import closed
 from gateway.transports.pull import Reads
@@ -28,7 +28,7 @@ def hooks(home: Home, ledger: Ledger, reads: Reads, wake: Callable[[], None]) ->
     def pull_partner(partner_id: str) -> Partner | None:
         try:
             partner = ledger.partner(partner_id)
-        except NotFound:
+        except UnknownPartner:
             return None
         return partner if partner.transport == "pull" else None
 

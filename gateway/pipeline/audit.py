@@ -20,7 +20,7 @@ from gateway.adapters.files import publish
 from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.core.errors import KeyProblem, Rejected, UsageError
+from gateway.core.errors import LedgerDamaged, Rejected, UsageError
 from gateway.core.model import Event, utc
 
 SCHEMA: Final = "gateway-checkpoint/1"
@@ -61,7 +61,7 @@ class AuditTrail:
         tmp = final.with_name(f".{final.name}.tmp")
         own = self.ledger.own_key()
         if own is None:
-            raise KeyProblem(
+            raise LedgerDamaged(
                 "the ledger names no key of the gateway's own: restore ledger.db from backup"
             )
         self.keyring.sign_clear(io.BytesIO(json.dumps(doc, sort_keys=True).encode()), tmp, own)

@@ -22,7 +22,13 @@ from gateway.adapters import quarantine
 from gateway.adapters.files import fsync_dir, open_regular, publish, write_atomic
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.core.errors import GatewayError, NotFound, UsageError
+from gateway.core.errors import (
+    GatewayError,
+    InputRefused,
+    NoSuchPackage,
+    UnknownPartner,
+    UsageError,
+)
 from gateway.core.lifecycle import State
 from gateway.core.model import Package, utc
 from gateway.core.names import kind as parse_kind
@@ -72,11 +78,11 @@ class Intake:
         kind = parse_kind(kind)
         try:
             fd = open_regular(source, single_link=False)
-        except UsageError as problem:
-            raise UsageError(f"{source}: {problem}") from None
+        except InputRefused as problem:
+            raise InputRefused(f"{source}: {problem}") from None
         if os.fstat(fd).st_size > self.settings.daemon_max_package_bytes:
             os.close(fd)
-            raise UsageError(
+            raise InputRefused(
                 f"{source} is larger than daemon.max_package_bytes: split it or raise the limit"
             )
         pid = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
@@ -123,7 +129,7 @@ class Intake:
             try:
                 self.ledger.package(folder.name)
                 continue
-            except NotFound:
+            except NoSuchPackage:
                 pass
             if (folder / ORIGIN).is_file() and os.path.lexists(folder / PAYLOAD):
                 done.append(self._finish(folder.name))
@@ -137,7 +143,7 @@ class Intake:
         origin = json.loads((folder / ORIGIN).read_text())
         try:
             return self._admit(pid, origin["partner"], origin["kind"], origin["name"], Labels())
-        except UsageError as problem:
+        except InputRefused as problem:
             package = self.quarantine(
                 folder / PAYLOAD,
                 pid,
@@ -166,12 +172,12 @@ class Intake:
                 digest.update(chunk)
                 size += len(chunk)
                 if size > self.settings.daemon_max_package_bytes:
-                    raise UsageError(
+                    raise InputRefused(
                         f"the file is larger than daemon.max_package_bytes "
                         f"({self.settings.daemon_max_package_bytes}): split it or raise the limit"
                     )
         if size == 0:
-            raise UsageError("the file is empty: nothing to send")
+            raise InputRefused("the file is empty: nothing to send")
         now = utc(self.ledger.clock.now())
         package = Package(
             package_id=pid,
@@ -193,8 +199,8 @@ class Intake:
     def _partner(self, partner: str) -> None:
         try:
             self.ledger.partner(partner)
-        except NotFound:
-            raise UsageError(
+        except UnknownPartner:
+            raise UnknownPartner(
                 f"unknown partner {partner}: register it with `gateway partner add`"
             ) from None
 
@@ -218,6 +224,6 @@ class Intake:
     def _known(self, partner: str) -> bool:
         try:
             self.ledger.partner(partner)
-        except NotFound:
+        except UnknownPartner:
             return False
         return True

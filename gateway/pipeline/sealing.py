@@ -27,7 +27,7 @@ from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
-from gateway.core.errors import KeyProblem, NotFound, Transient, UsageError
+from gateway.core.errors import HostTrouble, LedgerDamaged, NoSuchPackage
 from gateway.core.lifecycle import MAY_HOLD_PLAINTEXT, State
 from gateway.core.model import Package
 from gateway.pipeline.intake import PAYLOAD
@@ -141,7 +141,7 @@ class Sealer:
         partner = self.ledger.partner(str(package.partner))
         own_key = self.ledger.own_key()
         if own_key is None:
-            raise KeyProblem(
+            raise LedgerDamaged(
                 "the ledger names no key of the gateway's own: restore ledger.db from backup"
             )
         sender = Party(self.gateway_id, own_key)
@@ -170,7 +170,7 @@ class Sealer:
             follower.join()
         if follower.error is not None or follower.size != tmp.stat().st_size:
             tmp.unlink(missing_ok=True)
-            raise Transient(
+            raise HostTrouble(
                 f"the sealed file of {package.package_id} could not be read back whole "
                 f"({follower.error or 'its size changed'}); it is sealed again on the next try"
             )
@@ -218,7 +218,7 @@ class Sealer:
         for folder in self.home.work.iterdir():
             try:
                 package = self.ledger.package(folder.name)
-            except (NotFound, UsageError):  # not in the ledger yet: Intake.recover's business
+            except NoSuchPackage:  # not in the ledger yet: Intake.recover's business
                 continue
             if package.direction == "out" and package.state not in MAY_HOLD_PLAINTEXT:
                 self.erase_plaintext(package.package_id)

@@ -25,7 +25,7 @@ from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.spool import Entry, entries
 from gateway.core.clock import Clock
-from gateway.core.errors import GatewayError, KeyProblem, PartnerError, Transient
+from gateway.core.errors import GatewayError, KeyProblem, PartnerDisabled, Transient
 from gateway.core.lifecycle import State
 from gateway.core.model import Package, Partner, utc
 from gateway.core.names import new_package_id
@@ -42,11 +42,11 @@ from gateway.transports.base import Transport
 log = logging.getLogger("gateway")
 
 
-def closed(partner: Partner) -> PartnerError | None:
+def closed(partner: Partner) -> PartnerDisabled | None:
     """Why no traffic may go to or come from `partner` now, or None."""
     if partner.enabled:
         return None
-    return PartnerError(
+    return PartnerDisabled(
         f"partner {partner.id} is disabled: `gateway partner enable {partner.id}` when ready, "
         "then `gateway retry` its held packages"
     )
