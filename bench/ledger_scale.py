@@ -25,7 +25,7 @@ from gateway.admin import health, partners
 from gateway.app.gateway import Gateway
 from gateway.core.model import chain_hash, utc
 from gateway.core.names import KINDS, new_ulid
-from tests.conftest import PartnerPgp
+from tests.helpers import PartnerPgp
 
 Say = Callable[[str], None]
 PARTNERS = (

@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.measure import REPO, reap_agents
 from gateway.adapters.home import Home
 from gateway.admin import keys, partners
-from tests.conftest import PartnerPgp, processes_under
+from tests.helpers import PartnerPgp, processes_under
 from tests.sshd import SshServer
 
 GATEWAY_ID = "GB-ACRO"

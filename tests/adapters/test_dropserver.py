@@ -26,7 +26,7 @@ from gateway.adapters.dropserver import INFLIGHT, DropServer
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core.lifecycle import State
-from tests.conftest import GATEWAY_ID, PartnerPgp, cli, gateway, seal_due, set_setting
+from tests.helpers import GATEWAY_ID, PartnerPgp, Templates, cli, gateway, seal_due, set_setting
 
 PULL_ID = "AU-AFP"
 OTHER_ID = "FR-CJN"
@@ -154,9 +154,11 @@ class Drop:
 
 
 @pytest.fixture
-def pull_partner(home: Home, short_tmp: Path) -> Iterator[tuple[PartnerPgp, Path]]:
+def pull_partner(
+    home: Home, short_tmp: Path, templates: Templates
+) -> Iterator[tuple[PartnerPgp, Path]]:
     """AU-AFP registered as a pull partner: its gpg keyring and its SSH key."""
-    pgp = PartnerPgp(short_tmp / "au", PULL_ID)
+    pgp = templates.partner(short_tmp / "au", PULL_ID)
     try:
         key = keygen(short_tmp / "au_key")
         register(home, pgp, key, PULL_ID)
@@ -579,9 +581,11 @@ def test_link_planted_in_the_mailbox_is_neither_listed_nor_read(
 # -- logins -------------------------------------------------------------------------------
 
 
-def test_partner_key_logs_in_only_as_that_partner(drop: Drop, short_tmp: Path) -> None:
+def test_partner_key_logs_in_only_as_that_partner(
+    drop: Drop, short_tmp: Path, templates: Templates
+) -> None:
     """AU-AFP's key is not FR-CJN's, and unknown user names are refused."""
-    other = PartnerPgp(short_tmp / "fr", OTHER_ID)
+    other = templates.partner(short_tmp / "fr", OTHER_ID)
     try:
         other_key = keygen(short_tmp / "fr_key")
         register(drop.home, other, other_key, OTHER_ID)

@@ -20,11 +20,17 @@ import pytest
 
 from gateway.adapters.clock import SystemClock
 from gateway.adapters.ledger import Ledger
-from gateway.core.errors import GatewayError, IllegalTransition, NotFound, PartnerError
+from gateway.core.errors import (
+    GatewayError,
+    IllegalTransition,
+    NoSuchPackage,
+    PartnerError,
+    UnknownPartner,
+)
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package, Partner, utc
 from gateway.core.names import new_package_id, new_ulid
-from tests.conftest import GATEWAY_ID, PARTNER_ID, T0, ManualClock
+from tests.helpers import GATEWAY_ID, PARTNER_ID, T0, ManualClock
 
 S = State
 
@@ -190,8 +196,8 @@ def test_inserting_a_package_id_twice_is_a_gateway_error_and_changes_nothing(
     assert n_events(ledger) == 1
 
 
-def test_transition_of_an_unknown_package_raises_not_found(ledger: Ledger) -> None:
-    with pytest.raises(NotFound):
+def test_transition_of_an_unknown_package_raises_no_such_package(ledger: Ledger) -> None:
+    with pytest.raises(NoSuchPackage):
         ledger.transition(new_package_id(GATEWAY_ID, time.time()), State.SEALED, "seal")
     assert n_events(ledger) == 0
 
@@ -492,7 +498,7 @@ def test_adding_a_partner_twice_is_refused_and_changes_nothing(ledger: Ledger) -
 
 
 def test_unknown_partner_says_how_to_list_them(ledger: Ledger) -> None:
-    with pytest.raises(NotFound, match="`gateway partner list`"):
+    with pytest.raises(UnknownPartner, match="`gateway partner list`"):
         ledger.partner("XX-NONE")
 
 

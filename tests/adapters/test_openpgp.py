@@ -21,7 +21,7 @@ import pytest
 from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import Keyring
 from gateway.core.errors import GatewayError, KeyProblem, Timeout
-from tests.conftest import GATEWAY_ID, PartnerPgp
+from tests.helpers import GATEWAY_ID, PartnerPgp
 
 PAST = "20200101T000000"  # a --faked-system-time long before any test runs
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gateway.core import envelope, names
 from gateway.core.envelope import ChunkReader, Manifest, Party, Payload, parse_manifest, tar_chunks
-from gateway.core.errors import UsageError
+from gateway.core.errors import InputRefused, SpoolDamaged
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 MTIME = 1_764_352_800  # 2025-11-28T18:00:00Z
@@ -85,7 +85,7 @@ times = st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12
 def _valid_payload_name(name: str) -> bool:
     try:
         names.payload_name(name)
-    except UsageError:
+    except InputRefused:
         return False
     return True
 
@@ -167,7 +167,7 @@ def test_manifest_of_exactly_the_size_limit_is_accepted() -> None:
 def test_manifest_over_the_size_limit_is_refused_before_parsing() -> None:
     body = FULL.to_json()
     padded = body + b" " * (envelope.MAX_MANIFEST_BYTES - len(body) + 1)
-    with pytest.raises(UsageError, match="larger than"):
+    with pytest.raises(InputRefused, match="larger than"):
         parse_manifest(padded)
 
 
@@ -176,7 +176,7 @@ def test_manifest_over_the_size_limit_is_refused_before_parsing() -> None:
     [b"", b"not json", b"{", b"\xff\xfe{}", b'{"schema": "gateway-envelope/1"\xff}', b"NaN"],
 )
 def test_parse_manifest_refuses_what_is_not_utf8_json(data: bytes) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(InputRefused):
         parse_manifest(data)
 
 
@@ -185,7 +185,7 @@ def test_parse_manifest_refuses_what_is_not_utf8_json(data: bytes) -> None:
     [[], "gateway-envelope/1", 1, None, {}, {"schema": "gateway-envelope/2"}],
 )
 def test_parse_manifest_refuses_what_is_not_a_manifest_object(document: object) -> None:
-    with pytest.raises(UsageError, match="not a gateway-envelope/1 object"):
+    with pytest.raises(InputRefused, match="not a gateway-envelope/1 object"):
         parse_manifest(encode(document))
 
 
@@ -228,7 +228,7 @@ def _with(path: str, value: object) -> dict[str, Any]:
     ],
 )
 def test_parse_manifest_refuses_a_missing_field(field: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(InputRefused):
         parse_manifest(encode(_without(field)))
 
 
@@ -241,12 +241,12 @@ def test_parse_manifest_refuses_a_missing_field(field: str) -> None:
     ],
 )
 def test_parse_manifest_refuses_unknown_fields(field: str, value: object) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(InputRefused):
         parse_manifest(encode(_with(field, value)))
 
 
 def test_unknown_top_level_field_is_named_in_the_error() -> None:
-    with pytest.raises(UsageError, match="unknown fields: extra"):
+    with pytest.raises(InputRefused, match="unknown fields: extra"):
         parse_manifest(encode(_with("extra", "x")))
 
 
@@ -301,7 +301,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("field", "value"), BAD_VALUES)
 def test_parse_manifest_refuses_a_bad_value(field: str, value: object) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(InputRefused):
         parse_manifest(encode(_with(field, value)))
 
 
@@ -316,7 +316,7 @@ def test_parse_manifest_refuses_a_bad_value(field: str, value: object) -> None:
 )
 def test_parse_manifest_refuses_a_payload_name_that_is_not_a_string(value: object) -> None:
     """A strict parser must not turn 5 into the file name "5" or null into "None"."""
-    with pytest.raises(UsageError):
+    with pytest.raises(InputRefused):
         parse_manifest(encode(_with("payload.name", value)))
 
 
@@ -331,7 +331,7 @@ def test_parse_manifest_refuses_a_payload_name_that_is_not_a_string(value: objec
     ],
 )
 def test_parse_manifest_refuses_a_created_at_that_is_no_utc_time(value: str) -> None:
-    with pytest.raises(UsageError, match="created_at"):
+    with pytest.raises(InputRefused, match="created_at"):
         parse_manifest(encode(_with("created_at", value)))
 
 
@@ -348,17 +348,17 @@ def test_parse_manifest_accepts_null_for_an_absent_optional_field() -> None:
         pytest.param(b'{"schema": ' + b"9" * 5_000 + b"}", id="integer of 5000 digits"),
     ],
 )
-def test_parse_manifest_refuses_hostile_json_with_usage_error(data: bytes) -> None:
+def test_parse_manifest_refuses_hostile_json_as_refused_input(data: bytes) -> None:
     """Both fit in MAX_MANIFEST_BYTES; neither may escape as another exception."""
     assert len(data) <= envelope.MAX_MANIFEST_BYTES
-    with pytest.raises(UsageError):
+    with pytest.raises(InputRefused):
         parse_manifest(data)
 
 
 @PROPERTY
 @given(st.binary(max_size=2048))
-def test_parse_manifest_of_arbitrary_bytes_raises_only_usage_error(data: bytes) -> None:
-    with contextlib.suppress(UsageError):
+def test_parse_manifest_of_arbitrary_bytes_raises_only_input_refused(data: bytes) -> None:
+    with contextlib.suppress(InputRefused):
         parse_manifest(data)
 
 
@@ -392,12 +392,12 @@ FIELDS = [
 @PROPERTY
 @given(st.sampled_from(FIELDS), json_values)
 def test_parse_manifest_is_strict_and_lossless(field: str, value: object) -> None:
-    """Spoil one field with any JSON value: the parser refuses it with UsageError, or what
+    """Spoil one field with any JSON value: the parser refuses it with InputRefused, or what
     it accepts serialises back to the very same document (no silent conversion)."""
     document = _with(field, value)
     try:
         manifest = parse_manifest(encode(document))
-    except UsageError:
+    except InputRefused:
         return
     expected = {k: v for k, v in document.items() if v is not None}
     assert json.loads(manifest.to_json()) == expected
@@ -495,7 +495,7 @@ def test_tar_stream_fails_when_payload_differs_from_manifest(
     declared: bytes, actual: bytes
 ) -> None:
     manifest = manifest_for(declared)
-    with pytest.raises(UsageError, match="payload changed"):
+    with pytest.raises(SpoolDamaged, match="payload changed"):
         stream(manifest, actual)
 
 
@@ -508,7 +508,7 @@ def test_tar_stream_fails_for_any_payload_but_the_declared_one(
     if declared == actual:
         assert_valid_tar(stream(manifest, actual), manifest, actual)
     else:
-        with pytest.raises(UsageError):
+        with pytest.raises(SpoolDamaged):
             stream(manifest, actual)
 
 
@@ -579,6 +579,6 @@ def test_chunk_reader_passes_on_a_payload_that_changed() -> None:
     data = pattern(3 * MIB)
     manifest = manifest_for(data)
     reader = io.BufferedReader(ChunkReader(tar_chunks(manifest, io.BytesIO(data[:-1]), MTIME)))
-    with pytest.raises(UsageError, match="payload changed"):
+    with pytest.raises(SpoolDamaged, match="payload changed"):
         while reader.read(4096):
             pass

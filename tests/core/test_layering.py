@@ -6,6 +6,7 @@ new module is checked the day it is written. The core is pure: the standard libr
 only, and none of it that reaches the disk, the network, the clock or other processes.
 Only one module may import each foreign library, so that its traps are handled in one
 place; nothing may trust an unknown SSH host key, load unsafely or run a shell.
+Test modules import what they share from tests.helpers, never from one another.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parent.parent / "gateway"
+SOURCE = Path(__file__).resolve().parents[2] / "gateway"
 #: The folders of gateway/, lowest first. `gateway/__main__.py` stands above them all.
 LAYERS = ("core", "adapters", "transports", "pipeline", "app", "admin", "cli")
 #: Standard modules the core may not use: they reach the disk, the network, the clock,
@@ -154,3 +155,43 @@ def test_the_clock_is_read_in_one_place() -> None:
     hits = [f"{rel(p)}:{n}: {line.strip()}" for p in MODULES if rel(p) not in allowed
             for n, line in enumerate(p.read_text().splitlines(), 1) if reads.search(line)]  # fmt: skip
     assert not hits, "read the injected clock instead:\n" + "\n".join(hits)
+
+
+# -- the tests themselves -----------------------------------------------------------------
+
+TESTS = SOURCE.parent / "tests"
+
+
+def imported_test_modules(text: str) -> set[str]:
+    """The test modules (`test_*`) an import statement in `text` names, however spelled."""
+    found = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            joined = "." if node.module else ""
+            names = [base, *(f"{base}{joined}{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found |= {name for name in names if name.rsplit(".", 1)[-1].startswith("test_")}
+    return found
+
+
+@pytest.mark.parametrize(
+    "path", sorted(TESTS.rglob("test_*.py")), ids=lambda p: p.relative_to(TESTS).as_posix()
+)
+def test_no_test_module_imports_another(path: Path) -> None:
+    """What tests share lives in tests.helpers (or the harnesses tests.sshd, tests.faultproxy)."""
+    assert imported_test_modules(path.read_text()) == set(), "move it to tests/helpers.py"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["from tests.e2e.test_daemon import wait_for", "from tests.e2e import test_daemon",
+     "import tests.pipeline.test_inbound", "from .test_inbound import Desk",
+     "from . import test_cli"],
+)  # fmt: skip
+def test_the_check_catches_a_test_module_imported(text: str) -> None:
+    assert imported_test_modules(text), text
+    assert imported_test_modules("from tests.helpers import wait_for\nimport tests.sshd") == set()

@@ -28,7 +28,7 @@ from gateway.core.lifecycle import (
 )
 
 S = State
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "run `python -m gateway.core.lifecycle > docs/lifecycle.md`"
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core import names
-from gateway.core.errors import UsageError
+from gateway.core.errors import InputRefused, UsageError
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 
@@ -289,28 +289,28 @@ REFUSED_NAMES = {
 
 @pytest.mark.parametrize(("name", "why"), REFUSED_NAMES.items())
 def test_payload_name_refuses(name: str, why: str) -> None:
-    with pytest.raises(UsageError, match=why):
+    with pytest.raises(InputRefused, match=why):
         names.payload_name(name)
-    with pytest.raises(UsageError, match=why):
+    with pytest.raises(InputRefused, match=why):
         names.payload_name(name.encode("utf-8"))
 
 
 @pytest.mark.parametrize("raw", [b"\xff.xml", b"caf\xe9.xml", b"\xc3", b"\xed\xa0\x80.xml"])
 def test_payload_name_refuses_bytes_that_are_not_utf8(raw: bytes) -> None:
-    with pytest.raises(UsageError, match="not UTF-8"):
+    with pytest.raises(InputRefused, match="not UTF-8"):
         names.payload_name(raw)
 
 
 def test_payload_name_refuses_text_with_lone_surrogates() -> None:
     """What os.fsdecode gives for a non-UTF-8 name on disk."""
-    with pytest.raises(UsageError, match="not UTF-8"):
+    with pytest.raises(InputRefused, match="not UTF-8"):
         names.payload_name(b"caf\xe9.xml".decode("utf-8", "surrogateescape"))
 
 
 def _check_payload_name(raw: str | bytes) -> None:
     try:
         result = names.payload_name(raw)
-    except UsageError:
+    except InputRefused:
         return
     assert result == (raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     assert 1 <= len(result.encode("utf-8")) <= names.MAX_NAME_BYTES

@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from gateway.adapters.home import load_settings as load
-from gateway.core.errors import HomeError, UsageError
+from gateway.core.errors import HomeMissing, SettingsInvalid
 from gateway.core.settings import SETTINGS, Settings, parse, render
 
 PROPERTY = hypothesis_settings(max_examples=200, deadline=None, database=None)
@@ -124,19 +124,19 @@ def test_settle_seconds_may_be_zero() -> None:
     ],
 )
 def test_parse_refuses_unknown_or_misplaced_settings(data: dict[str, object]) -> None:
-    with pytest.raises(HomeError):
+    with pytest.raises(SettingsInvalid):
         parse(data)
 
 
 def test_unknown_setting_is_named_with_the_file() -> None:
-    with pytest.raises(HomeError, match=r"home/gateway\.toml: unknown setting 'daemon\.nap'"):
+    with pytest.raises(SettingsInvalid, match=r"home/gateway\.toml: unknown setting 'daemon\.nap'"):
         parse(document(daemon__nap=1), "home/gateway.toml")
 
 
 @pytest.mark.parametrize("name", INT_SETTINGS)
 @pytest.mark.parametrize("value", ["30", True, False, 1.5, 30.0, [30], {"seconds": 30}], ids=repr)
 def test_parse_refuses_a_whole_number_setting_of_another_type(name: str, value: object) -> None:
-    with pytest.raises(HomeError, match=re.escape(f"{name} must be a whole number")):
+    with pytest.raises(SettingsInvalid, match=re.escape(f"{name} must be a whole number")):
         parse(with_setting(name, value))
 
 
@@ -144,7 +144,7 @@ def test_parse_refuses_a_whole_number_setting_of_another_type(name: str, value: 
 @pytest.mark.parametrize("value", [2222, True, ["0.0.0.0:2222"]], ids=repr)
 def test_parse_refuses_a_text_setting_of_another_type(name: str, value: object) -> None:
     data = with_setting(name, value)
-    with pytest.raises(HomeError, match=re.escape(f"{name} must be a string")):
+    with pytest.raises(SettingsInvalid, match=re.escape(f"{name} must be a string")):
         parse(data)
 
 
@@ -154,7 +154,7 @@ def test_parse_refuses_zero_and_negative_numbers(name: str, value: int) -> None:
     if name in ("daemon.settle_seconds", "keys.overlap_days") and value == 0:
         assert getattr(parse(with_setting(name, value)), name.replace(".", "_")) == 0
     else:
-        with pytest.raises(HomeError, match=re.escape(f"{name} must be a positive number")):
+        with pytest.raises(SettingsInvalid, match=re.escape(f"{name} must be a positive number")):
             parse(with_setting(name, value))
 
 
@@ -167,33 +167,33 @@ def test_parse_refuses_zero_and_negative_numbers(name: str, value: int) -> None:
     ],
 )
 def test_parse_refuses_a_missing_gateway_id(data: dict[str, object]) -> None:
-    with pytest.raises(HomeError, match=r"gateway\.id is missing"):
+    with pytest.raises(SettingsInvalid, match=r"gateway\.id is missing"):
         parse(data)
 
 
 @pytest.mark.parametrize("value", ["", "gb-acro", "GB", "GB-ACRO\n", "GB-ACRO-2"])
 def test_parse_refuses_an_invalid_gateway_id(value: str) -> None:
-    """Like every other bad setting: a HomeError that names the file."""
-    with pytest.raises(HomeError, match=r"home/gateway\.toml"):
+    """Like every other bad setting: SettingsInvalid, naming the file."""
+    with pytest.raises(SettingsInvalid, match=r"home/gateway\.toml"):
         parse({"gateway": {"id": value}}, "home/gateway.toml")
 
 
 def test_load_of_a_missing_file_says_to_run_gateway_init(tmp_path: Path) -> None:
-    with pytest.raises(HomeError, match="gateway init"):
+    with pytest.raises(HomeMissing, match="gateway init"):
         load(tmp_path / "gateway.toml")
 
 
 def test_load_refuses_a_file_that_is_not_toml(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text("[gateway\nid = GB-ACRO\n", encoding="utf-8")
-    with pytest.raises(HomeError, match="not valid TOML"):
+    with pytest.raises(SettingsInvalid, match="not valid TOML"):
         load(path)
 
 
 def test_load_checks_what_it_reads(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text(render("GB-ACRO") + "\n[extra]\nx = 1\n", encoding="utf-8")
-    with pytest.raises(HomeError, match=r"unknown setting 'extra\.x'"):
+    with pytest.raises(SettingsInvalid, match=r"unknown setting 'extra\.x'"):
         load(path)
 
 
@@ -217,10 +217,10 @@ documents = st.dictionaries(
 @PROPERTY
 @given(documents)
 def test_parse_of_any_document_is_settings_or_a_gateway_error(data: dict[str, Any]) -> None:
-    """Either every value lands unchanged in its field, or a HomeError/UsageError."""
+    """Either every value lands unchanged in its field, or SettingsInvalid says why not."""
     try:
         parsed = parse(data)
-    except (HomeError, UsageError):
+    except SettingsInvalid:
         return
     for section, table in data.items():
         for key, value in table.items():

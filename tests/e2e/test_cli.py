@@ -12,21 +12,13 @@ from typing import Any
 import click
 
 from gateway.adapters.home import Home
+from gateway.adapters.lock import exclusive
 from gateway.cli import COMMANDS
 from gateway.core.lifecycle import State
-from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway
+from gateway.core.names import new_package_id
+from tests.helpers import GATEWAY_ID, PARTNER_ID, PartnerPgp, Templates, cli, gateway, partner_add
 
-CLI = Path(__file__).resolve().parent.parent / "gateway" / "cli"
-HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN7qlhZ8Npb6Y/RTteraNzlFqfcjGYSG9hQDIU3Fcdjk"
-
-
-def add(home: Home, key_file: Path, fingerprint: str, host_key: str = HOST_KEY,
-        partner: str = PARTNER_ID) -> tuple[int, str]:  # fmt: skip
-    """`partner add` with a push endpoint; return the exit code and stderr."""
-    result = cli(home, "partner", "add", partner, "--openpgp-key", str(key_file),
-                 "--fingerprint", fingerprint, "--push", "sftp://gbacro@127.0.0.1:2222",
-                 "--host-key", host_key, "--reason", "MoU 2026")  # fmt: skip
-    return result.exit_code, result.stderr
+CLI = Path(__file__).resolve().parents[2] / "gateway" / "cli"
 
 
 def test_init_creates_a_tight_home_and_refuses_to_overwrite(short_tmp: Path) -> None:
@@ -45,14 +37,14 @@ def test_init_creates_a_tight_home_and_refuses_to_overwrite(short_tmp: Path) -> 
 
     again = cli(root, "init", "--id", "FR-CJN")
 
-    assert again.exit_code == 1
+    assert again.exit_code == 12  # HomeExists
     assert again.stderr.startswith("error: ") and "already a gateway home" in again.stderr
     assert (home.settings.read_bytes(), home.ssh_identity.read_bytes()) == before
 
 
 def test_init_refuses_a_bad_authority_id(short_tmp: Path) -> None:
     result = cli(short_tmp / "gw", "init", "--id", "acro")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # UsageError
     assert "not an authority id" in result.stderr
     assert not (short_tmp / "gw" / "gateway.toml").exists()
 
@@ -77,10 +69,11 @@ def test_keys_show_and_export(home: Home, partner_pgp: PartnerPgp) -> None:
 def test_partner_add_pins_exactly_the_typed_fingerprint(
     home: Home, partner_pgp: PartnerPgp
 ) -> None:
-    code, err = add(home, partner_pgp.public_key, "0" * 40)
-    assert code == 1 and "not exactly" in err
+    code, err = partner_add(home, partner_pgp.public_key, "0" * 40)
+    assert code == 23 and "not exactly" in err  # KeyProblem
     spaced = " ".join(partner_pgp.fingerprint[i : i + 4] for i in range(0, 40, 4)).lower()
-    code, err = add(home, partner_pgp.public_key, spaced)  # as printed by gpg, typed in lower case
+    # As printed by gpg, typed in lower case:
+    code, err = partner_add(home, partner_pgp.public_key, spaced)
     assert code == 0, err
 
     listed = json.loads(cli(home, "partner", "list", "--json").stdout)
@@ -92,21 +85,21 @@ def test_partner_add_pins_exactly_the_typed_fingerprint(
         (home.outbound / PARTNER_ID / kind).is_dir()
         for kind in ("conviction", "extradition", "request", "response")
     )
-    code, err = add(home, partner_pgp.public_key, partner_pgp.fingerprint)
-    assert code == 1 and "already registered" in err
+    code, err = partner_add(home, partner_pgp.public_key, partner_pgp.fingerprint)
+    assert code == 20 and "already registered" in err  # PartnerError
 
 
 def test_partner_add_refuses_a_file_with_an_extra_key(
-    home: Home, short_tmp: Path, partner_pgp: PartnerPgp
+    home: Home, short_tmp: Path, partner_pgp: PartnerPgp, templates: Templates
 ) -> None:
-    other = PartnerPgp(short_tmp / "other-gnupg", "FR-CJN")
+    other = templates.partner(short_tmp / "other-gnupg", "FR-CJN")
     try:
         both = short_tmp / "both.asc"
         both.write_text(partner_pgp.public_key.read_text() + other.public_key.read_text())
-        code, err = add(home, both, partner_pgp.fingerprint)
+        code, err = partner_add(home, both, partner_pgp.fingerprint)
     finally:
         other.close()
-    assert code == 1 and "not exactly" in err
+    assert code == 23 and "not exactly" in err  # KeyProblem
     with gateway(home) as gw:
         assert gw.ledger.partners() == []
 
@@ -118,8 +111,8 @@ def test_partner_add_refuses_a_malformed_host_key(home: Home, partner_pgp: Partn
         "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
         "not a key",
     ):
-        code, err = add(home, partner_pgp.public_key, partner_pgp.fingerprint, host_key=bad)
-        assert code == 1, bad
+        code, err = partner_add(home, partner_pgp.public_key, partner_pgp.fingerprint, host_key=bad)
+        assert code == 23, bad  # KeyProblem
         assert err.startswith("error: --host-key") and err.count("\n") == 1, err
     assert not home.known_hosts.read_text()
 
@@ -127,7 +120,7 @@ def test_partner_add_refuses_a_malformed_host_key(home: Home, partner_pgp: Partn
 def test_send_takes_a_copy_and_refuses_links(
     home: Home, partner_pgp: PartnerPgp, short_tmp: Path
 ) -> None:
-    assert add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
+    assert partner_add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
     source = short_tmp / "notice.xml"
     source.write_bytes(b"<notice/>")
     sent = cli(home, "send", str(source), "--to", PARTNER_ID, "--kind", "request", "--ref", "R-1")
@@ -145,19 +138,19 @@ def test_send_takes_a_copy_and_refuses_links(
     link = short_tmp / "link.xml"
     link.symlink_to(source)
     refused = cli(home, "send", str(link), "--to", PARTNER_ID, "--kind", "request")
-    assert refused.exit_code == 1 and "symbolic link" in refused.stderr
+    assert refused.exit_code == 40 and "symbolic link" in refused.stderr  # InputRefused
     empty = short_tmp / "empty.xml"
     empty.touch()
     assert "empty" in cli(home, "send", str(empty), "--to", PARTNER_ID, "--kind", "request").stderr
     unknown = cli(home, "send", str(source), "--to", "FR-CJN", "--kind", "request")
-    assert unknown.exit_code == 1 and "unknown partner FR-CJN" in unknown.stderr
+    assert unknown.exit_code == 21 and "unknown partner FR-CJN" in unknown.stderr  # UnknownPartner
     with gateway(home) as gw:
         assert [p.state for p in gw.ledger.packages()] == [State.RECEIVED]
     assert len(list(home.work.iterdir())) == 1, "refused files leave nothing behind"
 
 
 def test_status_and_ledger_list_agree(home: Home, partner_pgp: PartnerPgp, short_tmp: Path) -> None:
-    assert add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
+    assert partner_add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
     (short_tmp / "a.xml").write_bytes(b"a")
     for _ in range(3):
         assert (
@@ -178,10 +171,11 @@ def test_status_and_ledger_list_agree(home: Home, partner_pgp: PartnerPgp, short
 
 
 def test_errors_are_one_line_without_traceback(short_tmp: Path) -> None:
-    """Run as a real process: stderr is exactly one `error:` line, exit status 1."""
+    """Run as a real process: stderr is exactly one `error:` line, and the exit status of
+    the error's class (no home here: 11)."""
     done = subprocess.run([sys.executable, "-m", "gateway", "--home", str(short_tmp), "status"],
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 11  # HomeMissing
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert "gateway init" in done.stderr
     assert "Traceback" not in done.stderr
@@ -193,8 +187,38 @@ def test_errors_are_one_line_without_traceback(short_tmp: Path) -> None:
 
 def test_ledger_show_refuses_a_malformed_id(home: Home) -> None:
     result = cli(home, "ledger", "show", "../../etc/passwd")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # UsageError
     assert "not a package id" in result.stderr
+
+
+def test_each_kind_of_error_exits_with_its_own_code(home: Home, short_tmp: Path) -> None:
+    """A wrapper script tells the conditions apart by the exit status alone; each is still
+    one `error:` line. The codes are part of the interface (docs/cli.md, Exit codes)."""
+    unknown_package = new_package_id(GATEWAY_ID, 1_795_000_000.0)
+    results = {
+        "no home here": cli(short_tmp / "nowhere", "status"),
+        "already a home": cli(home, "init", "--id", GATEWAY_ID),
+        "no such package": cli(home, "ledger", "show", unknown_package),
+        "not a package id": cli(home, "ledger", "show", "PACKAGE-1"),
+        "unknown partner": cli(home, "partner", "show", PARTNER_ID),
+    }
+    with exclusive(home.lock):  # as a `gateway run` working on the home holds it
+        results["another run holds the home"] = cli(home, "run", "--once")
+
+    codes = {condition: result.exit_code for condition, result in results.items()}
+    assert codes == {
+        "no home here": 11,  # HomeMissing
+        "already a home": 12,  # HomeExists
+        "no such package": 30,  # NoSuchPackage
+        "not a package id": 2,  # UsageError, as click's own usage errors
+        "unknown partner": 21,  # UnknownPartner
+        "another run holds the home": 13,  # HomeLocked
+    }
+    for condition, result in results.items():
+        assert result.stderr.startswith("error: "), condition
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, condition
+    assert unknown_package in results["no such package"].stderr
+    assert "already working on this home" in results["another run holds the home"].stderr
 
 
 def test_every_command_has_help_with_an_example() -> None:

@@ -10,14 +10,23 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
-from tests.conftest import PARTNER_ID, PartnerPgp, cli, gateway, remote_files, set_setting
+from tests.helpers import (
+    PARTNER_ID,
+    DaemonProcess,
+    PartnerPgp,
+    cli,
+    gateway,
+    remote_files,
+    set_setting,
+    wait_for,
+)
 from tests.sshd import SshServer
 
 
@@ -32,39 +41,6 @@ def fast(exchange: tuple[Home, PartnerPgp, SshServer]) -> tuple[Home, PartnerPgp
     return exchange
 
 
-class DaemonProcess:
-    """`gateway run` in its own process, its log in a file."""
-
-    def __init__(self, home: Home) -> None:
-        self.home = home
-        self.log = home.root / "daemon.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DaemonProcess:
-        """Start the daemon and wait until it says it has started."""
-        started = self.started()
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--home", str(self.home.root), "run"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        wait_for(lambda: self.started() > started, 30, "the daemon to start")
-        return self
-
-    def started(self) -> int:
-        return self.log.read_text().count("daemon started") if self.log.exists() else 0
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def terminate(self) -> int:
-        assert self.process is not None
-        self.process.terminate()
-        return self.process.wait(15)
-
-
 @pytest.fixture
 def daemon(fast: tuple[Home, PartnerPgp, SshServer]) -> Iterator[DaemonProcess]:
     """A daemon process for the exchange's gateway, killed at the end if still running."""
@@ -74,14 +50,6 @@ def daemon(fast: tuple[Home, PartnerPgp, SshServer]) -> Iterator[DaemonProcess]:
         process.kill()
     if process.log.exists():
         print(process.log.read_text()[-5000:])  # shown by pytest when the test failed
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 60, what: str = "condition") -> None:
-    """Poll until `condition()` holds, or fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def delivered(home: Home) -> int:
@@ -149,7 +117,7 @@ def test_one_daemon_per_home_and_the_cli_works_beside_it(
     second = subprocess.run([sys.executable, "-m", "gateway", "--home", str(home.root), "run"],
                             capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
 
-    assert second.returncode == 1
+    assert second.returncode == 13  # HomeLocked
     assert "already working on this home" in second.stderr
     assert cli(home, "status").exit_code == 0
     assert cli(home, "ledger", "list").exit_code == 0

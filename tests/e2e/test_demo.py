@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import processes_under
+from tests.helpers import processes_under
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 and command is in the operator guide, no relative link is broken, and the threat model
 cites tests that exist.
 
-docs/lifecycle.md is checked against its table in tests/test_lifecycle.py.
+docs/lifecycle.md is checked against its table in tests/core/test_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ from gateway.core.lifecycle import STATUS_COLUMNS as COLUMNS
 from gateway.core.lifecycle import State
 from gateway.core.settings import SETTINGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 OPERATOR = DOCS / "operator.md"
 THREAT_MODEL = DOCS / "threat-model.md"
 REGENERATE = f"run `{docs.REGENERATE}`"
 MARKDOWN = sorted([ROOT / "README.md", *DOCS.glob("*.md")])
 
-#: `tests/test_x.py::test_name`, optionally `::Class::test_name` and a `[param]` id.
-TEST_REFERENCE = re.compile(r"tests/(test_\w+\.py)::((?:[A-Za-z_]\w*::)?test_\w+)(?:\[[^\]\s]*\])?")
+#: `tests/<layer>/test_x.py::test_name`, optionally `::Class::test_name` and a `[param]` id.
+TEST_REFERENCE = re.compile(
+    r"tests/((?:\w+/)*test_\w+\.py)::((?:[A-Za-z_]\w*::)?test_\w+)(?:\[[^\]\s]*\])?"
+)
 #: Inline links and images `[text](target)` and reference definitions `[label]: target`.
 LINK = re.compile(
     r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^\s*\[[^\]]+\]:\s*(\S+)", re.M

@@ -40,38 +40,43 @@ from gateway.core.model import Event, Package
 from gateway.core.names import new_ulid
 from gateway.pipeline import deliver as delivery
 from gateway.transports.push import endpoint
-from tests.conftest import (
-    PARTNER_ID,
-    PartnerPgp,
-    cli,
-    gateway,
-    processes_under,
-    remote_files,
-    run_once,
-    send,
-    set_setting,
-)
 from tests.faultproxy import DOWN, UP, Fault, FaultProxy
-from tests.sshd import SshServer
-from tests.test_daemon import DaemonProcess, wait_for
-from tests.test_inbound import (
+from tests.helpers import (
+    PARTNER_ID,
     PAYLOAD,
     PAYLOAD_NAME,
+    DaemonProcess,
     Desk,
+    ManualClock,
+    PartnerPgp,
+    cli,
     delivered,
+    gateway,
     leave,
     manifest,
     member,
     only_quarantined,
     partner_pid,
+    processes_under,
     quarantined,
     receipt_json,
+    remote_files,
+    retry_due,
+    run_once,
     seal,
+    send,
+    set_setting,
+    sha256,
     sign,
     tar,
+    wait_for,
 )
+from tests.sshd import SshServer
 
-DEADLINE = 3  # sftp.connect_timeout_seconds and sftp.io_timeout_seconds in these tests
+#: sftp.connect_timeout_seconds and sftp.io_timeout_seconds in these tests. A stall never
+#: ends, so each one costs a pass this long (a stalled `run --once` meets it two to four
+#: times); a clean login through the proxy takes 0.10-0.15 s here, so 2 s leaves room.
+DEADLINE = 2
 PASS_LIMIT = 25.0  # no pass of the gateway may take longer than this under any fault
 
 
@@ -133,22 +138,20 @@ def actions(home: Home, pid: str) -> list[str]:
     return [e.action for e in events(home, pid)]
 
 
-def make_due(home: Home, pid: str) -> None:
-    """Time passes: the package's next attempt is due now."""
-    with gateway(home) as gw:
-        gw.ledger.note(pid, "test.clock", next_attempt_at=0)
+def drop(
+    home: Home, tmp: Path, size: int, name: str = "notice.bin", clock: ManualClock | None = None
+) -> str:
+    """`gateway send` `size` random bytes to the partner; the package id.
 
-
-def sha256(data: bytes) -> str:
-    """Hex SHA-256 of some bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def drop(home: Home, tmp: Path, size: int, name: str = "notice.bin") -> str:
-    """`gateway send` `size` random bytes to the partner; the package id."""
+    On a `clock` the test moves, a second passes after the send, as it would between two
+    sends: package ids are ordered by time, and deliveries go in that order.
+    """
     source = tmp / name
     source.write_bytes(os.urandom(size))
-    return send(home, source)
+    pid = send(home, source, clock=clock)
+    if clock is not None:
+        clock.advance(1)
+    return pid
 
 
 def bounded(action: Callable[[], None], seconds: float, release: Callable[[], None]) -> float:
@@ -283,14 +286,14 @@ NETWORK_FAULTS: dict[str, Callable[[Login], Fault]] = {
 
 @pytest.mark.parametrize("case", NETWORK_FAULTS)
 def test_network_fault_sets_back_then_delivers_exactly_once(
-    wired: Wired, tally: Tally, case: str
+    wired: Wired, tally: Tally, case: str, clock: ManualClock
 ) -> None:
     home, server, proxy = wired.home, wired.server, wired.proxy
-    pid = drop(home, wired.tmp, UPLOAD)
+    pid = drop(home, wired.tmp, UPLOAD, clock=clock)
     proxy.set(NETWORK_FAULTS[case](wired.login))
     tally.fault(f"network: {case}")
 
-    took = bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
+    took = bounded(lambda: run_once(home, clock), PASS_LIMIT, proxy.release)
 
     faulted = [c for c in proxy.connections if c.fault.kind != "clean"]
     assert faulted, "the gateway connected through the fault"
@@ -311,24 +314,25 @@ def test_network_fault_sets_back_then_delivers_exactly_once(
     assert actions(home, pid).count("retry.scheduled") == 1
 
     proxy.set(Fault.clean())
-    make_due(home, pid)
-    run_once(home)
+    retry_due(home, pid, clock)
+    run_once(home, clock)
 
     delivered_once(home, server, [pid], tally)
     assert actions(home, pid).count("deliver") == 1
 
 
 def test_a_cut_mid_batch_records_what_arrived_and_sets_back_the_rest(
-    wired: Wired, tally: Tally
+    wired: Wired, tally: Tally, clock: ManualClock
 ) -> None:
     """Deliveries are committed a group at a time: the cut must not lose the first's record."""
     home, server, proxy = wired.home, wired.server, wired.proxy
-    first = drop(home, wired.tmp, 20_000)
-    second, third = drop(home, wired.tmp, UPLOAD), drop(home, wired.tmp, 20_000)
+    first = drop(home, wired.tmp, 20_000, clock=clock)
+    second = drop(home, wired.tmp, UPLOAD, clock=clock)
+    third = drop(home, wired.tmp, 20_000, clock=clock)
     proxy.set(Fault.cut(wired.login.up_sftp + 400_000, UP))  # in the middle of the second
     tally.fault("network: cut mid-batch")
 
-    bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
+    bounded(lambda: run_once(home, clock), PASS_LIMIT, proxy.release)
 
     assert package(home, first).state is State.DELIVERED
     assert [n for n in remote_files(server) if not n.startswith(".")] == [f"{first}.pgp"]
@@ -338,8 +342,8 @@ def test_a_cut_mid_batch_records_what_arrived_and_sets_back_the_rest(
         assert actions(home, pid).count("retry.scheduled") == 1
     proxy.set(Fault.clean())
     for pid in (second, third):
-        make_due(home, pid)
-    run_once(home)
+        retry_due(home, pid, clock)
+    run_once(home, clock)
     delivered_once(home, server, [first, second, third], tally)
     assert [actions(home, pid).count("deliver") for pid in (first, second, third)] == [1, 1, 1]
 
@@ -351,17 +355,17 @@ STREAMED = ("refused", "cut mid-upload, gateway to server", "stall mid-transfer"
 
 @pytest.mark.parametrize("case", STREAMED)
 def test_a_fault_while_streaming_leaves_it_sealed_for_the_partner_turn(
-    wired: Wired, tally: Tally, monkeypatch: pytest.MonkeyPatch, case: str
+    wired: Wired, tally: Tally, monkeypatch: pytest.MonkeyPatch, case: str, clock: ManualClock
 ) -> None:
     """The upload beside gpg fails: the package is sealed all the same, nothing shows on the
     partner, and the ordinary turn delivers it later, once."""
     monkeypatch.setattr(delivery, "STREAM_FROM", 1024 * 1024)
     home, server, proxy = wired.home, wired.server, wired.proxy
-    pid = drop(home, wired.tmp, UPLOAD)
+    pid = drop(home, wired.tmp, UPLOAD, clock=clock)
     proxy.set(NETWORK_FAULTS[case](wired.login))
     tally.fault(f"network while streaming: {case}")
 
-    bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
+    bounded(lambda: run_once(home, clock), PASS_LIMIT, proxy.release)
 
     faulted = [c for c in proxy.connections if c.fault.kind != "clean"]
     assert len(faulted) >= 2, "a session beside gpg, then the partner's turn"
@@ -372,8 +376,8 @@ def test_a_fault_while_streaming_leaves_it_sealed_for_the_partner_turn(
     assert not any(home.work.iterdir()), "sealed: the plaintext is erased"
 
     proxy.set(Fault.clean())
-    make_due(home, pid)
-    run_once(home)
+    retry_due(home, pid, clock)
+    run_once(home, clock)
     delivered_once(home, server, [pid], tally)
     assert actions(home, pid).count("deliver") == 1
 
@@ -475,31 +479,35 @@ def fill(folder: Path, leave: int = 0) -> Path:
     return filler
 
 
-def test_partner_down_for_several_passes_then_back_gets_it_once(wired: Wired, tally: Tally) -> None:
+def test_partner_down_for_several_passes_then_back_gets_it_once(
+    wired: Wired, tally: Tally, clock: ManualClock
+) -> None:
     home, server, proxy = wired.home, wired.server, wired.proxy
-    pid = drop(home, wired.tmp, 50_000)
+    pid = drop(home, wired.tmp, 50_000, clock=clock)
     server.stop()
     tally.fault("partner: server down for three passes")
 
     for attempt in (1, 2, 3):
-        bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
+        bounded(lambda: run_once(home, clock), PASS_LIMIT, proxy.release)
         waiting = package(home, pid)
         assert (waiting.state, waiting.failures) == (State.SEALED, attempt)
         assert "will retry" in str(waiting.last_error)
-        make_due(home, pid)
+        retry_due(home, pid, clock)
 
     server.start()
-    run_once(home)
+    run_once(home, clock)
 
     delivered_once(home, server, [pid], tally)
 
 
-def test_partner_disk_full_mid_upload_then_space_returns(wired: Wired, tally: Tally) -> None:
+def test_partner_disk_full_mid_upload_then_space_returns(
+    wired: Wired, tally: Tally, clock: ManualClock
+) -> None:
     home, server, proxy = wired.home, wired.server, wired.proxy
-    pid = drop(home, wired.tmp, UPLOAD)
+    pid = drop(home, wired.tmp, UPLOAD, clock=clock)
     with tmpfs(server.upload, "512k"):
         tally.fault("partner: its disk fills up mid-upload (a 512 KiB tmpfs)")
-        bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
+        bounded(lambda: run_once(home, clock), PASS_LIMIT, proxy.release)
 
         waiting = package(home, pid)
         assert (waiting.state, waiting.failures) == (State.SEALED, 1)
@@ -507,8 +515,8 @@ def test_partner_disk_full_mid_upload_then_space_returns(wired: Wired, tally: Ta
         assert f"{pid}.pgp" not in remote_files(server), "no partial file under the final name"
 
         resize(server.upload, "16m")
-        make_due(home, pid)
-        run_once(home)
+        retry_due(home, pid, clock)
+        run_once(home, clock)
 
         delivered_once(home, server, [pid], tally)
 
@@ -574,7 +582,7 @@ def test_partner_ingest_taking_the_file_at_once_is_still_delivered_once(
     with Ingest(server.upload) as ingest:
         tally.fault("partner: ingest removes the file as soon as it is renamed into place")
         run_once(home)
-        time.sleep(0.5)
+        wait_for(lambda: bool(ingest.taken), 5, "the partner's ingest to take the file")
         run_once(home)  # a second pass must not send it again
 
     row = package(home, pid)
@@ -625,7 +633,7 @@ def test_spool_full_during_send_is_refused_clearly_and_takes_nothing(
 
 
 def test_spool_full_during_intake_from_the_outbound_folder_loses_nothing(
-    wired: Wired, spool_on_tmpfs: Path, tally: Tally
+    wired: Wired, spool_on_tmpfs: Path, tally: Tally, clock: ManualClock
 ) -> None:
     home = wired.home
     folder = home.outbound / PARTNER_ID / "conviction"
@@ -634,7 +642,7 @@ def test_spool_full_during_intake_from_the_outbound_folder_loses_nothing(
     filler = fill(spool_on_tmpfs)
     tally.fault("host: spool full when a dropped file is taken in")
 
-    result = cli(home, "run", "--once")
+    result = cli(home, "run", "--once", clock=clock)
 
     # The pass goes on with everything else; the file waits for space, and says why.
     assert result.exit_code == 0, result.stderr
@@ -645,7 +653,7 @@ def test_spool_full_during_intake_from_the_outbound_folder_loses_nothing(
         assert gw.ledger.packages() == []
 
     filler.unlink()
-    run_once(home)
+    run_once(home, clock)
 
     assert not (folder / "notice.xml").exists()
     with gateway(home) as gw:
@@ -656,14 +664,14 @@ def test_spool_full_during_intake_from_the_outbound_folder_loses_nothing(
 
 @pytest.mark.parametrize("size", [5_000, UPLOAD])
 def test_spool_full_during_sealing_waits_and_seals_when_space_returns(
-    wired: Wired, spool_on_tmpfs: Path, tally: Tally, size: int
+    wired: Wired, spool_on_tmpfs: Path, tally: Tally, size: int, clock: ManualClock
 ) -> None:
     home = wired.home
-    pid = drop(home, wired.tmp, size)
+    pid = drop(home, wired.tmp, size, clock=clock)
     filler = fill(spool_on_tmpfs)
     tally.fault(f"host: spool full while GnuPG writes a sealed package of {size} bytes")
 
-    run_once(home)
+    run_once(home, clock)
 
     waiting = package(home, pid)
     assert waiting.state is State.RECEIVED, f"{waiting.state}: {waiting.last_error}"
@@ -674,8 +682,8 @@ def test_spool_full_during_sealing_waits_and_seals_when_space_returns(
     assert remote_files(wired.server) == []
 
     filler.unlink()
-    make_due(home, pid)
-    run_once(home)
+    retry_due(home, pid, clock)
+    run_once(home, clock)
 
     delivered_once(home, wired.server, [pid], tally)
     assert list(home.work.iterdir()) == [], "plaintext erased once sealed"
@@ -739,10 +747,10 @@ def zombies() -> list[int]:
 
 @pytest.mark.parametrize("where", ["on every call", "while sealing"])
 def test_hanging_gpg_is_killed_and_the_package_waits(
-    wired: Wired, tally: Tally, monkeypatch: pytest.MonkeyPatch, where: str
+    wired: Wired, tally: Tally, monkeypatch: pytest.MonkeyPatch, where: str, clock: ManualClock
 ) -> None:
     home = wired.home
-    pid = drop(home, wired.tmp, UPLOAD)
+    pid = drop(home, wired.tmp, UPLOAD, clock=clock)
     stub = wired.tmp / "bin" / "gpg"
     stub.parent.mkdir()
     stub.write_text(STUB_GPG.format(where=where, only_seal=where == "while sealing"))
@@ -751,7 +759,7 @@ def test_hanging_gpg_is_killed_and_the_package_waits(
     monkeypatch.setenv("PATH", f"{stub.parent}{os.pathsep}{os.environ['PATH']}")
     tally.fault(f"host: gpg hangs {where}")
 
-    took = bounded(lambda: run_once(home), PASS_LIMIT, lambda: None)
+    took = bounded(lambda: run_once(home, clock), PASS_LIMIT, lambda: None)
 
     assert took < 15, f"the pass took {took:.0f} s"
     waiting = package(home, pid)
@@ -765,8 +773,8 @@ def test_hanging_gpg_is_killed_and_the_package_waits(
 
     monkeypatch.undo()
     set_setting(home, "gnupg.timeout_seconds", 60)
-    make_due(home, pid)
-    run_once(home)
+    retry_due(home, pid, clock)
+    run_once(home, clock)
 
     delivered_once(home, wired.server, [pid], tally)
 
@@ -807,7 +815,7 @@ def test_ledger_locked_by_another_writer_waits_then_succeeds(wired: Wired, tally
 
 @pytest.fixture
 def desk(wired: Wired) -> Desk:
-    """The partner's desk as tests.test_inbound builds packages and receipts at it."""
+    """The partner's desk, where tests.helpers builds packages and receipts as a partner does."""
     home = wired.home
     with gateway(home) as gw:
         fpr = gw.own_key

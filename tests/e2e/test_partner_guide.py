@@ -10,10 +10,10 @@ from pathlib import Path
 
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
-from tests.conftest import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway, run_once, send
+from tests.helpers import GATEWAY_ID, PARTNER_ID, PartnerPgp, cli, gateway, run_once, send
 from tests.sshd import SshServer
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "partners.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "partners.md"
 
 
 def blocks(section: str) -> str:

@@ -9,29 +9,20 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.adapters.home import Home
-from gateway.admin import keys
 from gateway.core.lifecycle import State
-from tests.conftest import cli, gateway, set_setting
+from tests.helpers import Templates, cli, gateway, set_setting, wait_for
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def state_of(home: Home, pid: str) -> State | None:
@@ -41,11 +32,11 @@ def state_of(home: Home, pid: str) -> State | None:
 
 
 @pytest.fixture
-def pair(short_tmp: Path) -> Iterator[tuple[Home, Home]]:
+def pair(short_tmp: Path, templates: Templates) -> Iterator[tuple[Home, Home]]:
     """GB-ACRO and US-NCB, each running as a daemon; US-NCB serves GB-ACRO."""
-    acro, ncb = Home(short_tmp / "acro"), Home(short_tmp / "ncb")
-    for home, gid in ((acro, "GB-ACRO"), (ncb, "US-NCB")):
-        keys.init(home, gid, "tester").close()
+    acro = templates.home("GB-ACRO", short_tmp / "acro")
+    ncb = templates.home("US-NCB", short_tmp / "ncb")
+    for home in (acro, ncb):
         for name, value in (
             ("daemon.settle_seconds", 1),
             ("daemon.poll_seconds", 1),

@@ -8,10 +8,7 @@ quarantine entries with their reasons, and the files on the partner's server.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import hashlib
-import io
 import json
 import os
 import re
@@ -25,49 +22,53 @@ from typing import Any
 import pytest
 
 from gateway.adapters.home import Home
-from gateway.core.errors import NotFound, Transient
+from gateway.core.errors import NoSuchPackage, Transient
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package, Partner
 from gateway.core.names import new_ulid
 from gateway.pipeline.collect import Collector
-from tests.conftest import (
+from tests.helpers import (
     GATEWAY_ID,
     PARTNER_ID,
+    PAYLOAD,
+    PAYLOAD_NAME,
+    Desk,
+    ManualClock,
     PartnerPgp,
+    Templates,
     cli,
+    delivered,
     gateway,
+    leave,
+    manifest,
+    member,
+    only_quarantined,
+    partner_pid,
+    quarantined,
+    receipt_json,
     run_once,
-    send,
+    seal,
     set_setting,
+    sha256,
+    sign,
     state,
+    tar,
 )
 from tests.sshd import SshServer
 
 FORGER_ID = "FR-CJN"
-PAYLOAD = b"<response>no convictions recorded</response>\n"
-PAYLOAD_NAME = "response.xml"
-
-
-@dataclasses.dataclass
-class Desk:
-    """The partner's desk: its gpg, a forger's gpg, its SFTP server and the gateway it talks to."""
-
-    home: Home
-    pgp: PartnerPgp
-    forger: PartnerPgp
-    server: SshServer
-    gateway_fpr: str
-    tmp: Path
 
 
 @pytest.fixture
-def desk(exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path) -> Iterator[Desk]:
+def desk(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, templates: Templates
+) -> Iterator[Desk]:
     """The exchange, with the gateway key imported and lsigned by the partner and the forger."""
     home, pgp, server = exchange
     with gateway(home) as gw:
         fpr = gw.own_key
     armored = cli(home, "keys", "export", "--openpgp").stdout
-    forger = PartnerPgp(short_tmp / "forger-gnupg", FORGER_ID)
+    forger = templates.partner(short_tmp / "forger-gnupg", FORGER_ID)
     try:
         for keyring in (pgp, forger):
             keyring.trust_gateway(armored)
@@ -78,21 +79,6 @@ def desk(exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path) -> Itera
 
 
 # -- small helpers ------------------------------------------------------------------------
-
-
-def sha256(data: bytes) -> str:
-    """Hex SHA-256 of some bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def now() -> str:
-    """UTC now as the contract writes times."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def partner_pid() -> str:
-    """A fresh package id of the partner's."""
-    return f"{PARTNER_ID}-{new_ulid(time.time())}"
 
 
 def events(home: Home, pid: str | None = None) -> list[Event]:
@@ -112,23 +98,6 @@ def package(home: Home, pid: str) -> Package:
         return gw.ledger.package(pid)
 
 
-def quarantined(home: Home) -> list[tuple[dict[str, Any], bytes]]:
-    """Every quarantine entry: its reason file and the bytes kept."""
-    entries = []
-    for reason in sorted(home.quarantine.glob("*.reason.json")):
-        report = json.loads(reason.read_text())
-        kept = home.quarantine / report["id"]
-        entries.append((report, kept.read_bytes() if kept.is_file() else b""))
-    return entries
-
-
-def only_quarantined(home: Home) -> tuple[dict[str, Any], bytes]:
-    """The one quarantine entry there must be."""
-    entries = quarantined(home)
-    assert len(entries) == 1, [report for report, _ in entries]
-    return entries[0]
-
-
 def open_our_receipt(desk: Desk, pid: str) -> dict[str, Any]:
     """Decrypt and verify the gateway's receipt in server.upload with plain gpg; its JSON."""
     plain, status = desk.pgp.decrypt(desk.server.upload / f"{pid}.receipt")
@@ -139,90 +108,15 @@ def open_our_receipt(desk: Desk, pid: str) -> dict[str, Any]:
     return doc
 
 
-# -- receipts built by hand ---------------------------------------------------------------
+# -- built by hand (receipts, manifests, tars and sealing: tests.helpers) -----------------
 
 FORMS = ("armor", "clearsign", "binary", "encrypted")
-
-
-def receipt_json(pid: str, ciphertext_sha256: str, **changes: Any) -> bytes:
-    """A receipt's JSON as a partner writes it; `changes` set or (with None) drop fields."""
-    doc = {"schema": "gateway-receipt/1", "package_id": pid, "from": PARTNER_ID,
-           "to": GATEWAY_ID, "received_at": now(), "ciphertext_sha256": ciphertext_sha256,
-           "disposition": "accepted"}  # fmt: skip
-    doc.update(changes)
-    return json.dumps({k: v for k, v in doc.items() if v is not None}, indent=2).encode()
-
-
-def sign(pgp: PartnerPgp, data: bytes, form: str = "armor", gateway_fpr: str = "") -> bytes:
-    """Sign `data` with plain gpg in one of the receipt forms of SPEC section 5."""
-    args = {"armor": ["--sign", "--armor"], "clearsign": ["--clearsign"], "binary": ["--sign"],
-            "encrypted": ["--recipient", gateway_fpr, "--sign", "--encrypt"]}[form]  # fmt: skip
-    return pgp.gpg("--local-user", pgp.fingerprint, *args, "--output", "-", input=data).stdout
-
-
-def delivered(desk: Desk, name: str = "notice.xml") -> tuple[str, str]:
-    """Send a package to the partner and deliver it; its id and the sha256 of its .pgp."""
-    source = desk.tmp / name
-    source.write_bytes(b"<conviction>fictional</conviction>\n")
-    pid = send(desk.home, source)
-    run_once(desk.home)
-    assert state(desk.home, pid) is State.DELIVERED
-    return pid, sha256((desk.server.upload / f"{pid}.pgp").read_bytes())
-
-
-def leave(desk: Desk, name: str, data: bytes) -> Path:
-    """Put a file in the partner's download folder, where the gateway fetches."""
-    path = desk.server.download / name
-    path.write_bytes(data)
-    return path
-
-
-# -- packages built by hand ---------------------------------------------------------------
-
-
-def manifest(desk: Desk, pid: str, content: bytes = PAYLOAD, **changes: Any) -> dict[str, Any]:
-    """The manifest a partner writes for `content`; `changes` replace fields."""
-    doc = {"schema": "gateway-envelope/1", "package_id": pid, "kind": "response",
-           "sender": {"id": PARTNER_ID, "key": desk.pgp.fingerprint},
-           "recipient": {"id": GATEWAY_ID, "key": desk.gateway_fpr}, "created_at": now(),
-           "payload": {"name": PAYLOAD_NAME, "size": len(content), "sha256": sha256(content)}}  # fmt: skip
-    doc.update(changes)
-    return doc
-
-
-def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE) -> tuple[tarfile.TarInfo, bytes]:  # fmt: skip
-    """One tar member: a regular file, or a link (`kind`) whose target is `data`."""
-    info = tarfile.TarInfo(name)
-    info.type, info.mtime, info.mode = kind, int(time.time()), 0o600
-    if kind == tarfile.REGTYPE:
-        info.size = len(data)
-    else:
-        info.linkname, data = data.decode(), b""
-    return info, data
-
-
-def tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
-    """A POSIX tar of these members, in this order."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for info, data in members:
-            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return out.getvalue()
 
 
 def envelope(doc: dict[str, Any], payload: bytes = PAYLOAD, name: str = PAYLOAD_NAME) -> bytes:
     """The tar of SPEC section 4: manifest.json then payload/<name>."""
     return tar(member("manifest.json", json.dumps(doc, indent=2).encode()),
                member(f"payload/{name}", payload))  # fmt: skip
-
-
-def seal(desk: Desk, plain: bytes, signer: PartnerPgp | None = None, encrypt: bool = True) -> bytes:
-    """Sign (as the partner, unless `signer`) and encrypt to the gateway, as docs/partners.md 5."""
-    pgp = signer or desk.pgp
-    to = ["--recipient", desk.gateway_fpr, "--encrypt"] if encrypt else []
-    return pgp.gpg("--local-user", pgp.fingerprint, "--compress-algo", "none", "--cipher-algo",
-                   "AES256", "--digest-algo", "SHA256", *to, "--sign", "--output", "-",
-                   input=plain).stdout  # fmt: skip
 
 
 # -- receipts for the gateway's packages --------------------------------------------------
@@ -378,19 +272,21 @@ def test_a_different_second_receipt_after_acknowledgement_is_quarantined(desk: D
     assert not (desk.server.download / f"{pid}.receipt").exists()
 
 
-def test_overdue_lists_a_delivered_package_until_its_receipt(desk: Desk) -> None:
+def test_overdue_lists_a_delivered_package_until_its_receipt(
+    desk: Desk, clock: ManualClock
+) -> None:
     set_setting(desk.home, "receipts.overdue_after_seconds", 1)
-    pid, digest = delivered(desk)
-    time.sleep(1.1)
+    pid, digest = delivered(desk, clock=clock)
+    clock.advance(1.1)
 
     def overdue() -> list[str]:
-        listed = cli(desk.home, "ledger", "list", "--state", "overdue", "--json")
+        listed = cli(desk.home, "ledger", "list", "--state", "overdue", "--json", clock=clock)
         assert listed.exit_code == 0, listed.stderr
         return [row["package_id"] for row in json.loads(listed.stdout)]
 
     assert overdue() == [pid]
     leave(desk, f"{pid}.receipt", sign(desk.pgp, receipt_json(pid, digest)))
-    run_once(desk.home)
+    run_once(desk.home, clock)
     assert state(desk.home, pid) is State.ACKNOWLEDGED
     assert overdue() == []
 
@@ -460,7 +356,7 @@ def test_fetched_packages_are_handled_side_by_side_and_a_failure_loses_none(
     for pid in pids:
         if f"{pid}.pgp" not in left:
             assert package(desk.home, pid).state is State.ACCEPTED, "removed only once accepted"
-    with gateway(desk.home) as gw, pytest.raises(NotFound):
+    with gateway(desk.home) as gw, pytest.raises(NoSuchPackage):
         gw.ledger.package(failing)
 
     run_once(desk.home)

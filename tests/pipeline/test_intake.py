@@ -12,14 +12,13 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
 from gateway.pipeline.intake import ORIGIN, PAYLOAD, Intake
-from tests.conftest import PARTNER_ID, PartnerPgp, gateway
-from tests.test_cli import add
+from tests.helpers import PARTNER_ID, PartnerPgp, gateway, partner_add
 
 
 @pytest.fixture
 def spool(home: Home, partner_pgp: PartnerPgp) -> Path:
     """The partner's conviction folder in the outbound spool."""
-    assert add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
+    assert partner_add(home, partner_pgp.public_key, partner_pgp.fingerprint)[0] == 0
     return home.outbound / PARTNER_ID / "conviction"
 
 

@@ -2,8 +2,9 @@
 disabling a partner, and `gateway doctor`.
 
 The gateway GB-ACRO pushes to US-NCB on a real sshd; a second partner, FR-CJN, is
-registered on the same server with a key that expires seconds after it is made
-(`gpg --quick-gen-key ... seconds=N`), so expiry is real, not simulated.
+registered on the same server with a real key that expires minutes after it is made
+(`gpg --quick-gen-key ... seconds=N`). The gateway judges expiry by its clock: the expiry
+tests run every command on a clock they move past the key's expiry instead of waiting.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from typing import Any
 
 from gateway.adapters.home import Home
 from gateway.app.gateway import actor
+from gateway.core.clock import Clock
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.core.names import new_ulid
-from tests.conftest import (
+from tests.helpers import (
     GATEWAY_ID,
     PARTNER_ID,
+    ManualClock,
     PartnerPgp,
+    Templates,
     cli,
     gateway,
     remote_files,
@@ -37,40 +41,45 @@ from tests.conftest import (
 from tests.sshd import SshServer
 
 SHORT_ID = "FR-CJN"
-LIFETIME = 12  # seconds a short-lived key lives: time to register it and seal once
+#: Seconds a short-lived key lives: time to register it and seal once (gpg, on the real
+#: clock, encrypts only to a key it finds valid), with room to spare on a loaded machine.
+LIFETIME = 300
 
 
 # -- helpers ------------------------------------------------------------------------------
 
 
 def add_short_lived(
-    home: Home, server: SshServer, tmp: Path, seconds: int = LIFETIME
+    home: Home, server: SshServer, tmp: Path, clock: Clock, seconds: int = LIFETIME
 ) -> PartnerPgp:
     """Register FR-CJN, with a key that expires in `seconds`, as a push partner on `server`."""
     pgp = PartnerPgp(tmp / "fr-old", SHORT_ID, expire=f"seconds={seconds}")
     added = cli(home, "partner", "add", SHORT_ID, "--openpgp-key", str(pgp.public_key),
                 "--fingerprint", pgp.fingerprint, "--push", server.url,
-                "--host-key", server.host_key_line, "--reason", "short-lived key")  # fmt: skip
+                "--host-key", server.host_key_line, "--reason", "short-lived key",
+                clock=clock)  # fmt: skip
     assert added.exit_code == 0, added.stderr
-    pgp.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)
+    pgp.trust_gateway(cli(home, "keys", "export", "--openpgp", clock=clock).stdout)
     return pgp
 
 
-def wait_until_expired(home: Home, fingerprint: str) -> None:
-    """Sleep until the gateway's keyring sees the key as expired."""
-    with gateway(home) as gw:
+def move_past_expiry(home: Home, fingerprint: str, clock: ManualClock) -> None:
+    """Move the clock past the key's expiry: the gateway's keyring sees it expired."""
+    with gateway(home, clock=clock) as gw:
         expires = gw.keyring.key(fingerprint).expires
     assert expires is not None
-    time.sleep(max(0.0, expires - time.time()) + 1.5)
-    with gateway(home) as gw:
+    clock.set(max(clock.now(), expires) + 1.5)
+    with gateway(home, clock=clock) as gw:
         assert gw.keyring.key(fingerprint).problem() == "the key has expired"
 
 
-def send_to(home: Home, tmp: Path, to: str, name: str = "notice.xml") -> str:
+def send_to(
+    home: Home, tmp: Path, to: str, name: str = "notice.xml", clock: Clock | None = None
+) -> str:
     """`gateway send` a small file to partner `to`; the package id."""
     source = tmp / name
     source.write_bytes(f"<conviction for='{to}'/>".encode())
-    result = cli(home, "send", str(source), "--to", to, "--kind", "conviction")
+    result = cli(home, "send", str(source), "--to", to, "--kind", "conviction", clock=clock)
     assert result.exit_code == 0, result.stderr
     return result.stdout.strip()
 
@@ -87,9 +96,9 @@ def events(home: Home, action: str) -> list[Any]:
         return [e for e in gw.ledger.events() if e.action == action]
 
 
-def ok(home: Home, *args: str) -> str:
+def ok(home: Home, *args: str, clock: Clock | None = None) -> str:
     """Run a command that must succeed; its stdout."""
-    result = cli(home, *args)
+    result = cli(home, *args, clock=clock)
     assert result.exit_code == 0, result.stderr
     return result.stdout
 
@@ -142,8 +151,8 @@ def doctor(home: Home, *args: str) -> tuple[int, list[str]]:
     """`gateway doctor ARGS`: exit status and output lines.
 
     ledger.db is first set to 0600, as `gateway init` leaves it under the CLI's umask: the
-    `home` fixture runs `Gateway.init` under the test process's umask, which is 022 unless an
-    earlier in-process `cli()` call left the CLI's 077 behind.
+    `home` fixture copies a template made by `keys.init` under the test process's umask,
+    which is 022 unless an earlier in-process `cli()` call left the CLI's 077 behind.
     """
     os.chmod(home.ledger, 0o600)
     result = cli(home, "doctor", *args)
@@ -154,35 +163,36 @@ def doctor(home: Home, *args: str) -> tuple[int, list[str]]:
 
 
 def test_expired_partner_key_holds_then_rotation_delivers_to_the_new_key(
-    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, clock: ManualClock
 ) -> None:
     """Warned before expiry, held after it (nothing sent), delivered to the new key after rotate-key."""
     home, _, server = exchange
-    old = add_short_lived(home, server, short_tmp)
+    old = add_short_lived(home, server, short_tmp, clock)
 
-    status = json.loads(ok(home, "status", "--json"))
+    status = json.loads(ok(home, "status", "--json", clock=clock))
     assert any(SHORT_ID in w and old.fingerprint in w and "expires" in w
                for w in status["warnings"]), status["warnings"]  # fmt: skip
     assert not any(PARTNER_ID in w for w in status["warnings"])
 
-    wait_until_expired(home, old.fingerprint)
-    pid = send_to(home, short_tmp, SHORT_ID)
-    run_once(home)
+    move_past_expiry(home, old.fingerprint, clock)
+    pid = send_to(home, short_tmp, SHORT_ID, clock=clock)
+    run_once(home, clock)
 
     held = package(home, pid)
     assert held.state is State.HELD
     assert "expired" in str(held.last_error), held.last_error
     assert remote_files(server) == [], "nothing went to the server"
-    status = json.loads(ok(home, "status", "--json"))
+    status = json.loads(ok(home, "status", "--json", clock=clock))
     assert any(SHORT_ID in w and "expired" in w for w in status["warnings"]), status["warnings"]
 
     new = PartnerPgp(short_tmp / "fr-new", SHORT_ID)
     try:
-        new.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)
+        new.trust_gateway(cli(home, "keys", "export", "--openpgp", clock=clock).stdout)
         ok(home, "partner", "rotate-key", SHORT_ID, "--openpgp-key", str(new.public_key),
-           "--fingerprint", new.fingerprint, "--reason", "expired key replaced")  # fmt: skip
-        ok(home, "retry", pid, "--reason", "partner key rotated")
-        run_once(home)
+           "--fingerprint", new.fingerprint, "--reason", "expired key replaced",
+           clock=clock)  # fmt: skip
+        ok(home, "retry", pid, "--reason", "partner key rotated", clock=clock)
+        run_once(home, clock)
 
         assert state(home, pid) is State.DELIVERED
         assert remote_files(server) == [f"{pid}.pgp"]
@@ -199,24 +209,24 @@ def test_expired_partner_key_holds_then_rotation_delivers_to_the_new_key(
 
 
 def test_sealed_package_whose_key_expires_before_delivery_is_held_never_sent(
-    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, clock: ManualClock
 ) -> None:
     """Sealed while the key was good (server down); after expiry it is held, not pushed."""
     home, _, server = exchange
     set_setting(home, "retry.first_delay_seconds", 1)
     set_setting(home, "retry.max_delay_seconds", 1)
-    old = add_short_lived(home, server, short_tmp, seconds=LIFETIME + 3)
+    old = add_short_lived(home, server, short_tmp, clock)
     try:
         server.stop()
-        pid = send_to(home, short_tmp, SHORT_ID)
-        run_once(home)
+        pid = send_to(home, short_tmp, SHORT_ID, clock=clock)
+        run_once(home, clock)
         sealed = package(home, pid)
         assert sealed.state is State.SEALED, sealed.last_error
         assert sealed.recipient_key == old.fingerprint and sealed.failures == 1
 
-        wait_until_expired(home, old.fingerprint)
+        move_past_expiry(home, old.fingerprint, clock)
         server.start()
-        run_once(home)
+        run_once(home, clock)
 
         held = package(home, pid)
         assert held.state is State.HELD
@@ -368,11 +378,11 @@ def test_disabling_holds_a_package_already_sealed(
 
 
 def test_disabling_a_pull_partner_holds_a_package_already_sealed(
-    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, templates: Templates
 ) -> None:
     """A pull partner's sealed package waits as held once it is disabled, as a push partner's does."""
     home, _, server = exchange
-    pull = PartnerPgp(short_tmp / "au", "AU-AFP")
+    pull = templates.partner(short_tmp / "au", "AU-AFP")
     try:
         ok(home, "partner", "add", "AU-AFP", "--openpgp-key", str(pull.public_key),
            "--fingerprint", pull.fingerprint, "--pull", "--ssh-key",

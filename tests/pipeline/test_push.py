@@ -23,14 +23,16 @@ from gateway.adapters.sftp import SftpPartner
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.pipeline import deliver as delivery
-from tests.conftest import (
+from tests.helpers import (
     GATEWAY_ID,
     PARTNER_ID,
+    ManualClock,
     PartnerPgp,
     add_partner,
     cli,
     gateway,
     remote_files,
+    retry_due,
     run_once,
     send,
     state,
@@ -286,13 +288,13 @@ def test_a_turn_soon_after_another_reuses_its_session_unless_the_pin_changed(
 
 
 def test_partner_down_then_back_delivers_once(exchange: tuple[Home, PartnerPgp, SshServer],
-                                              short_tmp: Path) -> None:  # fmt: skip
+                                              short_tmp: Path, clock: ManualClock) -> None:  # fmt: skip
     home, _, server = exchange
     (short_tmp / "n.xml").write_bytes(b"notice")
-    pid = send(home, short_tmp / "n.xml")
+    pid = send(home, short_tmp / "n.xml", clock=clock)
     server.stop()
 
-    run_once(home)
+    run_once(home, clock)
 
     with gateway(home) as gw:
         waiting = gw.ledger.package(pid)
@@ -302,11 +304,10 @@ def test_partner_down_then_back_delivers_once(exchange: tuple[Home, PartnerPgp, 
     assert "will retry" in str(waiting.last_error)
 
     server.start()
-    run_once(home)  # not due yet: nothing happens
+    run_once(home, clock)  # not due yet: nothing happens
     assert state(home, pid) is State.SEALED
-    with gateway(home) as gw:  # time passes: the retry becomes due
-        gw.ledger.note(pid, "test.clock", next_attempt_at=0)
-    run_once(home)
+    retry_due(home, pid, clock)  # time passes: the retry becomes due
+    run_once(home, clock)
     assert state(home, pid) is State.DELIVERED
     assert remote_files(server) == [f"{pid}.pgp"]
 
@@ -356,14 +357,14 @@ def test_different_file_under_the_same_name_is_not_overwritten(
 
 
 def test_file_renamed_into_the_spool_is_delivered(
-    exchange: tuple[Home, PartnerPgp, SshServer],
+    exchange: tuple[Home, PartnerPgp, SshServer], clock: ManualClock
 ) -> None:
     home, pgp, server = exchange
     folder = home.outbound / PARTNER_ID / "extradition"
     (folder / "surrender.xml.part").write_bytes(b"<surrender/>")
     os.rename(folder / "surrender.xml.part", folder / "surrender.xml")
 
-    run_once(home)
+    run_once(home, clock)  # waits on the clock for the file to settle: the clock moves
 
     with gateway(home) as gw:
         [package] = gw.ledger.packages(partner=PARTNER_ID)
@@ -420,4 +421,4 @@ def test_operator_cancel_erases_and_sends_nothing(
         erased = [json.loads(str(e.detail)) for e in gw.ledger.events(pid) if e.action == "erase"]
     assert erased == [{"what": "plaintext payload", "reason": "cancelled"}]
     again = cli(home, "cancel", pid, "--reason", "twice")
-    assert again.exit_code == 1 and "too late to cancel" in again.stderr
+    assert again.exit_code == 31 and "too late to cancel" in again.stderr  # IllegalTransition
