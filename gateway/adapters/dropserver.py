@@ -4,7 +4,8 @@ Public-key authentication only, each pull partner with its authority id as user 
 and its registered key; a session channel with the SFTP subsystem and nothing else
 (no exec, shell, pty or forwarding: paramiko denies them unless allowed). Each
 partner sees its own mailbox through `gateway.core.jail`: `/download` read-only, `/upload`
-for new files only. An upload is written under a hidden name and becomes visible only
+for new files only (a partner may write again or remove its own hidden files, such as
+`.<name>.part`, so that an upload cut short can be done again; never a finished file). An upload is written under a hidden name and becomes visible only
 after a clean close (pitfall P10: paramiko "closes" the handles of a cut session too).
 """
 
@@ -78,6 +79,8 @@ class DropServer:
         self._lock = threading.Lock()
         self._transports: set[paramiko.Transport] = set()
         self._failures: dict[str, tuple[int, float]] = {}
+        #: The hidden files of uploads open now, in every session: the others are leftovers.
+        self.inflight: set[Path] = set()
 
     @property
     def port(self) -> int:
@@ -292,22 +295,40 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         return _attributes(os.fstat(self.writefile.fileno()), self.final.name)
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            with self.mailbox.server.drop._lock:
+                self.mailbox.server.drop.inflight.discard(self.inflight)
+
+    def _close(self) -> None:
         if self.mailbox.ended or self.refused:  # cut off, or too large: never a file
             self.writefile.close()
             self.inflight.unlink(missing_ok=True)
-            if self.refused:
+            # Raised only to the client that is still there: paramiko closes every handle
+            # of a session that ended in one loop, which an exception would cut short.
+            if self.refused and not self.mailbox.ended:
                 raise OSError(errno.EFBIG, "upload over the size limit")
             return
         try:
             self.writefile.flush()
             os.fsync(self.writefile.fileno())
             self.writefile.close()
-            os.link(self.inflight, self.final)  # never replaces an existing file
+            if _hidden(self.final.name):  # the partner's own unfinished file: redone
+                os.replace(self.inflight, self.final)
+            else:
+                os.link(self.inflight, self.final)  # never replaces a finished file
         finally:
             self.inflight.unlink(missing_ok=True)
         fsync_dir(self.final.parent)
         if not is_temporary(self.final.name):
             self.mailbox.hooks.uploaded(self.mailbox.partner, self.final.name)
+
+
+def _hidden(name: str) -> bool:
+    """A hidden name in /upload: the partner's own unfinished file (e.g. `.<name>.part`),
+    which it may write again or remove; never taken in, never a finished file."""
+    return name.startswith(".") and not name.startswith(INFLIGHT)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -350,6 +371,14 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self.jail = Jail(root)
         self.ended = False
         self.read_whole: set[str] = set()
+        self._sweep(root / "upload")
+
+    def _sweep(self, upload: Path) -> None:
+        """Remove hidden upload files that no open upload owns: a server that died left them."""
+        drop = self.server.drop
+        with drop._lock:
+            for leftover in set(upload.glob(f"{INFLIGHT}*")) - drop.inflight:
+                leftover.unlink(missing_ok=True)
 
     def touch(self) -> None:
         self.server.last_activity = self.server.drop.clock.monotonic()
@@ -423,10 +452,14 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
                 os.close(fd)
                 return SFTP_PERMISSION_DENIED
             return _Download(self, where.name, fd)
-        if not (flags & os.O_WRONLY) or flags & os.O_APPEND or os.path.lexists(host):
-            return SFTP_PERMISSION_DENIED  # new files only
+        if not (flags & os.O_WRONLY) or flags & os.O_APPEND:
+            return SFTP_PERMISSION_DENIED
+        if os.path.lexists(host) and not _hidden(where.name):
+            return SFTP_PERMISSION_DENIED  # new files only; a hidden unfinished one may be redone
         inflight = host.with_name(f"{INFLIGHT}{secrets.token_hex(8)}")
         fd = os.open(inflight, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with self.server.drop._lock:
+            self.server.drop.inflight.add(inflight)
         return _Upload(self, host, fd, inflight)
 
     def remove(self, path: str) -> int:
@@ -434,8 +467,12 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
             where = self._locate(path)
         except OutsideJail:
             return SFTP_PERMISSION_DENIED
-        if where.area != "download" or where.name is None or where.name not in self.read_whole:
+        if where.name is None or where.name.startswith(INFLIGHT):
+            return SFTP_PERMISSION_DENIED
+        if where.area == "download" and where.name not in self.read_whole:
             return SFTP_PERMISSION_DENIED  # only what the partner has read, from /download
+        if where.area == "upload" and not _hidden(where.name):
+            return SFTP_PERMISSION_DENIED  # only its own unfinished files, from /upload
         try:
             os.unlink(self.jail.host_path(where))
         except FileNotFoundError:

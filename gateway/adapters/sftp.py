@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import secrets
 import socket
 import stat
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ class SftpPartner:
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._write_bytes: int | None = None  # asked of the server at the first upload
+        self._parts: dict[str, str] = {}  # final name: the part opened for it
 
     def __enter__(self) -> SftpPartner:
         return self.open()
@@ -212,13 +214,32 @@ class SftpPartner:
         return self.place(name, size, sha256)
 
     def open_part(self, name: str) -> RemotePart:
-        """Open `<upload_dir>/.<name>.part` for writing, emptied; `place` it once it is whole."""
+        """Open `<upload_dir>/.<name>.part` for writing, emptied; `place` it once it is whole.
+
+        A server may refuse to write that part again (one an upload cut short left, on a
+        server that takes new files only): the part is removed if the server allows it,
+        else a fresh `.<name>.<random>.part` is used.
+        """
         with _translated(f"upload of {name} to {self._name}"):
             request = self.write_bytes()
-            handle = self.sftp.open(self._upload_path(f".{name}.part"), "wb")
+            handle = self._open_part(name)
         handle.MAX_REQUEST_SIZE = request  # this file only, not paramiko's class default
         handle.set_pipelined(True)
         return RemotePart(handle, request, f"upload of {name} to {self._name}")
+
+    def _open_part(self, name: str) -> paramiko.SFTPFile:
+        tmp = self._upload_path(f".{name}.part")
+        try:
+            handle = self.sftp.open(tmp, "wb")
+        except PermissionError:
+            self._remove_quietly(tmp)
+            try:
+                handle = self.sftp.open(tmp, "wb")
+            except PermissionError:
+                tmp = self._upload_path(f".{name}.{secrets.token_hex(4)}.part")
+                handle = self.sftp.open(tmp, "wb")
+        self._parts[name] = tmp
+        return handle
 
     def place(self, name: str, size: int, sha256: str) -> Placed:
         """Rename a whole `.<name>.part` of `size` bytes into place as `<upload_dir>/<name>`.
@@ -226,7 +247,8 @@ class SftpPartner:
         If `<name>` is there already (a delivery cut off after its rename), it must hold
         the same bytes: then the part is removed and the upload counts as done.
         """
-        final, tmp = self._upload_path(name), self._upload_path(f".{name}.part")
+        final = self._upload_path(name)
+        tmp = self._parts.pop(name, self._upload_path(f".{name}.part"))
         with _translated(f"upload of {name} to {self._name}"):
             uploaded = self.sftp.stat(tmp).st_size
             if uploaded != size:

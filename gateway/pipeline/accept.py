@@ -23,7 +23,7 @@ from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.envelope import Manifest
-from gateway.core.errors import Rejected
+from gateway.core.errors import Rejected, SpoolDamaged
 from gateway.core.lifecycle import State
 from gateway.core.model import Package, Partner, utc
 from gateway.core.names import new_package_id, package_sender
@@ -42,6 +42,13 @@ class Accept:
         self.keyring = keyring
         self.settings = settings
         self.us = settings.gateway_id
+
+    def recover(self) -> None:
+        """After a crash: remove deliveries to spool/inbound that never got their rename
+        (the package is still on the partner's side, or in spool/incoming, and is
+        opened again)."""
+        for tmp in self.home.inbound.glob("*/.*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def max_bytes(self) -> int:
         """The largest package file that is fetched at all."""
@@ -113,11 +120,22 @@ class Accept:
                            f"{manifest.recipient.key}, not to this gateway ({self.us})")  # fmt: skip
 
     def _deliver(self, partner: Partner, manifest: Manifest, payload: Path) -> None:
-        """Make `spool/inbound/<PARTNER>/<package_id>/` appear whole, in one rename."""
+        """Make `spool/inbound/<PARTNER>/<package_id>/` appear whole, in one rename.
+
+        Already there with this manifest: a crash came after the rename and before
+        `accepted` was committed, and this is the same verified package again.
+        """
         folder = self.home.inbound / partner.id
         folder.mkdir(mode=0o700, exist_ok=True)
         final, tmp = folder / manifest.package_id, folder / f".{manifest.package_id}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():
+            if (final / "manifest.json").read_bytes() != manifest.to_json():
+                raise SpoolDamaged(
+                    f"spool/inbound/{partner.id}/{manifest.package_id} holds another package: "
+                    "move it aside; the package is opened again on the next poll"
+                )
+            return
         tmp.mkdir(mode=0o700)
         (tmp / "manifest.json").write_bytes(manifest.to_json())
         os.replace(payload, tmp / manifest.payload.name)

@@ -18,12 +18,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
 
 from gateway.adapters.dropserver import INFLIGHT, DropServer
 from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
 from gateway.app.gateway import Gateway
 from gateway.core.lifecycle import State
 from tests.conftest import GATEWAY_ID, PartnerPgp, cli, gateway, seal_due, set_setting
@@ -782,3 +784,61 @@ def test_upload_within_the_limit_is_kept(limited: Drop) -> None:
     fits = limited.sftp("put small /upload/small.part")
     assert fits.returncode == 0, fits.stderr
     assert os.listdir(limited.upload) == ["small.part"]
+
+
+def test_a_crash_before_the_receipt_is_applied_keeps_it_for_the_next_turn(
+    drop: Drop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receipt stays in the gateway's spool until the package's new state is committed."""
+    pid = drop.publish()
+    assert drop.sftp(f"get /download/{pid}.pgp").returncode == 0
+    drop.exchange()
+    receipt = drop.local / f"{pid}.receipt"
+    receipt.write_bytes(signed_receipt(drop.pgp, pid, (drop.local / f"{pid}.pgp").read_bytes()))
+    assert drop.sftp(f"put {receipt.name} /upload/{pid}.receipt").returncode == 0
+    transition = Ledger.transition
+
+    def dies_at_the_receipt(ledger: Ledger, package_id: str, new: State, action: str, *a: Any, **k: Any) -> Any:  # fmt: skip
+        if action == "receipt":
+            raise SystemExit("the gateway died")
+        return transition(ledger, package_id, new, action, *a, **k)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "transition", dies_at_the_receipt)
+        drop.exchange()  # the handling thread dies; the turn goes on
+    assert drop.state(pid) is State.DELIVERED
+    with gateway(drop.home, "daemon") as restarted:  # the next start
+        restarted.steps.turn(restarted.ledger.partner(PULL_ID), [], poll=True)
+    assert drop.state(pid) is State.ACKNOWLEDGED
+    assert drop.actions(pid).count("receipt") == 1
+    assert (drop.home.receipts_in / f"{pid}.receipt").read_bytes() == receipt.read_bytes()
+    assert list((drop.home.incoming / PULL_ID).iterdir()) == []
+
+
+def test_a_hidden_upload_may_be_written_again_or_removed_but_a_finished_file_not(
+    drop: Drop,
+) -> None:
+    """A client that retries after a cut upload can redo its own `.part`; nothing else."""
+    with drop.client() as (_, sftp):
+        with sftp.open("/upload/.x.part", "wb") as f:
+            f.write(b"cut short")
+        with sftp.open("/upload/.x.part", "wb") as f:
+            f.write(b"whole")
+        sftp.rename("/upload/.x.part", "/upload/x")
+        with pytest.raises(PermissionError):
+            sftp.open("/upload/x", "wb")
+        with pytest.raises(PermissionError):
+            sftp.remove("/upload/x")
+        with sftp.open("/upload/.y.part", "wb") as f:
+            f.write(b"abandoned")
+        sftp.remove("/upload/.y.part")
+    assert os.listdir(drop.upload) == ["x"]
+    assert (drop.upload / "x").read_bytes() == b"whole"
+
+
+def test_hidden_upload_files_a_dead_server_left_are_removed_at_the_next_login(drop: Drop) -> None:
+    stale = drop.upload / f"{INFLIGHT}0123456789abcdef"
+    stale.write_bytes(b"half an upload of a server that was killed")
+    with drop.client() as (_, sftp):
+        assert sftp.listdir("/upload") == []
+    assert not stale.exists()

@@ -32,6 +32,23 @@ from typing import Any
 
 import paramiko
 import pytest
+from tests.test_daemon import DaemonProcess, wait_for
+from tests.test_inbound import (
+    PAYLOAD,
+    PAYLOAD_NAME,
+    Desk,
+    delivered,
+    leave,
+    manifest,
+    member,
+    only_quarantined,
+    partner_pid,
+    quarantined,
+    receipt_json,
+    seal,
+    sign,
+    tar,
+)
 
 from gateway.adapters.home import Home
 from gateway.adapters.sftp import SftpPartner
@@ -53,23 +70,6 @@ from tests.conftest import (
 )
 from tests.faultproxy import DOWN, UP, Fault, FaultProxy
 from tests.sshd import SshServer
-from tests.test_daemon import DaemonProcess, wait_for
-from tests.test_inbound import (
-    PAYLOAD,
-    PAYLOAD_NAME,
-    Desk,
-    delivered,
-    leave,
-    manifest,
-    member,
-    only_quarantined,
-    partner_pid,
-    quarantined,
-    receipt_json,
-    seal,
-    sign,
-    tar,
-)
 
 DEADLINE = 3  # sftp.connect_timeout_seconds and sftp.io_timeout_seconds in these tests
 PASS_LIMIT = 25.0  # no pass of the gateway may take longer than this under any fault

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.test_cli import add
 
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
 from gateway.pipeline.intake import ORIGIN, PAYLOAD, Intake
 from tests.conftest import PARTNER_ID, PartnerPgp, gateway
-from tests.test_cli import add
 
 
 @pytest.fixture
