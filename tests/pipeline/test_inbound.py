@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import tarfile
 import threading
 import time
@@ -625,3 +626,21 @@ def test_file_named_outside_the_contract_is_left_alone(desk: Desk, name: str) ->
     with gateway(desk.home) as gw:
         assert gw.ledger.packages(direction="in") == []
     assert list((desk.home.incoming / PARTNER_ID).iterdir()) == []
+
+
+def test_receipt_signed_by_sequoia_is_accepted(desk: Desk, short_tmp: Path) -> None:
+    """`sq` puts a binary salt notation on every signature; the partner's pinned key, used
+    through Sequoia instead of GnuPG, must still be recognised."""
+    pid, digest = delivered(desk)
+    secret = short_tmp / "partner-secret.pgp"
+    secret.write_bytes(desk.pgp.gpg("--export-secret-keys", desk.pgp.fingerprint).stdout)
+    body = short_tmp / "receipt.json"
+    body.write_bytes(receipt_json(pid, digest))
+    signed = subprocess.run(["sq", "sign", "--signer-key", str(secret), str(body)],
+                            capture_output=True, check=True, timeout=60).stdout  # fmt: skip
+    leave(desk, f"{pid}.receipt", signed)
+
+    run_once(desk.home)
+
+    assert package(desk.home, pid).state is State.ACKNOWLEDGED
+    assert quarantined(desk.home) == []
