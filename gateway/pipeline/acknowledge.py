@@ -15,6 +15,7 @@ removed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from gateway.adapters.files import write_atomic
 from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.core.errors import Rejected
+from gateway.core.errors import GatewayError, Rejected
 from gateway.core.lifecycle import RECEIPTED, State
 from gateway.core.model import Partner, utc
 from gateway.core.names import new_package_id
 from gateway.core.receipts import MAX_BYTES, Receipt, closes, parse_receipt
+
+log = logging.getLogger("gateway")
 
 
 class Acknowledge:
@@ -58,6 +61,13 @@ class Acknowledge:
             self._apply(partner, receipt, path, signer)
         except Rejected as problem:
             self._refuse(partner, path, pid, str(problem))
+        except (GatewayError, OSError):
+            raise  # the host's trouble, not the file's: it waits and is handled again
+        except Exception as err:  # poison input: whatever it does, it never blocks the next file
+            log.exception("%s.receipt from %s: unexpected error while reading it", pid, partner.id)
+            self._refuse(
+                partner, path, pid, f"it could not be read (unexpected {type(err).__name__})"
+            )
         finally:
             plain.unlink(missing_ok=True)
 

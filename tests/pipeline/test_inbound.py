@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from gateway.adapters.home import Home
-from gateway.core.errors import NotFound, Transient
+from gateway.core.errors import NoSuchPackage, Transient
 from gateway.core.lifecycle import State
 from gateway.core.model import Event, Package, Partner
 from gateway.core.names import new_ulid
@@ -461,7 +461,7 @@ def test_fetched_packages_are_handled_side_by_side_and_a_failure_loses_none(
     for pid in pids:
         if f"{pid}.pgp" not in left:
             assert package(desk.home, pid).state is State.ACCEPTED, "removed only once accepted"
-    with gateway(desk.home) as gw, pytest.raises(NotFound):
+    with gateway(desk.home) as gw, pytest.raises(NoSuchPackage):
         gw.ledger.package(failing)
 
     run_once(desk.home)
@@ -644,3 +644,22 @@ def test_receipt_signed_by_sequoia_is_accepted(desk: Desk, short_tmp: Path) -> N
 
     assert package(desk.home, pid).state is State.ACKNOWLEDGED
     assert quarantined(desk.home) == []
+
+
+def test_a_partners_escape_sequences_are_shown_escaped_and_kept_exact_in_json(
+    desk: Desk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receipt's reason with a terminal escape, a bidi override and a forged line."""
+    pid, digest = delivered(desk)
+    why = "no\x1b[2J\u202e\nerror: forged line"
+    leave(desk, f"{pid}.receipt", sign(desk.pgp, receipt_json(pid, digest, disposition="rejected", reason=why)))  # fmt: skip
+
+    run_once(desk.home)
+
+    for args in (("ledger", "show", pid), ("ledger", "list")):
+        text = cli(desk.home, *args).stdout
+        assert "\x1b" not in text and "\u202e" not in text, args
+        assert "\\x1b[2J\\u202e\\x0aerror: forged line" in text, args
+        assert not any(line.startswith("error: forged") for line in text.splitlines())
+    exact = json.loads(cli(desk.home, "ledger", "show", pid, "--json").stdout)
+    assert exact["package"]["last_error"] == f"refused by {PARTNER_ID}: {why}"
