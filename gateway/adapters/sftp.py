@@ -51,6 +51,23 @@ MAX_WRITE_BYTES: Final = 261120
 # Host key algorithms to offer for each pinned key type, so the server shows the key
 # that was pinned rather than another of its keys.
 _ALGORITHMS: Final = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
+
+#: Algorithms offered, AEAD first (256 MiB uploads on this kind of machine, alternating:
+#: 4.8-6.4 ms of client CPU per MiB with aes256-gcm, 5.9-8.3 with aes128-ctr and
+#: hmac-sha2-256); no CBC, no 3DES, no SHA-1 or MD5 MAC. The drop server offers the same.
+CIPHERS: Final = ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com", "aes256-ctr",
+                  "aes192-ctr", "aes128-ctr")  # fmt: skip
+MACS: Final = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256",
+               "hmac-sha2-512")  # fmt: skip
+
+
+def modern(transport: paramiko.Transport) -> None:
+    """Offer only CIPHERS and MACS (those of them this paramiko has), in that order."""
+    options = transport.get_security_options()
+    options.ciphers = tuple(c for c in CIPHERS if c in options.ciphers)
+    options.digests = tuple(m for m in MACS if m in options.digests)
+
+
 #: What a broken, refused or timed-out network step raises: paramiko's own errors, an SFTP
 #: error status (IOError), a protocol reply it did not expect, or a connection cut (EOF).
 _NETWORK_ERRORS: Final = (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError)
@@ -159,6 +176,7 @@ class SftpPartner:
             sock = socket.create_connection((e.host, e.port), timeout=self._connect_timeout)
         self._transport = t = paramiko.Transport(sock)
         t.banner_timeout = t.handshake_timeout = t.auth_timeout = self._connect_timeout
+        modern(t)
         t.get_security_options().key_types = [
             alg for kind in pinned for alg in _ALGORITHMS.get(kind, [kind])
         ]

@@ -23,7 +23,7 @@ from gateway.adapters.files import sha256_file
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.backoff import backoff
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, TransferFailed
 from gateway.core.model import Arrival, Partner
 from gateway.core.names import WIRE_NAME, receipt_name
 from gateway.core.receipts import MAX_BYTES as MAX_RECEIPT_BYTES
@@ -88,9 +88,7 @@ class Collector:
                         continue
                     limit = self.max_bytes(arrival.name)
                     if arrival.size > limit:
-                        self.ledger.record("fetch.refused", partner=partner.id,
-                                           detail={"name": arrival.name, "size": arrival.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
-                        link.remove(arrival)
+                        self._refuse(partner, link, arrival, limit)
                         continue
                     local = folder / arrival.name
                     link.fetch(arrival, local, limit)
@@ -102,6 +100,29 @@ class Collector:
                     self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
                 raise
             self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
+
+    def _refuse(self, partner: Partner, link: Link, arrival: Arrival, limit: int) -> None:
+        """Record a file too large to fetch, and remove it if the partner's side allows (a
+        drop server lets a client remove only what it has read): else it is left alone,
+        and looked at again only after a while."""
+        self.ledger.record("fetch.refused", partner=partner.id,
+                           detail={"name": arrival.name, "size": arrival.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
+        try:
+            link.remove(arrival)
+        except TransferFailed as err:
+            log.warning("%s from %s: too large, and cannot be removed there: %s", arrival.name,
+                        partner.id, err)  # fmt: skip
+            self._failed(partner, arrival)
+
+    def _failed(self, partner: Partner, arrival: Arrival) -> float:
+        """Note one more failure with `arrival`; the delay before it is looked at again."""
+        key = (partner.id, arrival.name)
+        with self._lock:
+            failures = self._failing.get(key, (0, 0.0))[0] + 1
+            delay = backoff(failures, self.settings.retry_first_delay_seconds,
+                            self.settings.retry_max_delay_seconds, random.random())  # noqa: S311 - jitter  # fmt: skip
+            self._failing[key] = (failures, self.ledger.clock.monotonic() + delay)
+        return delay
 
     def _due(self, partner: Partner, arrival: Arrival) -> bool:
         with self._lock:
@@ -121,13 +142,9 @@ class Collector:
                     self._failing.pop(key, None)
                 link.remove(arrival)
                 continue
-            with self._lock:
-                failures = self._failing.get(key, (0, 0.0))[0] + 1
-                delay = backoff(failures, self.settings.retry_first_delay_seconds,
-                                self.settings.retry_max_delay_seconds, random.random())  # noqa: S311 - jitter  # fmt: skip
-                self._failing[key] = (failures, self.ledger.clock.monotonic() + delay)
-            log.error("%s from %s: not handled, tried again in %.0f s (failure %d): %s", arrival.name,
-                      partner.id, delay, failures, failure,
+            delay = self._failed(partner, arrival)
+            log.error("%s from %s: not handled, tried again in %.0f s: %s", arrival.name,
+                      partner.id, delay, failure,
                       exc_info=None if isinstance(failure, GatewayError) else failure)  # fmt: skip
 
     def answer(self, partner: Partner, link: Link) -> None:
