@@ -16,11 +16,15 @@ import pytest
 
 from gateway.adapters.home import Home
 from tests.helpers import (
+    FORGER_ID,
     GATEWAY_ID,
+    Desk,
     ManualClock,
     PartnerPgp,
     Templates,
     add_partner,
+    cli,
+    gateway,
     processes_under,
     stop_agents,
 )
@@ -102,3 +106,22 @@ def exchange(
     """A gateway with the partner registered as a push partner."""
     add_partner(home, partner_pgp, server)
     return home, partner_pgp, server
+
+
+@pytest.fixture
+def desk(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, templates: Templates
+) -> Iterator[Desk]:
+    """The exchange, with the gateway key imported and lsigned by the partner and the forger."""
+    home, pgp, server = exchange
+    with gateway(home) as gw:
+        fpr = gw.own_key
+    armored = cli(home, "keys", "export", "--openpgp").stdout
+    forger = templates.partner(short_tmp / "forger-gnupg", FORGER_ID)
+    try:
+        for keyring in (pgp, forger):
+            keyring.trust_gateway(armored)
+            keyring.gpg("--quick-lsign-key", fpr)
+        yield Desk(home, pgp, forger, server, fpr, short_tmp)
+    finally:
+        forger.close()

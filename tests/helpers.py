@@ -33,11 +33,13 @@ from gateway.app.gateway import Gateway
 from gateway.cli import main
 from gateway.core.clock import Clock
 from gateway.core.lifecycle import DUE_TO_SEAL, State
+from gateway.core.model import Event, Package
 from gateway.core.names import new_ulid
 from tests.sshd import SshServer
 
 GATEWAY_ID = "GB-ACRO"
 PARTNER_ID = "US-NCB"
+FORGER_ID = "FR-CJN"  # a partner agency's keyring that is never pinned
 T0 = 1_795_000_000.0  # 2026-11-18, a fixed "now" for a clock the test moves
 
 
@@ -487,3 +489,36 @@ def seal(desk: Desk, plain: bytes, signer: PartnerPgp | None = None, encrypt: bo
     return pgp.gpg("--local-user", pgp.fingerprint, "--compress-algo", "none", "--cipher-algo",
                    "AES256", "--digest-algo", "SHA256", *to, "--sign", "--output", "-",
                    input=plain).stdout  # fmt: skip
+
+
+def events(home: Home, pid: str | None = None) -> list[Event]:
+    """The audit trail, for one package or all."""
+    with gateway(home) as gw:
+        return list(gw.ledger.events(pid))
+
+
+def actions(home: Home, pid: str) -> list[str]:
+    """The actions recorded for one package, in order."""
+    return [e.action for e in events(home, pid)]
+
+
+def package(home: Home, pid: str) -> Package:
+    """One package's ledger row."""
+    with gateway(home) as gw:
+        return gw.ledger.package(pid)
+
+
+def open_our_receipt(desk: Desk, pid: str) -> dict[str, Any]:
+    """Decrypt and verify the gateway's receipt in server.upload with plain gpg; its JSON."""
+    plain, status = desk.pgp.decrypt(desk.server.upload / f"{pid}.receipt")
+    assert any(line.startswith("VALIDSIG ") and line.endswith(f" {desk.gateway_fpr}")
+               for line in status), "signed by the gateway's key"  # fmt: skip
+    assert "DECRYPTION_OKAY" in status
+    doc: dict[str, Any] = json.loads(plain)
+    return doc
+
+
+def envelope(doc: dict[str, Any], payload: bytes = PAYLOAD, name: str = PAYLOAD_NAME) -> bytes:
+    """The tar of SPEC section 4: manifest.json then payload/<name>."""
+    return tar(member("manifest.json", json.dumps(doc, indent=2).encode()),
+               member(f"payload/{name}", payload))  # fmt: skip

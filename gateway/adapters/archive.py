@@ -13,13 +13,13 @@ from typing import IO
 
 from gateway.core.envelope import (
     CHUNK,
-    MANIFEST,
     MAX_MANIFEST_BYTES,
     PAYLOAD_DIR,
     Manifest,
     parse_manifest,
 )
 from gateway.core.errors import InputRefused, Rejected
+from gateway.core.names import MANIFEST
 
 
 def unpack(tar_path: Path, payload_out: Path, max_payload: int) -> Manifest:
@@ -55,7 +55,7 @@ def unpack(tar_path: Path, payload_out: Path, max_payload: int) -> Manifest:
                 raise Rejected("the payload's SHA-256 is not the manifest's")
             if tar.next() is not None:
                 raise Rejected("the envelope holds more than manifest.json and the payload")
-    except (tarfile.TarError, EOFError):
+    except (tarfile.TarError, EOFError, ValueError, UnicodeError):  # a crafted header (PAX, sparse)
         raise Rejected("the envelope is not a valid uncompressed tar") from None
     except InputRefused as problem:
         raise Rejected(f"the manifest is invalid: {problem}") from None

@@ -4,7 +4,8 @@ Public-key authentication only, each pull partner with its authority id as user 
 and its registered key; a session channel with the SFTP subsystem and nothing else
 (no exec, shell, pty or forwarding: paramiko denies them unless allowed). Each
 partner sees its own mailbox through `gateway.core.jail`: `/download` read-only, `/upload`
-for new files only. An upload is written under a hidden name and becomes visible only
+for new files only, which it may read back (a partner may write again or remove its own hidden files, such as
+`.<name>.part`, so that an upload cut short can be done again; never a finished file). An upload is written under a hidden name and becomes visible only
 after a clean close (pitfall P10: paramiko "closes" the handles of a cut session too).
 """
 
@@ -18,6 +19,7 @@ import os
 import secrets
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ import paramiko
 from paramiko import sftp as codes
 
 from gateway.adapters.files import fsync_dir
+from gateway.adapters.sftp import modern
 from gateway.core.clock import Clock
 from gateway.core.jail import Jail, Location, OutsideJail, resolve
 from gateway.core.names import is_temporary
@@ -49,6 +52,11 @@ class Limits:
     ban_seconds: int = 600
     idle_seconds: int = 300
     max_upload_bytes: int = 2 * 1024**3 + 1024**2
+    auth_seconds: int = 30  # to log in, from the connection
+    max_channels: int = 8  # opened in one connection; an SFTP client needs one
+    max_handles: int = 64  # open files and folders per session
+    max_read_bytes: int = 261120  # per read request, as OpenSSH's server
+    max_sessions_per_partner: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +84,10 @@ class DropServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._transports: set[paramiko.Transport] = set()
+        self._transports: dict[paramiko.Transport, _Server | None] = {}
         self._failures: dict[str, tuple[int, float]] = {}
+        #: The hidden files of uploads open now, in every session: the others are leftovers.
+        self.inflight: set[Path] = set()
 
     @property
     def port(self) -> int:
@@ -96,10 +106,10 @@ class DropServer:
     def stop(self) -> None:
         """Stop listening and cut every session."""
         self._stop.set()
+        if self._sock is not None:
+            self._sock.close()  # ends the accept loop's wait at once
         if self._thread is not None:
             self._thread.join(5)
-        if self._sock is not None:
-            self._sock.close()
         with self._lock:
             transports = list(self._transports)
         for transport in transports:
@@ -114,56 +124,97 @@ class DropServer:
                 conn, (address, _) = self._sock.accept()
             except TimeoutError:
                 continue
-            except OSError:
-                return
-            if self._banned(address):
-                log.warning(
-                    "drop server: %s is banned for failed logins; connection refused", address
-                )
-                conn.close()
+            except OSError as err:  # out of descriptors, say: serve again once some are free
+                if self._stop.is_set() or self._sock.fileno() < 0:
+                    return
+                log.error("drop server: cannot accept a connection (%s); trying again", err)
+                self._stop.wait(1.0)
                 continue
-            with self._lock:
-                crowded = len(self._transports) >= self.limits.max_connections
-            if crowded:
-                log.warning(
-                    "drop server: %d connections already; %s refused",
-                    self.limits.max_connections,
-                    address,
-                )
+            try:
+                self._accept(conn, address)
+            except Exception as err:  # one connection's trouble never ends the accept loop
+                log.error("drop server: connection from %s dropped (%r)", address, err)
                 conn.close()
-                continue
-            transport = paramiko.Transport(conn)
-            with self._lock:
-                self._transports.add(transport)
-            # The handshake runs on the session's own thread: a client that connects and
-            # stays silent must not keep the next one waiting.
-            threading.Thread(target=self._session, args=(transport, address), name="drop-session",
-                             daemon=True).start()  # fmt: skip
+
+    def _accept(self, conn: socket.socket, address: str) -> None:
+        """Refuse `conn` if banned or crowded, else start its session on a thread."""
+        if self._banned(address):
+            log.warning("drop server: %s is banned for failed logins; connection refused", address)
+            conn.close()
+            return
+        with self._lock:
+            crowded = len(self._transports) >= self.limits.max_connections
+        if crowded:
+            log.warning(
+                "drop server: %d connections already; %s refused",
+                self.limits.max_connections,
+                address,
+            )
+            conn.close()
+            return
+        transport = paramiko.Transport(conn)
+        modern(transport)
+        # Before login a client has these to show its banner and finish the key exchange
+        # (paramiko's default, 15 s each); then `auth_seconds` in all to log in.
+        transport.banner_timeout = transport.handshake_timeout = self.limits.auth_seconds
+        with self._lock:
+            self._transports[transport] = None
+        # The handshake runs on the session's own thread: a client that connects and
+        # stays silent must not keep the next one waiting.
+        try:
+            threading.Thread(target=self._session, args=(transport, address),
+                             name="drop-session", daemon=True).start()  # fmt: skip
+        except BaseException:
+            self._forget(transport)
+            transport.close()
+            raise
 
     def _session(self, transport: paramiko.Transport, address: str) -> None:
         """Hand-shake, then close the session once idle for longer than the limit."""
         transport.add_server_key(self.host_key)
-        transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _Mailbox)
+        transport.set_subsystem_handler("sftp", _SftpServer, _Mailbox)
         server = _Server(self, address)
+        with self._lock:
+            self._transports[transport] = server
+        connected = self.clock.monotonic()
         try:
             transport.start_server(server=server)
         except (paramiko.SSHException, OSError, EOFError) as err:
             log.info("drop server: handshake with %s failed (%s)", address, err)
+            transport.close()
+            transport.packetizer.complete_handshake()  # paramiko leaves its timer running
             self._forget(transport)
             return
         while transport.is_active() and not self._stop.is_set():
-            if self.clock.monotonic() - server.last_activity > self.limits.idle_seconds:
-                log.info(
-                    "drop server: %s idle for %d s; closed", server.who, self.limits.idle_seconds
-                )
+            if why := self._ended(server, connected):
+                log.info("drop server: %s %s; closed", server.who, why)
                 transport.close()
                 break
             self._stop.wait(0.5)  # the session's end and idleness are looked for twice a second
         self._forget(transport)
 
+    def _ended(self, server: _Server, connected: float) -> str | None:
+        """Why a session must end now, or None."""
+        now = self.clock.monotonic()
+        if server.partner is None and now - connected > self.limits.auth_seconds:
+            return f"did not log in within {self.limits.auth_seconds} s"
+        if now - server.last_activity > self.limits.idle_seconds:
+            return f"idle for {self.limits.idle_seconds} s"
+        if server.partner is not None and self.hooks.authorized_key(server.partner) is None:
+            return "may no longer log in (disabled, or its key changed)"
+        return None
+
+    def sessions_of(self, partner: str) -> int:
+        """How many sessions `partner` has open now."""
+        with self._lock:
+            return sum(
+                s is not None and s.partner == partner and t.is_active()
+                for t, s in self._transports.items()
+            )
+
     def _forget(self, transport: paramiko.Transport) -> None:
         with self._lock:
-            self._transports.discard(transport)
+            self._transports.pop(transport, None)
 
     def failed_login(self, address: str) -> None:
         """Count a failed login from `address`; ban it for a while past the limit."""
@@ -202,6 +253,7 @@ class _Server(paramiko.ServerInterface):  # type: ignore[misc]
         self.partner: str | None = None
         self.candidate: str | None = None
         self.keys_tried: set[bytes] = set()
+        self.channels = 0
         self.last_activity = drop.clock.monotonic()
 
     @property
@@ -233,26 +285,65 @@ class _Server(paramiko.ServerInterface):  # type: ignore[misc]
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         # paramiko asks this only of an authenticated connection.
-        if kind == "session" and self.candidate is not None:
-            if self.partner is None:
-                self.partner = self.candidate
-                log.info("drop server: %s logged in", self.who)
-            return paramiko.OPEN_SUCCEEDED
-        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        if kind != "session" or self.candidate is None:
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        self.channels += 1
+        limits = self.drop.limits
+        if self.channels > limits.max_channels:
+            log.warning(
+                "drop server: %s asked for more than %d channels", self.who, limits.max_channels
+            )
+            return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
+        if self.partner is None:
+            if self.drop.sessions_of(self.candidate) >= limits.max_sessions_per_partner:
+                log.warning("drop server: %s already has %d sessions; refused", self.candidate,
+                            limits.max_sessions_per_partner)  # fmt: skip
+                return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
+            self.partner = self.candidate
+            log.info("drop server: %s logged in", self.who)
+        return paramiko.OPEN_SUCCEEDED
+
+
+class _SftpServer(paramiko.SFTPServer):  # type: ignore[misc]
+    """paramiko's SFTP server, with a bound on open handles and no extension the gateway
+    does not implement (paramiko's stock `check-file` kept a CPU busy after one request)."""
+
+    def _process(self, t: int, request_number: int, msg: paramiko.Message) -> None:
+        if t in (codes.CMD_OPEN, codes.CMD_OPENDIR):
+            limit = self.server.limits.max_handles
+            if len(self.file_table) + len(self.folder_table) >= limit:
+                self._send_status(request_number, SFTP_FAILURE, f"more than {limit} open handles")
+                return
+        elif t == codes.CMD_EXTENDED:
+            self._send_status(request_number, codes.SFTP_OP_UNSUPPORTED)
+            return
+        super()._process(t, request_number, msg)
+
+    def _send_server_version(self) -> int:
+        """Version 3 with no extension advertised (paramiko's advertises `check-file`)."""
+        kind, data = self._read_packet()
+        if kind != codes.CMD_INIT:
+            raise paramiko.SFTPError("Incompatible sftp protocol")
+        message = paramiko.Message()
+        message.add_int(3)
+        self._send_packet(codes.CMD_VERSION, message)
+        return int(struct.unpack(">I", data[:4])[0])
 
 
 class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
     """A file in /download, open for reading; notes whether it was read to the end."""
 
-    def __init__(self, mailbox: _Mailbox, name: str, fd: int) -> None:
+    def __init__(self, mailbox: _Mailbox, name: str, fd: int, report: bool) -> None:
         super().__init__(os.O_RDONLY)
-        self.mailbox, self.name = mailbox, name
+        self.mailbox, self.name, self.report = mailbox, name, report
         self.readfile = os.fdopen(fd, "rb")
         self.size = os.fstat(fd).st_size
         self.ranges: list[tuple[int, int]] = []  # bytes read so far, merged
 
     def read(self, offset: int, length: int) -> bytes | int:
-        data = super().read(offset, length)
+        # A short read is allowed: a client asks again for the rest. One 2 GiB request
+        # answered whole would hold the whole file in memory.
+        data = super().read(offset, min(length, self.mailbox.limits.max_read_bytes))
         if isinstance(data, bytes) and data:
             self.ranges = _merge([*self.ranges, (offset, offset + len(data))])
         self.mailbox.touch()
@@ -263,7 +354,7 @@ class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
 
     def close(self) -> None:
         super().close()
-        if self.ranges == [(0, self.size)] and not self.mailbox.ended:
+        if self.report and self.ranges == [(0, self.size)] and not self.mailbox.ended:
             self.mailbox.read_whole.add(self.name)
             self.mailbox.hooks.downloaded(self.mailbox.partner, self.name)
 
@@ -292,22 +383,40 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         return _attributes(os.fstat(self.writefile.fileno()), self.final.name)
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            with self.mailbox.server.drop._lock:
+                self.mailbox.server.drop.inflight.discard(self.inflight)
+
+    def _close(self) -> None:
         if self.mailbox.ended or self.refused:  # cut off, or too large: never a file
             self.writefile.close()
             self.inflight.unlink(missing_ok=True)
-            if self.refused:
+            # Raised only to the client that is still there: paramiko closes every handle
+            # of a session that ended in one loop, which an exception would cut short.
+            if self.refused and not self.mailbox.ended:
                 raise OSError(errno.EFBIG, "upload over the size limit")
             return
         try:
             self.writefile.flush()
             os.fsync(self.writefile.fileno())
             self.writefile.close()
-            os.link(self.inflight, self.final)  # never replaces an existing file
+            if _hidden(self.final.name):  # the partner's own unfinished file: redone
+                os.replace(self.inflight, self.final)
+            else:
+                os.link(self.inflight, self.final)  # never replaces a finished file
         finally:
             self.inflight.unlink(missing_ok=True)
         fsync_dir(self.final.parent)
         if not is_temporary(self.final.name):
             self.mailbox.hooks.uploaded(self.mailbox.partner, self.final.name)
+
+
+def _hidden(name: str) -> bool:
+    """A hidden name in /upload: the partner's own unfinished file (e.g. `.<name>.part`),
+    which it may write again or remove; never taken in, never a finished file."""
+    return name.startswith(".") and not name.startswith(INFLIGHT)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -350,6 +459,14 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self.jail = Jail(root)
         self.ended = False
         self.read_whole: set[str] = set()
+        self._sweep(root / "upload")
+
+    def _sweep(self, upload: Path) -> None:
+        """Remove hidden upload files that no open upload owns: a server that died left them."""
+        drop = self.server.drop
+        with drop._lock:
+            for leftover in set(upload.glob(f"{INFLIGHT}*")) - drop.inflight:
+                leftover.unlink(missing_ok=True)
 
     def touch(self) -> None:
         self.server.last_activity = self.server.drop.clock.monotonic()
@@ -412,7 +529,7 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return SFTP_PERMISSION_DENIED
         host = self.jail.host_path(where)
         writing = flags & (os.O_WRONLY | os.O_RDWR)
-        if where.area == "download":
+        if where.area == "download" or not writing:  # its own uploads may be read back
             if writing:
                 return SFTP_PERMISSION_DENIED
             try:
@@ -422,11 +539,15 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 return SFTP_PERMISSION_DENIED
-            return _Download(self, where.name, fd)
-        if not (flags & os.O_WRONLY) or flags & os.O_APPEND or os.path.lexists(host):
-            return SFTP_PERMISSION_DENIED  # new files only
+            return _Download(self, where.name, fd, report=where.area == "download")
+        if not (flags & os.O_WRONLY) or flags & os.O_APPEND:
+            return SFTP_PERMISSION_DENIED
+        if os.path.lexists(host) and not _hidden(where.name):
+            return SFTP_PERMISSION_DENIED  # new files only; a hidden unfinished one may be redone
         inflight = host.with_name(f"{INFLIGHT}{secrets.token_hex(8)}")
         fd = os.open(inflight, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with self.server.drop._lock:
+            self.server.drop.inflight.add(inflight)
         return _Upload(self, host, fd, inflight)
 
     def remove(self, path: str) -> int:
@@ -434,8 +555,12 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
             where = self._locate(path)
         except OutsideJail:
             return SFTP_PERMISSION_DENIED
-        if where.area != "download" or where.name is None or where.name not in self.read_whole:
+        if where.name is None or where.name.startswith(INFLIGHT):
+            return SFTP_PERMISSION_DENIED
+        if where.area == "download" and where.name not in self.read_whole:
             return SFTP_PERMISSION_DENIED  # only what the partner has read, from /download
+        if where.area == "upload" and not _hidden(where.name):
+            return SFTP_PERMISSION_DENIED  # only its own unfinished files, from /upload
         try:
             os.unlink(self.jail.host_path(where))
         except FileNotFoundError:
@@ -475,7 +600,15 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         return SFTP_PERMISSION_DENIED
 
     def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
-        return SFTP_PERMISSION_DENIED
+        # Times are accepted and ignored (rclone and others set them after an upload and
+        # count a refusal as a failed upload); permissions, owners and sizes are refused.
+        try:
+            where = self._locate(path)
+        except OutsideJail:
+            return SFTP_PERMISSION_DENIED
+        if where.name is None or attr._flags & ~paramiko.SFTPAttributes.FLAG_AMTIME:
+            return SFTP_PERMISSION_DENIED
+        return SFTP_OK
 
     def symlink(self, target_path: str, path: str) -> int:
         return SFTP_PERMISSION_DENIED

@@ -107,6 +107,17 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
         with self.deadline("start"):  # the constructor runs gpg to learn its version
             super().__init__(**kwargs)
 
+    def _read_response(self, stream: Any, result: Any) -> None:
+        """Read gpg's status lines, whatever bytes they carry.
+
+        A signature may carry notations of any bytes (Sequoia puts a binary salt on every
+        signature it makes), which gpg prints raw: read strictly as UTF-8, one such line
+        killed python-gnupg's reader thread and no message signed by `sq` could be opened.
+        Undecodable bytes become U+FFFD; the keywords and fingerprints checked are ASCII.
+        """
+        stream.errors = "replace"
+        super()._read_response(stream, result)
+
     def _open_subprocess(self, args: Any, passphrase: bool = False) -> subprocess.Popen[bytes]:
         process: subprocess.Popen[bytes] = super()._open_subprocess(args, passphrase)
         timer = threading.Timer(self.timeout, process.kill)
@@ -164,6 +175,7 @@ class Keyring:
         self.clock = clock
         self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=list(_OPTIONS))
         self._gpg.encoding = "utf-8"
+        self._gpg.decode_errors = "replace"  # key listings: a user id of any bytes
         self._gpg.buffer_size = 1024 * 1024
         self._agent_lock = threading.Lock()
         self._agent_started = False

@@ -29,3 +29,47 @@ def exclusive(lock: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(lock: Path) -> Iterator[None]:
+    """Mark that this process is writing beside `lock` until the block ends.
+
+    Another process's recovery sees the mark (`being_written`) and leaves the work alone;
+    a process killed mid-write leaves a mark nobody holds, which recovery clears. The
+    lock file is created, locked, and checked to be still the one at `lock` (recovery
+    may have removed a stale one in between), then removed at the end.
+    """
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed under us as stale: take a fresh one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def being_written(lock: Path) -> bool:
+    """Whether a live process holds the mark `writing(lock)` made; a stale mark is removed."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # nobody holds it: its writer died
+        return False
+    finally:
+        os.close(fd)

@@ -1,6 +1,7 @@
 """Log lines on stderr: one per event, text for people or JSON for log shippers.
 
-Log messages carry ids, states and reasons only: never a payload byte or key material.
+Log messages carry ids, states and reasons only: never a payload byte or key material;
+as text, their control characters are escaped (`gateway.core.text`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from gateway.core.text import shown
 
 
 class _Json(logging.Formatter):
@@ -24,6 +27,15 @@ class _Json(logging.Formatter):
             },
             ensure_ascii=False,
         )
+
+
+class _Text(logging.Formatter):
+    """One line per event: a message's control characters (a partner's newline or escape
+    sequence in a reason it sent) are escaped; a traceback follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = shown(record.message)
+        return super().formatMessage(record)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -44,7 +56,7 @@ def setup(debug: bool, log_format: str) -> None:
     if log_format == "json":
         handler.setFormatter(_Json())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(_Text("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("gateway")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)

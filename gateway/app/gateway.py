@@ -160,7 +160,10 @@ class Gateway:
             raise SettingsInvalid(f"{listen!r} is not ADDRESS:PORT to listen on, e.g. 0.0.0.0:2222")
         limits = Limits(max_connections=s.serve_max_connections, max_auth_attempts=s.serve_max_auth_attempts,
                         ban_after_failures=s.serve_ban_after_failures, ban_seconds=s.serve_ban_seconds,
-                        idle_seconds=s.serve_idle_timeout_seconds, max_upload_bytes=s.serve_max_upload_bytes)  # fmt: skip
+                        idle_seconds=s.serve_idle_timeout_seconds, max_upload_bytes=s.serve_max_upload_bytes,
+                        auth_seconds=s.serve_auth_timeout_seconds, max_channels=s.serve_max_channels_per_connection,
+                        max_handles=s.serve_max_open_handles, max_read_bytes=s.serve_max_read_bytes,
+                        max_sessions_per_partner=s.serve_max_sessions_per_partner)  # fmt: skip
         wake: Hint = WAKE
         return DropServer((host.strip("[]"), int(port)), self.home.host_key,
                           hooks(self.home, self.ledger, self.reads, lambda: self.hints.put(wake)),

@@ -12,6 +12,7 @@ from gateway.cli import emit, json_option, with_gateway
 from gateway.core.lifecycle import State
 from gateway.core.model import utc
 from gateway.core.names import package_id as parse_package_id
+from gateway.core.text import shown
 
 
 @click.group("ledger")
@@ -56,7 +57,8 @@ def list_(
         lambda: (
             "\n".join(
                 f"{p.package_id}  {p.direction:<3} {p.partner or '-':<12} {p.kind or '-':<11} "
-                f"{p.state:<12} {p.updated_at}" + (f"  {p.last_error}" if p.last_error else "")
+                f"{p.state:<12} {p.updated_at}"
+                + (f"  {shown(p.last_error)}" if p.last_error else "")
                 for p in packages
             )
             or "no packages"
@@ -82,11 +84,11 @@ def show(gw: Gateway, package_id: str, as_json: bool) -> None:
     result = {"package": dataclasses.asdict(package), "events": events}
 
     def text() -> str:
-        lines = [f"{k:<18} {v}" for k, v in result["package"].items() if v is not None]  # type: ignore[attr-defined]
+        lines = [f"{k:<18} {shown(str(v))}" for k, v in result["package"].items() if v is not None]  # type: ignore[attr-defined]
         lines.append("events:")
         lines += [
             f"  {e['at']}  {e['actor']:<8} {e['action']:<16} {e['state'] or '':<10} "
-            f"{json.dumps(e['detail'], ensure_ascii=False) if e['detail'] else ''}"
+            f"{shown(json.dumps(e['detail'], ensure_ascii=False)) if e['detail'] else ''}"
             for e in events
         ]
         return "\n".join(lines)

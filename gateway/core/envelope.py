@@ -17,10 +17,9 @@ from datetime import datetime
 from typing import IO, Any, Final
 
 from gateway.core.errors import InputRefused, SpoolDamaged, UsageError
-from gateway.core.names import authority_id, kind, package_id, payload_name
+from gateway.core.names import MANIFEST, authority_id, kind, package_id, payload_name
 
 SCHEMA: Final = "gateway-envelope/1"
-MANIFEST: Final = "manifest.json"
 PAYLOAD_DIR: Final = "payload/"
 MAX_MANIFEST_BYTES: Final = 64 * 1024
 CHUNK: Final = 1024 * 1024

@@ -196,9 +196,9 @@ class LedgerDamaged(Permanent):
 
 
 class SpoolDamaged(Permanent):
-    """Something in the gateway's own spool is not as the gateway left it (a payload
-    changed while it was being sealed): check the host's disk and who can write to the
-    spool, then `gateway retry`."""
+    """Something in the gateway's own spool is not as the gateway left it (a payload gone
+    or changed before it was sealed, a folder in spool/inbound that is another package's):
+    do what the `error:` line says; check the host's disk and who can write to the spool."""
 
     exit_code = 34
 

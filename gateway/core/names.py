@@ -24,6 +24,8 @@ _PACKAGE = re.compile(rf"(?P<sender>[A-Z]{{2}}-[A-Z0-9]{{1,16}})-(?P<ulid>{_ULID
 WIRE_NAME: Final = re.compile(rf"(?P<pid>{_PACKAGE.pattern})(?P<suffix>\.pgp|\.receipt)")
 _TEMPORARY_SUFFIXES: Final = (".part", ".tmp", ".partial", "~")
 MAX_NAME_BYTES: Final = 200
+#: The manifest's name in the envelope and in spool/inbound/<PARTNER>/<package_id>/: no payload's.
+MANIFEST: Final = "manifest.json"
 
 
 def authority_id(text: str) -> str:
@@ -115,6 +117,10 @@ def payload_name(raw: str | bytes) -> str:
         raise InputRefused(
             "the file name is a dot-file or ends like a temporary file "
             "(.part, .tmp, .partial, ~): rename the file"
+        )
+    if name == MANIFEST:
+        raise InputRefused(
+            f"the file name {MANIFEST} is the gateway's own, kept beside the payload: rename the file"
         )
     return name
 

@@ -97,6 +97,19 @@ SETTINGS: Final = (
     Setting("serve.ban_seconds", 600, "How long a banned address is refused."),
     Setting("serve.idle_timeout_seconds", 300, "A drop-server session idle this long is closed."),
     Setting("serve.max_upload_bytes", 2 * 1024**3 + 1024**2, "Largest file a partner may upload."),
+    Setting("serve.auth_timeout_seconds", 30, "A connection not logged in this long is closed."),
+    Setting(
+        "serve.max_channels_per_connection",
+        8,
+        "Channels one connection may open; an SFTP client needs one.",
+    ),
+    Setting("serve.max_open_handles", 64, "Files and folders one session may hold open at once."),
+    Setting(
+        "serve.max_read_bytes",
+        261120,
+        "Most bytes one read request is answered with (as OpenSSH's server).",
+    ),
+    Setting("serve.max_sessions_per_partner", 4, "Sessions one partner may have open at once."),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
@@ -131,6 +144,11 @@ class Settings:
     serve_ban_seconds: int = 600
     serve_idle_timeout_seconds: int = 300
     serve_max_upload_bytes: int = 2 * 1024**3 + 1024**2
+    serve_auth_timeout_seconds: int = 30
+    serve_max_channels_per_connection: int = 8
+    serve_max_open_handles: int = 64
+    serve_max_read_bytes: int = 261120
+    serve_max_sessions_per_partner: int = 4
 
 
 def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:

@@ -11,6 +11,7 @@ removed from the partner's server.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -23,13 +24,14 @@ from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.envelope import Manifest
-from gateway.core.errors import Rejected
+from gateway.core.errors import GatewayError, Rejected, SpoolDamaged
 from gateway.core.lifecycle import State
 from gateway.core.model import Package, Partner, utc
-from gateway.core.names import new_package_id, package_sender
+from gateway.core.names import MANIFEST, new_package_id, package_sender
 from gateway.core.receipts import Receipt
 from gateway.core.settings import Settings
 
+log = logging.getLogger("gateway")
 ENVELOPE_OVERHEAD: Final = 1024 * 1024  # manifest, tar headers and OpenPGP framing, generously
 
 
@@ -42,6 +44,13 @@ class Accept:
         self.keyring = keyring
         self.settings = settings
         self.us = settings.gateway_id
+
+    def recover(self) -> None:
+        """After a crash: remove deliveries to spool/inbound that never got their rename
+        (the package is still on the partner's side, or in spool/incoming, and is
+        opened again)."""
+        for tmp in self.home.inbound.glob("*/.*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def max_bytes(self) -> int:
         """The largest package file that is fetched at all."""
@@ -86,20 +95,30 @@ class Accept:
                                    sender_key=signer, recipient_key=manifest.recipient.key)  # fmt: skip
             path.unlink()
         except Rejected as problem:
-            signer = signer or problem.signer
-            authenticated = signer is not None  # a rejected receipt goes only to a proven sender
-            if authenticated:
-                self._receipt_out(pid, partner, digest, str(problem))
-            entry = new_package_id(self.us, self.ledger.clock.now())
-            quarantine.put(self.home.quarantine, path, entry, {
-                "what_arrived": "package", "partner": partner.id, "package_id": pid,
-                "original_name": f"{pid}.pgp", "reason": str(problem), "at": utc(self.ledger.clock.now()),
-                "what_to_do": "nothing was delivered; tell the partner if it keeps happening",
-            })  # fmt: skip
-            self.ledger.transition(pid, State.REJECTED, "reject", {"reason": str(problem), "quarantine": entry},
-                                   last_error=str(problem), receipt_state="due" if authenticated else None)  # fmt: skip
+            self._reject(partner, path, pid, digest, problem, signer or problem.signer)
+        except (GatewayError, OSError):
+            raise  # the host's trouble, not the file's: it waits and is handled again
+        except Exception as err:  # poison input: whatever it does, it never blocks the next file
+            log.exception("%s from %s: unexpected error while opening it", pid, partner.id)
+            poison = Rejected(f"it could not be read (unexpected {type(err).__name__})")
+            self._reject(partner, path, pid, digest, poison, signer)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _reject(self, partner: Partner, path: Path, pid: str, digest: str, problem: Rejected,
+                signer: str | None) -> None:  # fmt: skip
+        """Quarantine the package, record it `rejected`, and tell a proven sender why."""
+        authenticated = signer is not None  # a rejected receipt goes only to a proven sender
+        if authenticated:
+            self._receipt_out(pid, partner, digest, str(problem))
+        entry = new_package_id(self.us, self.ledger.clock.now())
+        quarantine.put(self.home.quarantine, path, entry, {
+            "what_arrived": "package", "partner": partner.id, "package_id": pid,
+            "original_name": f"{pid}.pgp", "reason": str(problem), "at": utc(self.ledger.clock.now()),
+            "what_to_do": "nothing was delivered; tell the partner if it keeps happening",
+        })  # fmt: skip
+        self.ledger.transition(pid, State.REJECTED, "reject", {"reason": str(problem), "quarantine": entry},
+                               last_error=str(problem), receipt_state="due" if authenticated else None)  # fmt: skip
 
     def _check(self, manifest: Manifest, partner: Partner, pid: str, signer: str) -> None:
         """SPEC section 4: addressed to us and our key, from this partner and its key."""
@@ -108,20 +127,36 @@ class Accept:
         if manifest.sender.id != partner.id or manifest.sender.key != signer:
             raise Rejected(f"the manifest's sender is {manifest.sender.id} with key {manifest.sender.key}, "
                            f"not {partner.id} with the key that signed it")  # fmt: skip
+        if manifest.payload.name == MANIFEST:
+            raise Rejected(
+                f"the payload is named {MANIFEST}, which is the gateway's own file beside it",
+                signer,
+            )
         if manifest.recipient.id != self.us or manifest.recipient.key not in self.ledger.own_keys():
             raise Rejected(f"the package is addressed to {manifest.recipient.id} with key "
                            f"{manifest.recipient.key}, not to this gateway ({self.us})")  # fmt: skip
 
     def _deliver(self, partner: Partner, manifest: Manifest, payload: Path) -> None:
-        """Make `spool/inbound/<PARTNER>/<package_id>/` appear whole, in one rename."""
+        """Make `spool/inbound/<PARTNER>/<package_id>/` appear whole, in one rename.
+
+        Already there with this manifest: a crash came after the rename and before
+        `accepted` was committed, and this is the same verified package again.
+        """
         folder = self.home.inbound / partner.id
         folder.mkdir(mode=0o700, exist_ok=True)
         final, tmp = folder / manifest.package_id, folder / f".{manifest.package_id}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():
+            if (final / MANIFEST).read_bytes() != manifest.to_json():
+                raise SpoolDamaged(
+                    f"spool/inbound/{partner.id}/{manifest.package_id} holds another package: "
+                    "move it aside; the package is opened again on the next poll"
+                )
+            return
         tmp.mkdir(mode=0o700)
-        (tmp / "manifest.json").write_bytes(manifest.to_json())
+        (tmp / MANIFEST).write_bytes(manifest.to_json())
         os.replace(payload, tmp / manifest.payload.name)
-        for path in (tmp / "manifest.json", tmp / manifest.payload.name):
+        for path in (tmp / MANIFEST, tmp / manifest.payload.name):
             fsync_file(path)
         fsync_dir(tmp)
         os.rename(tmp, final)

@@ -5,24 +5,32 @@ GnuPG has shown the receipt was signed by the partner's pinned key. A receipt th
 matches what was sent (SPEC section 5) moves the package to `acknowledged` or
 `refused`; the signed receipt is kept as the evidence. Anything else is quarantined
 with its reason and recorded; the package's state does not change.
+
+A crash before the new state is committed leaves the receipt where it came from (the
+partner's server, or spool/incoming for a pull partner): it is applied again. A crash
+after it leaves a copy that is found again as a duplicate of the same receipt, and
+removed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from gateway.adapters import quarantine
-from gateway.adapters.files import fsync_dir, write_atomic
+from gateway.adapters.files import write_atomic
 from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.core.errors import Rejected
+from gateway.core.errors import GatewayError, Rejected
 from gateway.core.lifecycle import RECEIPTED, State
 from gateway.core.model import Partner, utc
 from gateway.core.names import new_package_id
 from gateway.core.receipts import MAX_BYTES, Receipt, closes, parse_receipt
+
+log = logging.getLogger("gateway")
 
 
 class Acknowledge:
@@ -53,6 +61,13 @@ class Acknowledge:
             self._apply(partner, receipt, path, signer)
         except Rejected as problem:
             self._refuse(partner, path, pid, str(problem))
+        except (GatewayError, OSError):
+            raise  # the host's trouble, not the file's: it waits and is handled again
+        except Exception as err:  # poison input: whatever it does, it never blocks the next file
+            log.exception("%s.receipt from %s: unexpected error while reading it", pid, partner.id)
+            self._refuse(
+                partner, path, pid, f"it could not be read (unexpected {type(err).__name__})"
+            )
         finally:
             plain.unlink(missing_ok=True)
 
@@ -70,10 +85,11 @@ class Acknowledge:
             path.unlink()
             return
         new = closes(receipt, package, partner.id, self.us)
-        # The signed receipt is the evidence: kept beside what it said.
-        os.replace(path, self.home.receipts_in / f"{receipt.package_id}.receipt")
+        # The signed receipt is the evidence, kept beside what it said. The file as it came
+        # stays where it is until the package's new state is committed: a crash before
+        # then finds it again, and applies it again.
+        write_atomic(self.home.receipts_in / f"{receipt.package_id}.receipt", path.read_bytes())
         write_atomic(kept, json.dumps(receipt.__dict__).encode())
-        fsync_dir(self.home.receipts_in)
         if package.state is not State.DELIVERED:  # the upload landed, then we crashed
             self.ledger.transition(package.package_id, State.DELIVERED, "deliver", {"confirmed_by": "receipt"},
                                    delivered_at=utc(self.ledger.clock.now()))  # fmt: skip
@@ -84,7 +100,7 @@ class Acknowledge:
         # The partner's signed receipt and the ledger's hash are the evidence now; the
         # ciphertext itself is no longer needed here, nor in a pull partner's mailbox.
         published = self.home.mailbox / partner.id / "download" / f"{package.package_id}.pgp"
-        for leftover in (self.home.sealed_file(package.package_id), published):
+        for leftover in (self.home.sealed_file(package.package_id), published, path):
             leftover.unlink(missing_ok=True)
 
     def _refuse(self, partner: Partner, path: Path, pid: str, reason: str) -> None:

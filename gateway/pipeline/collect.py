@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import random
+import threading
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Final
@@ -19,10 +22,12 @@ from typing import Final
 from gateway.adapters.files import sha256_file
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.core.errors import GatewayError
+from gateway.core.backoff import backoff
+from gateway.core.errors import GatewayError, TransferFailed
 from gateway.core.model import Arrival, Partner
 from gateway.core.names import WIRE_NAME, receipt_name
 from gateway.core.receipts import MAX_BYTES as MAX_RECEIPT_BYTES
+from gateway.core.settings import Settings
 from gateway.pipeline.accept import Accept
 from gateway.pipeline.acknowledge import Acknowledge
 from gateway.transports.base import Link
@@ -36,13 +41,17 @@ HANDLERS: Final = 4
 class Collector:
     """Takes in what one partner sent and answers it, over a link."""
 
-    def __init__(
-        self, home: Home, ledger: Ledger, accept: Accept, acknowledge: Acknowledge
-    ) -> None:
+    def __init__(self, home: Home, ledger: Ledger, accept: Accept, acknowledge: Acknowledge,
+                 settings: Settings) -> None:  # fmt: skip
         self.home = home
         self.ledger = ledger
         self.accept = accept
         self.acknowledge = acknowledge
+        self.settings = settings
+        #: (partner, file name) -> (failed handlings, when to try again): a file whose
+        #: handling failed waits, with backoff, and holds up no other file.
+        self._failing: dict[tuple[str, str], tuple[int, float]] = {}
+        self._lock = threading.Lock()
 
     def max_bytes(self, name: str) -> int:
         """The largest file of this name that is fetched at all."""
@@ -64,8 +73,10 @@ class Collector:
         """Fetch, handle and remove each file the partner left, up to the link's bound.
 
         This thread fetches and removes; HANDLERS threads handle (two gpg runs each for a
-        package). A file is removed only once its handling has ended, which commits its
-        outcome. Once a handling fails, no more are fetched; the ones in hand are finished.
+        package). A file is removed only once its handling has ended well, which commits
+        its outcome. A file whose handling failed stays on the partner's side and waits
+        (with backoff) while the others go on; a failure of the link itself ends the
+        collection, after the handlings in hand have finished.
         """
         folder = self.home.incoming / partner.id
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -73,56 +84,94 @@ class Collector:
             in_hand: dict[Future[None], Arrival] = {}
             try:
                 for arrival in link.collect():
+                    if not self._due(partner, arrival):
+                        continue
                     limit = self.max_bytes(arrival.name)
                     if arrival.size > limit:
-                        self.ledger.record("fetch.refused", partner=partner.id,
-                                           detail={"name": arrival.name, "size": arrival.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
-                        link.remove(arrival)
+                        self._refuse(partner, link, arrival, limit)
                         continue
                     local = folder / arrival.name
                     link.fetch(arrival, local, limit)
                     in_hand[pool.submit(self.handle, partner, local)] = arrival
                     if len(in_hand) >= 2 * HANDLERS:
-                        self._remove_handled(link, in_hand, FIRST_COMPLETED)
+                        self._remove_handled(partner, link, in_hand, FIRST_COMPLETED)
             except BaseException:
-                with contextlib.suppress(Exception):  # each failure is logged; this one goes on
-                    self._remove_handled(link, in_hand, ALL_COMPLETED)
+                with contextlib.suppress(Exception):  # the link's failure is the one to report
+                    self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
                 raise
-            self._remove_handled(link, in_hand, ALL_COMPLETED)
+            self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
 
-    def _remove_handled(self, link: Link, in_hand: dict[Future[None], Arrival], until: str) -> None:
-        """Wait for handlings in `in_hand` (the first or all); remove each file handled well.
+    def _refuse(self, partner: Partner, link: Link, arrival: Arrival, limit: int) -> None:
+        """Record a file too large to fetch, and remove it if the partner's side allows (a
+        drop server lets a client remove only what it has read): else it is left alone,
+        and looked at again only after a while."""
+        self.ledger.record("fetch.refused", partner=partner.id,
+                           detail={"name": arrival.name, "size": arrival.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
+        try:
+            link.remove(arrival)
+        except TransferFailed as err:
+            log.warning("%s from %s: too large, and cannot be removed there: %s", arrival.name,
+                        partner.id, err)  # fmt: skip
+            self._failed(partner, arrival)
 
-        Each failure is logged; the first is raised after the others' files are removed.
-        """
+    def _failed(self, partner: Partner, arrival: Arrival) -> float:
+        """Note one more failure with `arrival`; the delay before it is looked at again."""
+        key = (partner.id, arrival.name)
+        with self._lock:
+            failures = self._failing.get(key, (0, 0.0))[0] + 1
+            delay = backoff(failures, self.settings.retry_first_delay_seconds,
+                            self.settings.retry_max_delay_seconds, random.random())  # noqa: S311 - jitter  # fmt: skip
+            self._failing[key] = (failures, self.ledger.clock.monotonic() + delay)
+        return delay
+
+    def _due(self, partner: Partner, arrival: Arrival) -> bool:
+        with self._lock:
+            _, when = self._failing.get((partner.id, arrival.name), (0, -math.inf))
+        return self.ledger.clock.monotonic() >= when
+
+    def _remove_handled(self, partner: Partner, link: Link, in_hand: dict[Future[None], Arrival],
+                        until: str) -> None:  # fmt: skip
+        """Wait for handlings in `in_hand` (the first or all); remove each file handled well;
+        log each failure and let its file wait."""
         done, _ = wait(in_hand, return_when=until)
-        failures = []
         for job in done:
             arrival = in_hand.pop(job)
+            key = (partner.id, arrival.name)
             if (failure := job.exception()) is None:
+                with self._lock:
+                    self._failing.pop(key, None)
                 link.remove(arrival)
-            else:
-                log.error("%s: not handled, left for the next turn: %s", arrival.name, failure,
-                          exc_info=None if isinstance(failure, GatewayError) else failure)  # fmt: skip
-                failures.append(failure)
-        if failures:
-            raise failures[0]
+                continue
+            delay = self._failed(partner, arrival)
+            log.error("%s from %s: not handled, tried again in %.0f s: %s", arrival.name,
+                      partner.id, delay, failure,
+                      exc_info=None if isinstance(failure, GatewayError) else failure)  # fmt: skip
 
     def answer(self, partner: Partner, link: Link) -> None:
         """Send every receipt the gateway owes this partner, recording them sent in one commit.
 
-        A crash before the commit leaves them due: the next turn finds each already there
-        with the same SHA-256 and records it then.
+        One receipt that cannot be sent holds up no other; the first failure is raised
+        once the rest were tried. A crash before the commit leaves them due: the next turn
+        finds each already there with the same SHA-256 and records it then.
         """
-        sent = []
+        sent, failures = [], []
         try:
             for package in self.ledger.receipts_due(partner.id):
                 path = self.home.receipt_file(package.package_id)
-                sha256 = sha256_file(path)
-                placed = link.answer(path, receipt_name(package.package_id), sha256)
+                try:
+                    sha256 = sha256_file(path)
+                    placed = link.answer(path, receipt_name(package.package_id), sha256)
+                except (GatewayError, OSError) as err:
+                    log.warning(
+                        "receipt of %s for %s not sent: %s", package.package_id, partner.id, err
+                    )
+                    failures.append(err)
+                    continue
                 sent.append((package.package_id, placed.path, sha256))
         finally:
             with self.ledger.transaction():
                 for pid, where, sha256 in sent:
                     self.ledger.note(pid, "receipt.sent", {"path": where, "sha256": sha256},
                                      receipt_state="sent")  # fmt: skip
+        if failures:
+            raise failures[0]

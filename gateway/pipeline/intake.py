@@ -1,11 +1,18 @@
 """Taking files in: from `gateway send` (a copy) or from the outbound spool (a move).
 
-Nothing taken in is ever lost or taken twice. A spooled file is first renamed into the
-gateway's own `spool/work/<package_id>/` beside an `origin.json` written before it,
-then recorded in the ledger. A crash between the two leaves a work folder that
-`recover()` finishes taking in; a crash before the rename leaves the file where the
-producer put it. Bad entries go to `spool/quarantine/` with a reason file and a ledger
-entry; a link is moved, never followed, and its target never read.
+Nothing taken in is ever lost or taken twice. Bad entries go to `spool/quarantine/` with
+a reason file and a ledger entry; a link is moved, never followed, and its target never
+read. Where a crash can fall, and what the next start (`recover`) does:
+
+| step | crash after | the spool holds | the next start |
+|---|---|---|---|
+| move | `origin.json` written | `work/<id>/origin.json`, the file still in `outbound/` | removes the folder; the file is taken again |
+| move | the rename | `work/<id>/` with `origin.json` and `payload` | records the package `received` (or quarantines it) |
+| copy (`send`) | the mark, during the copy | `work/.<id>.writing`, `work/<id>/` partly written | removes both once no live `send` holds the mark; `send` printed no id |
+| copy (`send`) | the ledger's `received` | `work/<id>/`, the mark | removes the mark; the package is sealed |
+
+A `send` running beside a starting daemon holds its mark (an flock) from before its
+folder exists until the package is in the ledger, so recovery never removes it.
 """
 
 from __future__ import annotations
@@ -22,10 +29,10 @@ from gateway.adapters import quarantine
 from gateway.adapters.files import fsync_dir, open_regular, publish, write_atomic
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
+from gateway.adapters.lock import being_written, writing
 from gateway.core.errors import (
     GatewayError,
     InputRefused,
-    NoSuchPackage,
     UnknownPartner,
     UsageError,
 )
@@ -37,6 +44,8 @@ from gateway.core.settings import Settings
 
 PAYLOAD: Final = "payload"
 ORIGIN: Final = "origin.json"
+#: `spool/work/.<package_id>.writing`: a `gateway send` is copying that package in.
+MARK: Final = ".writing"
 CHUNK: Final = 1024 * 1024
 
 
@@ -87,15 +96,18 @@ class Intake:
             )
         pid = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
         folder = self.home.work / pid
-        folder.mkdir(mode=0o700)
-        try:
-            with os.fdopen(fd, "rb") as src, (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-            publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
-            return self._admit(pid, partner, kind, name, labels or Labels())
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        # Marked as being written before the folder exists: a daemon starting beside this
+        # `send` leaves the folder alone until the package is in the ledger.
+        with os.fdopen(fd, "rb") as src, writing(self._mark(pid)):
+            folder.mkdir(mode=0o700)
+            try:
+                with (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
+                return self._admit(pid, partner, kind, name, labels or Labels())
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
 
     def move_in(self, path: Path, partner: str, kind: str) -> Package:
         """Take a file from the outbound spool, or quarantine it with the reason."""
@@ -120,22 +132,31 @@ class Intake:
         return self._finish(pid)
 
     def recover(self) -> list[Package]:
-        """Finish what a crash interrupted: work folders with no ledger entry."""
+        """Finish what a crash interrupted: work folders with no ledger entry.
+
+        A folder that a live `gateway send` is still writing is left alone; one whose
+        writer died, or a move whose rename never happened, is removed (the producer's
+        file is still where it was, or `send` printed no id); a moved file not yet
+        recorded is recorded.
+        """
         done = []
-        for folder in sorted(self.home.work.iterdir()):
-            if folder.name.startswith("."):  # a temporary file of a run that was cut short
-                shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+        for entry in sorted(self.home.work.iterdir()):
+            if entry.name.startswith("."):
+                if not entry.name.endswith(MARK):  # a temporary file of a run that was cut short
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                 continue
-            try:
-                self.ledger.package(folder.name)
+            if self.ledger.find(entry.name) is not None or being_written(self._mark(entry.name)):
                 continue
-            except NoSuchPackage:
-                pass
-            if (folder / ORIGIN).is_file() and os.path.lexists(folder / PAYLOAD):
-                done.append(self._finish(folder.name))
-            else:  # a copy that never completed or a move that never happened
-                shutil.rmtree(folder)
+            if (entry / ORIGIN).is_file() and os.path.lexists(entry / PAYLOAD):
+                done.append(self._finish(entry.name))
+            else:  # a copy whose writer died, or a move that never happened
+                shutil.rmtree(entry)
+        for mark in self.home.work.glob(f".*{MARK}"):
+            being_written(mark)  # removes the marks of writers that died
         return done
+
+    def _mark(self, pid: str) -> Path:
+        return self.home.work / f".{pid}{MARK}"
 
     def _finish(self, pid: str) -> Package:
         """Check a moved-in file and record it, or quarantine it."""

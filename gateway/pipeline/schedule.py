@@ -12,18 +12,23 @@ thousand pending packages on every wake-up made the daemon's main loop quadratic
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import random
+import threading
 from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
 from gateway.adapters.ledger import Ledger
+from gateway.core.backoff import backoff
 from gateway.core.clock import Clock
 from gateway.core.lifecycle import DUE_TO_DELIVER, DUE_TO_SEAL
-from gateway.core.model import Partner
+from gateway.core.model import Package, Partner
 from gateway.core.settings import Settings
 from gateway.pipeline.steps import Steps
 from gateway.transports.base import Transport
 
+log = logging.getLogger("gateway")
 #: Sealed packages handed to one partner's turn; the next turn takes the rest.
 ROUND_PACKAGES: Final = 256
 #: How long `run --once` lets files still being written settle, in settle periods.
@@ -45,6 +50,9 @@ class Scheduler:
         self.once = once
         self.next_poll: dict[str, float] = {}
         self.handed: set[tuple[str, str]] = set()  # with `once`: (step, package id) handed out
+        self.failures: dict[str, int] = {}  # partner id: turns in a row that failed unforeseen
+        self.resume_at: dict[str, float] = {}  # partner id: no turn before this (monotonic)
+        self._lock = threading.Lock()  # turns run on the daemon's workers
 
     def due(self, busy: Collection[str], room: int) -> list[Job]:
         """The steps due now that nobody is working on: every partner's turn, and up to
@@ -53,7 +61,9 @@ class Scheduler:
         now, tick = self.clock.now(), self.clock.monotonic()
         for partner in self.ledger.partners():
             key = f"partner:{partner.id}"
-            if key in busy:
+            with self._lock:
+                resting = tick < self.resume_at.get(partner.id, -math.inf)
+            if key in busy or resting:
                 continue
             poll = tick >= self.next_poll.get(partner.id, -math.inf)
             packages = [p for p in self.ledger.due(DUE_TO_DELIVER, now, partner.id,
@@ -65,7 +75,7 @@ class Scheduler:
                 every = self.transport(partner).poll_seconds(self.settings)
                 self.next_poll[partner.id] = math.inf if self.once else tick + every
             self._hand("deliver", [p.package_id for p in packages])
-            jobs.append((key, functools.partial(self.steps.turn, partner, packages, poll)))
+            jobs.append((key, functools.partial(self._turn, partner, packages, poll)))
         if room > 0:
             due = self.ledger.due(DUE_TO_SEAL, now, limit=len(busy) + len(self.handed) + room)
             fresh = [
@@ -77,6 +87,27 @@ class Scheduler:
                 self._hand("seal", [package.package_id])
                 jobs.append((package.package_id, functools.partial(self.steps.seal, package)))
         return jobs
+
+    def _turn(self, partner: Partner, packages: list[Package], poll: bool) -> None:
+        """A partner's turn, as a bulkhead: an error nobody foresaw in it is logged once and
+        backs off that partner (`run --once` goes on to the next); no other partner's turn
+        waits or stops for it."""
+        try:
+            self.steps.turn(partner, packages, poll)
+        except Exception:
+            with self._lock:
+                failures = self.failures.get(partner.id, 0) + 1
+                self.failures[partner.id] = failures
+                delay = backoff(failures, self.settings.retry_first_delay_seconds,
+                                self.settings.retry_max_delay_seconds, random.random())  # noqa: S311 - jitter  # fmt: skip
+                self.resume_at[partner.id] = self.clock.monotonic() + delay
+            log.exception(
+                "turn of %s: unexpected error; its next turn in %.0f s", partner.id, delay
+            )
+        else:
+            with self._lock:
+                self.failures.pop(partner.id, None)
+                self.resume_at.pop(partner.id, None)
 
     def _hand(self, step: str, ids: Iterable[str]) -> None:
         if self.once:

@@ -27,7 +27,7 @@ from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
-from gateway.core.errors import HostTrouble, LedgerDamaged, NoSuchPackage
+from gateway.core.errors import HostTrouble, LedgerDamaged, NoSuchPackage, SpoolDamaged
 from gateway.core.lifecycle import MAY_HOLD_PLAINTEXT, State
 from gateway.core.model import Package
 from gateway.pipeline.intake import PAYLOAD
@@ -150,10 +150,17 @@ class Sealer:
         tmp = final.with_name(f".{final.name}.tmp")
         tmp.unlink(missing_ok=True)  # the follower must find gpg's file, not an older one
         mtime = int(self.ledger.clock.now())
+        try:
+            payload = (self.home.work / package.package_id / PAYLOAD).open("rb")
+        except FileNotFoundError:
+            raise SpoolDamaged(
+                f"the plaintext of {package.package_id} is missing from spool/work: it cannot "
+                "be sealed; cancel it and send the original again"
+            ) from None
         follower = Follower(tmp, tee)
         follower.start()
         try:
-            with (self.home.work / package.package_id / PAYLOAD).open("rb") as payload:
+            with payload:
                 plaintext = ChunkReader(tar_chunks(manifest, payload, mtime))
                 self.keyring.seal(
                     plaintext,
@@ -220,5 +227,6 @@ class Sealer:
                 package = self.ledger.package(folder.name)
             except NoSuchPackage:  # not in the ledger yet: Intake.recover's business
                 continue
-            if package.direction == "out" and package.state not in MAY_HOLD_PLAINTEXT:
+            # An inbound package's work folder is scratch for opening it: never needed after.
+            if package.direction == "in" or package.state not in MAY_HOLD_PLAINTEXT:
                 self.erase_plaintext(package.package_id)

@@ -67,20 +67,23 @@ class Steps:
         self.sealer = Sealer(home, ledger, keyring, settings.gateway_id)
         self.setback = Setback(ledger, settings)
         self.delivery = Delivery(home, ledger, self.sealer, self.setback)
+        self.accept = Accept(home, ledger, keyring, settings)
         self.collector = Collector(
             home,
             ledger,
-            Accept(home, ledger, keyring, settings),
+            self.accept,
             Acknowledge(home, ledger, keyring, settings.gateway_id,
                         settings.keys_overlap_days * 86400),
+            settings,
         )  # fmt: skip
 
     # -- taking in ----------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Finish what a crash interrupted."""
+        """Finish what a crash interrupted (each step's module says how)."""
         self.intake.recover()
         self.sealer.erase_leftovers()
+        self.accept.recover()
 
     def take_in(self) -> int:
         """Take in every settled entry of the outbound spool; return how many are unsettled."""
@@ -128,6 +131,11 @@ class Steps:
                 self.sealer.seal(package)
         except GatewayError as err:
             self.setback.one(package, err)
+        except Exception as err:  # a bug met by this package alone: it waits, and says why
+            log.exception("%s: unexpected error while sealing", package.package_id)
+            self.setback.one(package, Transient(
+                f"unexpected {type(err).__name__} while sealing; it is tried again later: "
+                "if it keeps failing, report it with the log"))  # fmt: skip
 
     # -- a partner's turn -----------------------------------------------------------------
 

@@ -66,8 +66,9 @@ class PullTransport:
         return [m["pid"] for m in matches if m and m["suffix"] == ".pgp"]
 
     def poll_seconds(self, settings: Settings) -> float:
-        """A local folder costs nothing to look at: on every turn."""
-        return 0.0
+        """A local folder costs next to nothing to look at: every second. (At 0, each
+        turn's end woke the daemon for the next one: 11,069 turns in 3 s.)"""
+        return 1.0
 
 
 class PullLink:

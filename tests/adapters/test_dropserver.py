@@ -14,16 +14,21 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
+from paramiko.sftp import int64
 
 from gateway.adapters.dropserver import INFLIGHT, DropServer
 from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
+from gateway.adapters.sftp import CIPHERS, MACS
 from gateway.app.gateway import Gateway
 from gateway.core.lifecycle import State
 from tests.helpers import GATEWAY_ID, PartnerPgp, Templates, cli, gateway, seal_due, set_setting
@@ -537,8 +542,11 @@ def test_paramiko_requests_outside_the_jail_are_refused(drop: Drop) -> None:
             sftp.open("/upload/mine", "ab")
         with pytest.raises(OSError):
             sftp.chmod("/upload/mine", 0o777)
+        mtime = (drop.upload / "mine").stat().st_mtime
+        sftp.utime("/upload/mine", (0, 0))  # accepted (rclone sets times), and ignored
+        assert (drop.upload / "mine").stat().st_mtime == mtime
         with pytest.raises(OSError):
-            sftp.utime("/upload/mine", (0, 0))
+            sftp.utime("/../ledger.db", (0, 0))
         with pytest.raises(OSError):
             sftp.truncate("/upload/mine", 0)
         with pytest.raises(OSError):
@@ -786,3 +794,200 @@ def test_upload_within_the_limit_is_kept(limited: Drop) -> None:
     fits = limited.sftp("put small /upload/small.part")
     assert fits.returncode == 0, fits.stderr
     assert os.listdir(limited.upload) == ["small.part"]
+
+
+def test_a_crash_before_the_receipt_is_applied_keeps_it_for_the_next_turn(
+    drop: Drop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receipt stays in the gateway's spool until the package's new state is committed."""
+    pid = drop.publish()
+    assert drop.sftp(f"get /download/{pid}.pgp").returncode == 0
+    drop.exchange()
+    receipt = drop.local / f"{pid}.receipt"
+    receipt.write_bytes(signed_receipt(drop.pgp, pid, (drop.local / f"{pid}.pgp").read_bytes()))
+    assert drop.sftp(f"put {receipt.name} /upload/{pid}.receipt").returncode == 0
+    transition = Ledger.transition
+
+    def dies_at_the_receipt(ledger: Ledger, package_id: str, new: State, action: str, *a: Any, **k: Any) -> Any:  # fmt: skip
+        if action == "receipt":
+            raise SystemExit("the gateway died")
+        return transition(ledger, package_id, new, action, *a, **k)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "transition", dies_at_the_receipt)
+        drop.exchange()  # the handling thread dies; the turn goes on
+    assert drop.state(pid) is State.DELIVERED
+    with gateway(drop.home, "daemon") as restarted:  # the next start
+        restarted.steps.turn(restarted.ledger.partner(PULL_ID), [], poll=True)
+    assert drop.state(pid) is State.ACKNOWLEDGED
+    assert drop.actions(pid).count("receipt") == 1
+    assert (drop.home.receipts_in / f"{pid}.receipt").read_bytes() == receipt.read_bytes()
+    assert list((drop.home.incoming / PULL_ID).iterdir()) == []
+
+
+def test_a_hidden_upload_may_be_written_again_or_removed_but_a_finished_file_not(
+    drop: Drop,
+) -> None:
+    """A client that retries after a cut upload can redo its own `.part`; nothing else."""
+    with drop.client() as (_, sftp):
+        with sftp.open("/upload/.x.part", "wb") as f:
+            f.write(b"cut short")
+        with sftp.open("/upload/.x.part", "wb") as f:
+            f.write(b"whole")
+        sftp.rename("/upload/.x.part", "/upload/x")
+        with pytest.raises(PermissionError):
+            sftp.open("/upload/x", "wb")
+        with pytest.raises(PermissionError):
+            sftp.remove("/upload/x")
+        with sftp.open("/upload/.y.part", "wb") as f:
+            f.write(b"abandoned")
+        sftp.remove("/upload/.y.part")
+    assert os.listdir(drop.upload) == ["x"]
+    assert (drop.upload / "x").read_bytes() == b"whole"
+
+
+def test_hidden_upload_files_a_dead_server_left_are_removed_at_the_next_login(drop: Drop) -> None:
+    stale = drop.upload / f"{INFLIGHT}0123456789abcdef"
+    stale.write_bytes(b"half an upload of a server that was killed")
+    with drop.client() as (_, sftp):
+        assert sftp.listdir("/upload") == []
+    assert not stale.exists()
+
+
+# -- limits a hostile client reaches ------------------------------------------------------
+
+
+def fds() -> int:
+    """This process's open file descriptors (the drop server runs in it)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def still_serving(drop: Drop) -> None:
+    """After a hostile client: a well-behaved one still logs in and lists."""
+    with drop.client() as (_, sftp):
+        assert sftp.listdir("/") == ["download", "upload"]
+
+
+@pytest.mark.parametrize("limited", [{"serve.max_channels_per_connection": 3}], indirect=True)
+def test_channels_one_connection_may_open_are_bounded(limited: Drop) -> None:
+    with limited.client() as (transport, _):  # its SFTP session is the first channel
+        extra = [transport.open_session() for _ in range(2)]
+        with pytest.raises(paramiko.ChannelException, match="Resource shortage"):
+            transport.open_session()
+        for channel in extra:
+            channel.close()
+    still_serving(limited)
+
+
+@pytest.mark.parametrize("limited", [{"serve.max_open_handles": 5}], indirect=True)
+def test_open_handles_of_a_session_are_bounded(limited: Drop) -> None:
+    pid = limited.publish()
+    with limited.client() as (_, sftp):
+        held = [sftp.open(f"/download/{pid}.pgp", "rb") for _ in range(5)]
+        with pytest.raises(OSError, match="more than 5 open handles"):
+            sftp.open(f"/download/{pid}.pgp", "rb")
+        with pytest.raises(OSError, match="more than 5 open handles"):
+            sftp.listdir("/download")
+        held.pop().close()
+        assert sftp.listdir("/download") == [f"{pid}.pgp"], "one handle free again"
+        for f in held:
+            f.close()
+    still_serving(limited)
+
+
+def test_a_read_request_is_answered_with_at_most_max_read_bytes(drop: Drop) -> None:
+    """One 2 GiB READ is answered with a short read, never the whole file in one packet."""
+    pid = drop.publish(os.urandom(1024 * 1024))
+    with drop.client() as (_, sftp):
+        handle = sftp.open(f"/download/{pid}.pgp", "rb")
+        try:
+            kind, msg = sftp._request(paramiko.sftp.CMD_READ, handle.handle, int64(0), 2**31 - 1)
+            assert kind == paramiko.sftp.CMD_DATA
+            assert len(msg.get_binary()) == 261120
+        finally:
+            handle.close()
+
+
+@pytest.mark.parametrize("limited", [{"serve.max_sessions_per_partner": 2}], indirect=True)
+def test_sessions_of_one_partner_are_bounded(limited: Drop) -> None:
+    with (
+        limited.client(),
+        limited.client(),
+        pytest.raises(paramiko.ChannelException, match="Resource shortage"),
+        limited.client(),
+    ):
+        pass
+    still_serving(limited)
+
+
+@pytest.mark.parametrize("limited", [{"serve.auth_timeout_seconds": 1}], indirect=True)
+def test_a_connection_that_never_logs_in_is_closed(limited: Drop) -> None:
+    with socket.create_connection(("127.0.0.1", limited.server.port), timeout=10) as conn:
+        conn.sendall(b"SSH-2.0-silent\r\n")
+        conn.settimeout(10)
+        received = b""
+        while chunk := conn.recv(4096):  # ends when the server closes the connection
+            received += chunk
+    assert received.startswith(b"SSH-2.0-")
+    still_serving(limited)
+
+
+def test_disabling_a_partner_ends_its_open_session(drop: Drop) -> None:
+    with drop.client() as (transport, sftp):
+        assert sftp.listdir("/") == ["download", "upload"]
+        done = cli(drop.home, "partner", "disable", PULL_ID, "--reason", "test: breach reported")
+        assert done.exit_code == 0, done.stderr
+        deadline = time.monotonic() + 10
+        while transport.is_active():
+            assert time.monotonic() < deadline, "the session outlived the partner's disabling"
+            time.sleep(0.05)
+        with pytest.raises((OSError, EOFError, paramiko.SSHException)):
+            sftp.listdir("/")
+
+
+def test_only_modern_algorithms_and_no_extension_are_offered(drop: Drop) -> None:
+    with drop.client() as (transport, _):
+        assert transport.remote_cipher in CIPHERS and transport.remote_mac in MACS
+    for cipher, mac in (("3des-cbc", "hmac-sha2-256"), ("aes128-ctr", "hmac-md5"),
+                        ("aes256-cbc", "hmac-sha2-256"), ("aes128-ctr", "hmac-sha1")):  # fmt: skip
+        old = paramiko.Transport(("127.0.0.1", drop.server.port))
+        try:
+            options = old.get_security_options()
+            options.ciphers, options.digests = (cipher,), (mac,)
+            with pytest.raises(paramiko.SSHException):
+                old.start_client(timeout=10)
+        finally:
+            old.close()
+            old.packetizer.complete_handshake()  # paramiko leaves its timer running
+    with drop.client() as (_, sftp), pytest.raises(OSError):  # paramiko's check-file spun a CPU
+        sftp._request(paramiko.sftp.CMD_EXTENDED, "check-file", "/upload/x", "md5", 0, 0, 0)
+    still_serving(drop)
+
+
+def test_the_descriptors_of_hostile_sessions_are_all_given_back(drop: Drop) -> None:
+    """Sessions cut with handles still open give every descriptor back.
+
+    A first round reaches the most ledger connections open at once: SQLite keeps a closed
+    connection's descriptor while another connection holds a lock on the file, for the
+    next one to use, so the count is compared after it.
+    """
+    pid = drop.publish()
+
+    def hostile_round() -> None:
+        for _ in range(5):
+            with drop.client() as (transport, sftp):
+                for _ in range(10):
+                    sftp.open(f"/download/{pid}.pgp", "rb")  # never closed by the client
+                transport.close()
+        deadline = time.monotonic() + 10
+        while drop.server.sessions_of(PULL_ID) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    hostile_round()
+    before = fds()
+    hostile_round()
+    deadline = time.monotonic() + 10
+    while fds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fds() <= before
+    still_serving(drop)

@@ -341,3 +341,10 @@ _name_chars = st.characters(categories=("L", "M", "N", "P", "S"), exclude_charac
 def test_payload_name_accepts_printable_plain_names(name: str) -> None:
     assert names.payload_name(name) == name
     assert names.payload_name(name.encode("utf-8")) == name
+
+
+def test_the_manifests_name_is_no_payloads() -> None:
+    """The gateway writes manifest.json beside the payload in spool/inbound: reserved."""
+    with pytest.raises(InputRefused, match=r"manifest\.json is the gateway's own"):
+        names.payload_name("manifest.json")
+    assert names.payload_name("manifest.json.xml") == "manifest.json.xml"

@@ -154,6 +154,7 @@ def churn_home(
             # The drop server looks for ended sessions twice a second, and the refused
             # logins must not get 127.0.0.1 banned.
             ("serve.max_connections", LOGINS),
+            ("serve.max_sessions_per_partner", LOGINS),  # the warm-up holds a dozen at once
             ("serve.ban_after_failures", 10 * LOGINS),
         ):
             set_setting(home, name, value)

@@ -12,37 +12,41 @@ import gzip
 import json
 import os
 import re
+import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.adapters.home import Home
 from gateway.core.errors import NoSuchPackage, Transient
 from gateway.core.lifecycle import State
-from gateway.core.model import Event, Package, Partner
+from gateway.core.model import Partner
 from gateway.core.names import new_ulid
 from gateway.pipeline.collect import Collector
 from tests.helpers import (
+    FORGER_ID,
     GATEWAY_ID,
     PARTNER_ID,
     PAYLOAD,
     PAYLOAD_NAME,
     Desk,
     ManualClock,
-    PartnerPgp,
-    Templates,
+    actions,
     cli,
     delivered,
+    envelope,
+    events,
     gateway,
     leave,
     manifest,
     member,
     only_quarantined,
+    open_our_receipt,
+    package,
     partner_pid,
     quarantined,
     receipt_json,
@@ -54,69 +58,13 @@ from tests.helpers import (
     state,
     tar,
 )
-from tests.sshd import SshServer
-
-FORGER_ID = "FR-CJN"
-
-
-@pytest.fixture
-def desk(
-    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, templates: Templates
-) -> Iterator[Desk]:
-    """The exchange, with the gateway key imported and lsigned by the partner and the forger."""
-    home, pgp, server = exchange
-    with gateway(home) as gw:
-        fpr = gw.own_key
-    armored = cli(home, "keys", "export", "--openpgp").stdout
-    forger = templates.partner(short_tmp / "forger-gnupg", FORGER_ID)
-    try:
-        for keyring in (pgp, forger):
-            keyring.trust_gateway(armored)
-            keyring.gpg("--quick-lsign-key", fpr)
-        yield Desk(home, pgp, forger, server, fpr, short_tmp)
-    finally:
-        forger.close()
-
 
 # -- small helpers ------------------------------------------------------------------------
-
-
-def events(home: Home, pid: str | None = None) -> list[Event]:
-    """The audit trail, for one package or all."""
-    with gateway(home) as gw:
-        return list(gw.ledger.events(pid))
-
-
-def actions(home: Home, pid: str) -> list[str]:
-    """The actions recorded for one package, in order."""
-    return [e.action for e in events(home, pid)]
-
-
-def package(home: Home, pid: str) -> Package:
-    """One package's ledger row."""
-    with gateway(home) as gw:
-        return gw.ledger.package(pid)
-
-
-def open_our_receipt(desk: Desk, pid: str) -> dict[str, Any]:
-    """Decrypt and verify the gateway's receipt in server.upload with plain gpg; its JSON."""
-    plain, status = desk.pgp.decrypt(desk.server.upload / f"{pid}.receipt")
-    assert any(line.startswith("VALIDSIG ") and line.endswith(f" {desk.gateway_fpr}")
-               for line in status), "signed by the gateway's key"  # fmt: skip
-    assert "DECRYPTION_OKAY" in status
-    doc: dict[str, Any] = json.loads(plain)
-    return doc
 
 
 # -- built by hand (receipts, manifests, tars and sealing: tests.helpers) -----------------
 
 FORMS = ("armor", "clearsign", "binary", "encrypted")
-
-
-def envelope(doc: dict[str, Any], payload: bytes = PAYLOAD, name: str = PAYLOAD_NAME) -> bytes:
-    """The tar of SPEC section 4: manifest.json then payload/<name>."""
-    return tar(member("manifest.json", json.dumps(doc, indent=2).encode()),
-               member(f"payload/{name}", payload))  # fmt: skip
 
 
 # -- receipts for the gateway's packages --------------------------------------------------
@@ -521,3 +469,40 @@ def test_file_named_outside_the_contract_is_left_alone(desk: Desk, name: str) ->
     with gateway(desk.home) as gw:
         assert gw.ledger.packages(direction="in") == []
     assert list((desk.home.incoming / PARTNER_ID).iterdir()) == []
+
+
+def test_receipt_signed_by_sequoia_is_accepted(desk: Desk, short_tmp: Path) -> None:
+    """`sq` puts a binary salt notation on every signature; the partner's pinned key, used
+    through Sequoia instead of GnuPG, must still be recognised."""
+    pid, digest = delivered(desk)
+    secret = short_tmp / "partner-secret.pgp"
+    secret.write_bytes(desk.pgp.gpg("--export-secret-keys", desk.pgp.fingerprint).stdout)
+    body = short_tmp / "receipt.json"
+    body.write_bytes(receipt_json(pid, digest))
+    signed = subprocess.run(["sq", "sign", "--signer-key", str(secret), str(body)],
+                            capture_output=True, check=True, timeout=60).stdout  # fmt: skip
+    leave(desk, f"{pid}.receipt", signed)
+
+    run_once(desk.home)
+
+    assert package(desk.home, pid).state is State.ACKNOWLEDGED
+    assert quarantined(desk.home) == []
+
+
+def test_a_partners_escape_sequences_are_shown_escaped_and_kept_exact_in_json(
+    desk: Desk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receipt's reason with a terminal escape, a bidi override and a forged line."""
+    pid, digest = delivered(desk)
+    why = "no\x1b[2J\u202e\nerror: forged line"
+    leave(desk, f"{pid}.receipt", sign(desk.pgp, receipt_json(pid, digest, disposition="rejected", reason=why)))  # fmt: skip
+
+    run_once(desk.home)
+
+    for args in (("ledger", "show", pid), ("ledger", "list")):
+        text = cli(desk.home, *args).stdout
+        assert "\x1b" not in text and "\u202e" not in text, args
+        assert "\\x1b[2J\\u202e\\x0aerror: forged line" in text, args
+        assert not any(line.startswith("error: forged") for line in text.splitlines())
+    exact = json.loads(cli(desk.home, "ledger", "show", pid, "--json").stdout)
+    assert exact["package"]["last_error"] == f"refused by {PARTNER_ID}: {why}"

@@ -9,10 +9,8 @@ the partner's side:
 - `mailbox`: a pull partner's mailbox on this gateway (a local folder the drop server serves).
 
 Each backend gives the transport and a `Remote`: the folders where the partner sees what
-the gateway delivers and where it leaves what the gateway collects. The cases the drop
-server fails today, for the product bugs the fixtures `no_read_back`, `remove_needs_read`
-and `stale_part` describe, are strict expected failures there: fixing a bug makes them
-pass, and then fail until the fixture is taken off.
+the gateway delivers and where it leaves what the gateway collects. The one case the drop
+server fails on purpose (`remove_needs_read` says why) is a strict expected failure there.
 """
 
 from __future__ import annotations
@@ -174,30 +172,13 @@ def known_bug(request: pytest.FixtureRequest, reason: str) -> None:
 
 
 @pytest.fixture
-def no_read_back(request: pytest.FixtureRequest) -> None:
-    """The drop server lets no client read /upload (gateway/adapters/dropserver.py,
-    `_Mailbox.open`: a read there is refused as "new files only"), so a push gateway cannot
-    compare a name it finds taken: instead of `already_there` or `RemoteConflict` (held for
-    an operator), every attempt is a transient `TransferFailed`, retried until it gives up."""
-    known_bug(request, "the drop server refuses to read /upload back")
-
-
-@pytest.fixture
 def remove_needs_read(request: pytest.FixtureRequest) -> None:
     """The drop server lets a client remove from /download only a file it read whole in the
-    same session (`_Mailbox.remove`), but the pipeline removes a file over the size limit
-    without fetching it (gateway/pipeline/collect.py, `Collector.collect`): that poll fails,
-    and so does every later one, with the file and those listed after it left waiting."""
+    same session (`_Mailbox.remove`): a package is `delivered` once read, so a partner
+    cannot make one vanish unread. The pipeline removes a file over its size limit without
+    fetching it; where that is refused it leaves the file alone and looks again only after
+    a backoff (gateway/pipeline/collect.py, `Collector._refuse`)."""
     known_bug(request, "the drop server refuses to remove a file not read whole")
-
-
-@pytest.fixture
-def stale_part(request: pytest.FixtureRequest) -> None:
-    """The drop server's /upload takes new files only and lets a client remove nothing there
-    (`_Mailbox.open`, `_Mailbox.remove`), so a `.<name>.part` left by an abandoned or refused
-    placing can be neither emptied nor removed by the gateway that wrote it: every later
-    upload of that name is refused."""
-    known_bug(request, "a .part left in the drop server's /upload blocks the name")
 
 
 # -- deliver ------------------------------------------------------------------------------
@@ -216,7 +197,6 @@ def test_deliver_places_the_exact_bytes_under_its_name(backend: Backend) -> None
     assert (remote.delivered / name).read_bytes() == data
 
 
-@pytest.mark.usefixtures("no_read_back")
 def test_delivering_the_same_bytes_again_is_already_there(backend: Backend) -> None:
     transport, remote = backend
     data = os.urandom(100_000)
@@ -231,7 +211,6 @@ def test_delivering_the_same_bytes_again_is_already_there(backend: Backend) -> N
     assert (remote.delivered / name).read_bytes() == data
 
 
-@pytest.mark.usefixtures("no_read_back")
 def test_other_bytes_under_a_taken_name_conflict_and_overwrite_nothing(backend: Backend) -> None:
     transport, remote = backend
     first, second = os.urandom(50_000), os.urandom(50_000)
@@ -295,7 +274,6 @@ def test_nothing_partial_ever_shows_under_the_final_name(backend: Backend) -> No
     )
 
 
-@pytest.mark.usefixtures("no_read_back")
 def test_answer_behaves_as_deliver(backend: Backend) -> None:
     transport, remote = backend
     receipt, other = b"-----BEGIN PGP MESSAGE-----\nreceipt\n", b"-----BEGIN PGP MESSAGE-----\nx\n"
@@ -357,7 +335,6 @@ def write_part(link: Link, name: str, data: bytes) -> bool:
     return True
 
 
-@pytest.mark.usefixtures("no_read_back", "stale_part")
 def test_placing_over_a_taken_name_answers_as_deliver(backend: Backend) -> None:
     """Placed over the same bytes: already there; over other bytes: a conflict. No part stays."""
     transport, remote = backend
@@ -395,7 +372,6 @@ def test_an_abandoned_part_leaves_nothing_under_the_final_name(backend: Backend)
     assert name not in remote.names()
 
 
-@pytest.mark.usefixtures("stale_part")
 def test_a_delivery_cut_off_and_asked_again_goes_up_whole(backend: Backend) -> None:
     """Cut off and asked again: after an abandoned part, `deliver` places the file whole."""
     transport, remote = backend

@@ -1,0 +1,27 @@
+"""Text from partners and the spool, made safe to print on a terminal or in a text log.
+
+A manifest's `reference`, a receipt's `reason`, a file name: anything a partner chose
+can hold escape sequences that rewrite an operator's terminal, bidi controls that show
+one thing and mean another, or a newline that forges a whole log or ledger line. Shown
+as text, each such character is escaped; JSON output keeps the text exact (JSON
+escapes control characters itself).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+#: Unicode categories escaped: controls, format characters (bidi overrides, zero-width
+#: joiners), line and paragraph separators, surrogates.
+_ESCAPED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def shown(text: str) -> str:
+    """`text` with every control, format and line-separator character escaped (`\\x1b`,
+    `\\u202e`); everything else as it is."""
+    return "".join(
+        (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if unicodedata.category(c) in _ESCAPED
+        else c
+        for c in text
+    )
