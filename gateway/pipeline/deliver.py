@@ -5,16 +5,19 @@ for the file is fixed by the package id, and a link treats a name already holdin
 same bytes as delivered, so a delivery cut off at any instant is finished, never
 repeated under a second name.
 
-A large package is delivered while it is sealed (`stream`): gpg and an upload take
-about as long as each other, so one after the other they took twice as long as the
-bare tools (docs/performance.md, scenario 1). The link lends the sealer its part as a
-tee; sealing knows nothing of delivery, nor delivery of sealing.
+A large package is delivered while it is sealed: gpg and an upload take about as long
+as each other, so one after the other they took twice as long as the bare tools
+(docs/performance.md, scenario 1). The step runner asks `beside` for a part on the
+partner's side and hands it to the sealer as its tee; sealing knows nothing of
+delivery, nor delivery of sealing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Final
 
 from gateway.adapters.home import Home
@@ -23,9 +26,8 @@ from gateway.core.errors import GatewayError, Transient
 from gateway.core.lifecycle import State
 from gateway.core.model import Package, Placed, utc
 from gateway.core.names import wire_name
-from gateway.pipeline.sealing import Sealer
 from gateway.pipeline.setback import Setback
-from gateway.transports.base import Link, Transport
+from gateway.transports.base import Link, Part, Transport
 
 log = logging.getLogger("gateway")
 #: Deliveries recorded per ledger commit. Each commit is an fsync (about 9 ms under load),
@@ -41,10 +43,9 @@ STREAM_FROM: Final = 32 * 1024 * 1024
 class Delivery:
     """Delivers sealed packages over a transport's link, and records each."""
 
-    def __init__(self, home: Home, ledger: Ledger, sealer: Sealer, setback: Setback) -> None:
+    def __init__(self, home: Home, ledger: Ledger, setback: Setback) -> None:
         self.home = home
         self.ledger = ledger
-        self.sealer = sealer
         self.setback = setback
         self.stream_from = STREAM_FROM
         self._streaming: set[str] = set()  # package ids being delivered beside gpg
@@ -95,59 +96,40 @@ class Delivery:
                 for package, put in placed:
                     self._record(transport.placed, package, put, link.where)
 
-    def stream(self, transport: Transport, package: Package) -> None:
-        """Seal `package` while delivering it; place it once `sealed` is recorded.
+    @contextlib.contextmanager
+    def beside(self, transport: Transport, package: Package) -> Iterator[Beside | None]:
+        """A part on the partner's side to deliver `package` into while it is sealed; None
+        when the transport lends none or cannot be reached (then it is sealed first and the
+        partner's next turn delivers it).
 
         Nothing shows on the partner's side before the ledger holds the ciphertext's
-        SHA-256: the bytes go to the link's hidden part, placed only after `sealed` is
-        recorded. Until then, this process's delivery turns leave the package alone (one
-        `gateway run` per home); after a crash the partner's turn delivers it again over
-        the part. A link that cannot be had, has no part to lend, or breaks changes
-        nothing but the timing: the package is sealed all the same, and the partner's
-        next turn delivers it.
+        SHA-256: the bytes go to the link's hidden part, placed (`Beside.place`) only after
+        `sealed` is recorded. Until then, this process's delivery turns leave the package
+        alone (one `gateway run` per home); after a crash the partner's turn delivers it
+        again over the part. A link that breaks changes nothing but the timing.
         """
+        name = wire_name(package.package_id)
         with self._lock:
             self._streaming.add(package.package_id)
         try:
-            self._stream(transport, package)
+            with contextlib.ExitStack() as stack:
+                try:
+                    link = stack.enter_context(transport.link())
+                    part = link.open_part(name)
+                except GatewayError as err:
+                    log.info("%s: sealed first, delivered after (%s)", package.package_id, err)
+                    part = None
+                if part is None:
+                    yield None
+                    return
+                stack.enter_context(part)
+                self.ledger.note(package.package_id, "deliver.attempt", {"endpoint": link.where})
+                yield Beside(self, transport, link, part)
+        except _LinkLost:  # sealed; the partner's next turn delivers it
+            pass
         finally:
             with self._lock:
                 self._streaming.discard(package.package_id)
-
-    def _stream(self, transport: Transport, package: Package) -> None:
-        name = wire_name(package.package_id)
-        beside = False
-        try:
-            with transport.link() as link:
-                part = link.open_part(name)
-                if part is not None:
-                    beside = True
-                    with part:
-                        self.ledger.note(
-                            package.package_id, "deliver.attempt", {"endpoint": link.where}
-                        )
-                        sealed = self.sealer.seal(package, tee=part)
-                        self._place(transport, link, part.whole, sealed)
-                    return
-        except _LinkLost:  # sealed; the partner's next turn delivers it
-            return
-        except GatewayError as err:
-            if beside:
-                raise
-            log.info("%s: sealed first, delivered after (%s)", package.package_id, err)
-        self.sealer.seal(package)
-
-    def _place(self, transport: Transport, link: Link, whole: bool, sealed: Package) -> None:
-        """Place a part that went up whole, and record it; else give up the link."""
-        if not whole:
-            raise _LinkLost
-        try:
-            put = link.place(wire_name(sealed.package_id), int(sealed.ciphertext_size or 0),
-                             str(sealed.ciphertext_sha256))  # fmt: skip
-        except GatewayError as err:
-            self.setback.one(sealed, err)
-            raise _LinkLost from None
-        self._record(transport.placed, sealed, put, link.where)
 
     def _record(self, state: State, package: Package, put: Placed, where: str) -> None:
         detail = {"endpoint": where, "path": put.path, "already_there": put.already_there,
@@ -162,3 +144,26 @@ class Delivery:
 
 class _LinkLost(Exception):
     """The link failed after the package was sealed: it is not kept; the package waits sealed."""
+
+
+class Beside:
+    """A package's part on the partner's side, written while the package is sealed."""
+
+    def __init__(self, delivery: Delivery, transport: Transport, link: Link, part: Part) -> None:
+        self.delivery = delivery
+        self.transport = transport
+        self.link = link
+        self.part = part
+
+    def place(self, sealed: Package) -> None:
+        """Place the part, now `sealed` is recorded, and record the delivery; if the part did
+        not go up whole or cannot be placed, the link is given up and the package waits."""
+        if not self.part.whole:
+            raise _LinkLost
+        try:
+            put = self.link.place(wire_name(sealed.package_id), int(sealed.ciphertext_size or 0),
+                                  str(sealed.ciphertext_sha256))  # fmt: skip
+        except GatewayError as err:
+            self.delivery.setback.one(sealed, err)
+            raise _LinkLost from None
+        self.delivery._record(self.transport.placed, sealed, put, self.link.where)

@@ -7,7 +7,7 @@ still there (sealed again from scratch) or a `sealed` one whose leftover plainte
 `erase_leftovers()` removes.
 
 The sealed file is hashed on a thread of its own. With a tee (a part on the partner's
-server, lent for a large package: `Delivery.stream`) it is read as gpg writes it, and
+server, lent for a large package: `Delivery.beside`) it is read as gpg writes it, and
 each block handed on.
 """
 

@@ -66,7 +66,7 @@ class Steps:
         self.intake = Intake(home, ledger, settings)
         self.sealer = Sealer(home, ledger, keyring, settings.gateway_id)
         self.setback = Setback(ledger, settings)
-        self.delivery = Delivery(home, ledger, self.sealer, self.setback)
+        self.delivery = Delivery(home, ledger, self.setback)
         self.accept = Accept(home, ledger, keyring, settings)
         self.collector = Collector(
             home,
@@ -120,15 +120,19 @@ class Steps:
     # -- sealing --------------------------------------------------------------------------
 
     def seal(self, package: Package) -> None:
-        """Seal one package (a large one while delivering it), or set it back."""
+        """Seal one package, or set it back; a large one is delivered while it is sealed
+        (its transport lends a part on the partner's side, the sealer writes into it)."""
         try:
             partner = self.ledger.partner(str(package.partner))
             if problem := closed(partner):
                 raise problem
-            if (package.payload_size or 0) >= self.delivery.stream_from:
-                self.delivery.stream(self.transport(partner), package)
-            else:
+            if (package.payload_size or 0) < self.delivery.stream_from:
                 self.sealer.seal(package)
+                return
+            with self.delivery.beside(self.transport(partner), package) as beside:
+                sealed = self.sealer.seal(package, tee=beside.part if beside else None)
+                if beside is not None:
+                    beside.place(sealed)
         except GatewayError as err:
             self.setback.one(package, err)
         except Exception as err:  # a bug met by this package alone: it waits, and says why
