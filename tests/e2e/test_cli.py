@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +269,32 @@ def test_read_only_commands_load_no_transport_or_daemon() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60, check=True, cwd=CLI.parent.parent)  # fmt: skip
     assert done.stdout.strip() == "[]", f"loaded by status or ledger: {done.stdout}"
+
+
+def test_serve_runs_the_drop_server_until_sigterm(home: Home) -> None:
+    """`gateway serve` on its own: it speaks SSH on the address given, and stops cleanly."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "gateway", "--home", str(home.root), "serve", "--listen",
+            f"127.0.0.1:{port}"]  # fmt: skip
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                        banner = conn.recv(64)
+                    break
+                except ConnectionRefusedError:
+                    assert time.monotonic() < deadline, "the drop server never listened"
+                    assert process.poll() is None, "gateway serve stopped"
+                    time.sleep(0.05)
+            assert banner.startswith(b"SSH-2.0-")
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=15)
+            assert process.returncode == 0, err
+        finally:
+            if process.poll() is None:
+                process.kill()
