@@ -30,15 +30,7 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core.names import new_package_id
-from tests.helpers import (
-    PARTNER_ID,
-    ManualClock,
-    PartnerPgp,
-    cli,
-    gateway,
-    set_setting,
-    wait_for,
-)
+from tests.helpers import PARTNER_ID, PartnerPgp, cli, gateway, set_setting, wait_for
 from tests.sshd import SshServer
 
 PULL_ID = "AU-AFP"
@@ -155,7 +147,7 @@ def churn_home(
         port = free_port()
         for name, value in (
             ("serve.listen", f"127.0.0.1:{port}"),
-            ("daemon.poll_seconds", 1),  # on the test's clock, moved a second at a time
+            ("daemon.poll_seconds", 1),  # the least there is: 20 polls take 20 s
             # One worker: a second would open its (lasting) ledger connection when it first
             # got a job, which might be only after the count at the start was taken.
             ("daemon.workers", 1),
@@ -187,14 +179,12 @@ def leave_junk(server: SshServer) -> None:
 
 
 def test_descriptors_and_connections_return_after_logins_and_polls(
-    churn_home: tuple[Home, SshServer, Path, int], short_tmp: Path, clock: ManualClock
+    churn_home: tuple[Home, SshServer, Path, int], short_tmp: Path
 ) -> None:
-    """The daemon runs on a clock the test moves a second on at a time: a poll is due at
-    each move, so 20 polls take as long as they take, not 20 s."""
     home, server, key, port = churn_home
     wrong = keygen(short_tmp / "wrong_key")
     client = Client(home, port)
-    with gateway(home, "daemon", clock) as gw, Daemon(gw):
+    with gateway(home, "daemon") as gw, Daemon(gw):
 
         def polls() -> int:
             """Polls of the push partner that took a file: each one is in the ledger."""
@@ -232,7 +222,6 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
         for n in range(LOGINS):
             if taken():
                 leave_junk(server)
-                clock.advance(1.0)  # the next poll is due
             if n % 8 == 3:  # refused: the partner's name with a key that is not its own
                 refused += client.login(PULL_ID, wrong) is None
             elif n % 8 == 7:  # refused: a user who is no partner
@@ -245,7 +234,6 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
             assert time.monotonic() < deadline, f"only {polls() - polled} polls took a file"
             if taken():
                 leave_junk(server)
-                clock.advance(1.0)
             time.sleep(0.05)
         wait_for(taken, 15, "the last file to be taken")
 
