@@ -478,6 +478,17 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self.touch()
         return resolve(path)
 
+    def _file(self, path: str) -> tuple[Location, str] | None:
+        """The file a client path names, and its name, if the partner may name it: inside
+        its jail, not a folder, not an upload in flight."""
+        try:
+            where = self._locate(path)
+        except OutsideJail:
+            return None
+        if where.name is None or where.name.startswith(INFLIGHT):
+            return None
+        return where, where.name
+
     def canonicalize(self, path: str) -> str:
         try:
             return self._locate(path).path
@@ -521,17 +532,14 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
     def open(
         self, path: str, flags: int, attr: paramiko.SFTPAttributes
     ) -> paramiko.SFTPHandle | int:
-        try:
-            where = self._locate(path)
-        except OutsideJail:
+        if (file := self._file(path)) is None:
             return SFTP_PERMISSION_DENIED
-        if where.name is None or where.name.startswith(INFLIGHT):
-            return SFTP_PERMISSION_DENIED
+        where, name = file
         host = self.jail.host_path(where)
         writing = flags & (os.O_WRONLY | os.O_RDWR)
-        if where.area == "download" or not writing:  # its own uploads may be read back
-            if writing:
-                return SFTP_PERMISSION_DENIED
+        if writing and where.area == "download":
+            return SFTP_PERMISSION_DENIED
+        if not writing:  # from /download, or its own uploads read back
             try:
                 fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError as err:
@@ -539,10 +547,10 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 return SFTP_PERMISSION_DENIED
-            return _Download(self, where.name, fd, report=where.area == "download")
+            return _Download(self, name, fd, report=where.area == "download")
         if not (flags & os.O_WRONLY) or flags & os.O_APPEND:
             return SFTP_PERMISSION_DENIED
-        if os.path.lexists(host) and not _hidden(where.name):
+        if os.path.lexists(host) and not _hidden(name):
             return SFTP_PERMISSION_DENIED  # new files only; a hidden unfinished one may be redone
         inflight = host.with_name(f"{INFLIGHT}{secrets.token_hex(8)}")
         fd = os.open(inflight, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -551,15 +559,12 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
         return _Upload(self, host, fd, inflight)
 
     def remove(self, path: str) -> int:
-        try:
-            where = self._locate(path)
-        except OutsideJail:
+        if (file := self._file(path)) is None:
             return SFTP_PERMISSION_DENIED
-        if where.name is None or where.name.startswith(INFLIGHT):
-            return SFTP_PERMISSION_DENIED
-        if where.area == "download" and where.name not in self.read_whole:
+        where, name = file
+        if where.area == "download" and name not in self.read_whole:
             return SFTP_PERMISSION_DENIED  # only what the partner has read, from /download
-        if where.area == "upload" and not _hidden(where.name):
+        if where.area == "upload" and not _hidden(name):
             return SFTP_PERMISSION_DENIED  # only its own unfinished files, from /upload
         try:
             os.unlink(self.jail.host_path(where))
@@ -602,11 +607,7 @@ class _Mailbox(paramiko.SFTPServerInterface):  # type: ignore[misc]
     def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
         # Times are accepted and ignored (rclone and others set them after an upload and
         # count a refusal as a failed upload); permissions, owners and sizes are refused.
-        try:
-            where = self._locate(path)
-        except OutsideJail:
-            return SFTP_PERMISSION_DENIED
-        if where.name is None or attr._flags & ~paramiko.SFTPAttributes.FLAG_AMTIME:
+        if self._file(path) is None or attr._flags & ~paramiko.SFTPAttributes.FLAG_AMTIME:
             return SFTP_PERMISSION_DENIED
         return SFTP_OK
 
