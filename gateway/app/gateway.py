@@ -169,11 +169,14 @@ class Gateway:
                           hooks(self.home, self.ledger, self.reads, lambda: self.hints.put(wake)),
                           limits, self.clock)  # fmt: skip
 
-    def daemon(self, stop: threading.Event) -> Daemon:
-        """`gateway run`: the service, with the drop server when `serve.listen` is set."""
+    def daemon(self, stop: threading.Event, reload: threading.Event | None = None) -> Daemon:
+        """`gateway run`: the service, with the drop server when `serve.listen` is set; it
+        reads gateway.toml again when `reload` is set, and speaks to systemd when run by it."""
+        from gateway.adapters.systemd import Notifier
         from gateway.pipeline.daemon import Daemon
 
         listen = self.settings.serve_listen
         return Daemon(self.home, self.settings, self.clock, self.steps, self.scheduler(once=False),
                       self.audit, self.hints, self.sessions.close_idle,
-                      self.drop_server(listen) if listen else None, stop)  # fmt: skip
+                      self.drop_server(listen) if listen else None, stop,
+                      reload or threading.Event(), Notifier.from_environment(self.clock))  # fmt: skip
