@@ -190,6 +190,12 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
         authority_id(str(values["gateway_id"]))
     except UsageError as problem:
         raise SettingsInvalid(f"{where}: gateway.id: {problem}") from None
+    listen = str(values.get("serve_listen", ""))
+    host, _, port = listen.rpartition(":")
+    if listen and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise SettingsInvalid(
+            f"{where}: serve.listen {listen!r} is not ADDRESS:PORT, e.g. 0.0.0.0:2222"
+        )
     return Settings(**values)  # type: ignore[arg-type]
 
 
