@@ -22,6 +22,7 @@ from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import KeyInfo, Keyring
 from gateway.adapters.home import Home, load_settings
 from gateway.adapters.ledger import Ledger
+from gateway.adapters.lock import held
 from gateway.core.clock import Clock
 from gateway.core.errors import LedgerDamaged, SettingsInvalid
 from gateway.core.model import Partner
@@ -59,7 +60,16 @@ class Gateway:
         self.home = home
         self.clock: Clock = clock or SystemClock()
         self.settings = load_settings(home.settings)
-        self.keyring = Keyring(home.gnupg, self.settings.gnupg_timeout_seconds, self.clock)
+        # gpg-agent belongs to the daemon: it starts its own, in the service's sandbox and
+        # cgroup, at each start. Beside a running daemon, or for another user than the
+        # home's owner, a command uses the daemon's agent and never starts a second one.
+        try:
+            owner = home.gnupg.stat().st_uid
+        except FileNotFoundError:  # a damaged home: gpg will say what is missing
+            owner = os.geteuid()
+        autostart = os.geteuid() == owner and not held(home.lock)
+        self.keyring = Keyring(home.gnupg, self.settings.gnupg_timeout_seconds, self.clock,
+                               autostart)  # fmt: skip
         self.ledger = Ledger(home.ledger, actor, self.clock)
         self.audit = AuditTrail(home, self.ledger, self.keyring, self.settings.gateway_id)
         #: Wakes the daemon's main loop (a worker finished, a partner uploaded).

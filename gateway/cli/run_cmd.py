@@ -30,6 +30,9 @@ def command(state: State, once: bool) -> None:
       gateway --log-format json run
     """
     with state.gateway("daemon") as gw, exclusive(gw.home.lock):
+        # An agent a command started while no daemon ran lives outside this process's
+        # sandbox and cgroup: replace it with our own, which commands beside us then use.
+        gw.keyring.restart_agent()
         try:
             if once:
                 gw.run_once()

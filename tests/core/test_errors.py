@@ -28,6 +28,7 @@ RANGE_OF = {
     "HomeExists": 10,
     "HomeLocked": 10,
     "SettingsInvalid": 10,
+    "AgentUnavailable": 10,
     "PartnerError": 20,
     "UnknownPartner": 20,
     "PartnerDisabled": 20,

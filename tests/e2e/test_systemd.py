@@ -17,12 +17,15 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.home import Home
+from gateway.core.errors import AgentUnavailable
 from gateway.core.lifecycle import State
 from tests.helpers import (
     PARTNER_ID,
     DaemonProcess,
     PartnerPgp,
+    cli,
     gateway,
+    processes_under,
     quarantined,
     set_setting,
     wait_for,
@@ -162,3 +165,37 @@ def test_sighup_applies_live_settings_names_the_rest_and_survives_a_bad_file(
             daemon.kill()
         print(daemon.log.read_text()[-5000:])
     assert len(os.listdir(server.upload)) == 1
+
+
+def agents(home: Home) -> set[int]:
+    """The gpg-agents running on the home's keyring."""
+    return {pid for pid in processes_under(home.gnupg)
+            if b"gpg-agent" in Path(f"/proc/{pid}/cmdline").read_bytes()}  # fmt: skip
+
+
+def test_the_daemon_owns_the_one_agent_and_commands_beside_it_never_start_another(
+    home: Home,
+) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home.gnupg), "--launch", "gpg-agent"], check=True)
+    stray = agents(home)  # as left by a command run while no daemon ran
+    assert len(stray) == 1
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: len(agents(home)) == 1 and agents(home) != stray, 20, "the daemon's agent")
+        own = agents(home)
+
+        signed = cli(home, "audit", "checkpoint")  # signs, through the daemon's agent
+        assert signed.exit_code == 0, signed.stderr
+        assert agents(home) == own
+
+        subprocess.run(["gpgconf", "--homedir", str(home.gnupg), "--kill", "gpg-agent"], check=True)
+        wait_for(lambda: not agents(home), 10, "the agent to stop")
+        refused = cli(home, "audit", "checkpoint")
+        assert refused.exit_code == AgentUnavailable.exit_code
+        assert refused.stderr.startswith(f"error: no gpg-agent answers for {home.gnupg}, and")
+        assert not agents(home)  # the command started none
+        assert daemon.terminate() == 0
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.kill()
+    assert not agents(home)
