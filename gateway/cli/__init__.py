@@ -129,7 +129,7 @@ def main(ctx: click.Context, home: str | None, debug: bool, log_format: str) -> 
 
     \b
     Example:
-      gateway --home /srv/gateway status
+      gateway --home /var/lib/gateway status
     """
     os.umask(0o077)  # keys, ledger, spool and sealed files: for the gateway's user alone
     logs.setup(debug, log_format)
