@@ -29,6 +29,8 @@ from gateway.adapters.systemd import Notifier
 from gateway.adapters.watch import Hint, SpoolWatcher
 from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
+from gateway.core.lifecycle import STATUS_COLUMNS
+from gateway.core.model import utc
 from gateway.core.settings import Settings, reloaded
 from gateway.pipeline.audit import AuditTrail
 from gateway.pipeline.schedule import Scheduler
@@ -40,6 +42,10 @@ SHUTDOWN_SECONDS: Final = 8.0
 HINTS_PER_TURN: Final = 16
 #: Put on the hints queue to wake the main loop: a worker finished, a partner uploaded.
 WAKE: Final = Hint(Path("/"), renamed=False)
+#: How often the ledger's counts in the status line are read again (one query).
+STATUS_SECONDS: Final = 15.0
+#: The counts the status line shows (columns of `gateway status`).
+STATUS_COUNTS: Final = ("queued", "in_flight", "overdue", "held", "failed")
 
 
 class Daemon:
@@ -66,6 +72,7 @@ class Daemon:
         self.busy: set[str] = set()
         self.busy_lock = threading.Lock()
         self.unsettled: dict[Path, float] = {}
+        self._counts, self._counted_at = "", float("-inf")
         self.workers = [
             threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
             for n in range(settings.daemon_workers)
@@ -121,10 +128,24 @@ class Daemon:
         return finished
 
     def status(self) -> str:
-        """One line for `systemctl status`: what is in hand now."""
+        """One line for `systemctl status`: what is in hand now, and the ledger's counts
+        (read every STATUS_SECONDS; a busy ledger leaves the last ones)."""
+        if self.clock.monotonic() >= self._counted_at + STATUS_SECONDS:
+            self._counted_at = self.clock.monotonic()
+            overdue = utc(self.clock.now() - self.settings.receipts_overdue_after_seconds)
+            try:
+                counts = self.steps.ledger.counts(overdue)
+            except GatewayError as err:
+                log.debug("no counts for the status line: %s", err)
+            else:
+                self._counts = "; " + ", ".join(
+                    f"{sum(n for (_, s), n in counts.items() if s in STATUS_COLUMNS[column])} "
+                    f"{column.replace('_', ' ')}"
+                    for column in STATUS_COUNTS
+                )
         with self.busy_lock:
             busy = len(self.busy)
-        return f"serving: {busy} steps in hand, {len(self.unsettled)} files settling"
+        return f"serving: {busy} steps in hand, {len(self.unsettled)} files settling{self._counts}"
 
     def reload_settings(self) -> None:
         """Read gateway.toml again; apply what can change while running, say what cannot.

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +23,13 @@ from gateway.core.lifecycle import State
 from tests.helpers import (
     PARTNER_ID,
     DaemonProcess,
+    ManualClock,
     PartnerPgp,
     cli,
     gateway,
     processes_under,
     quarantined,
+    send,
     set_setting,
     wait_for,
 )
@@ -86,7 +89,10 @@ def test_ready_then_watchdog_pings_that_stop_while_the_loop_is_stuck_then_stoppi
     try:
         first = notice(notify)
         assert first[0] == "READY=1", first
-        assert first[1] == "STATUS=serving: 0 steps in hand, 0 files settling"
+        assert first[1] == (
+            "STATUS=serving: 0 steps in hand, 0 files settling; "
+            "0 queued, 0 in flight, 0 overdue, 0 held, 0 failed"
+        )
         assert "daemon started" in log.read_text()  # READY comes after start-up, not before
         for _ in range(3):
             next_with(notify, "WATCHDOG=1", 5)  # every 0.5 s: half of WATCHDOG_USEC
@@ -199,3 +205,21 @@ def test_the_daemon_owns_the_one_agent_and_commands_beside_it_never_start_anothe
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.kill()
     assert not agents(home)
+
+
+def test_the_status_line_counts_the_ledger_every_fifteen_seconds(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, clock: ManualClock
+) -> None:
+    home = exchange[0]
+    (short_tmp / "a.xml").write_bytes(b"<a/>")
+    send(home, short_tmp / "a.xml", clock=clock)
+    with gateway(home, "daemon", clock) as gw:
+        daemon = gw.daemon(threading.Event())
+        counts = "; {} queued, 0 in flight, 0 overdue, 0 held, 0 failed"
+        assert daemon.status() == "serving: 0 steps in hand, 0 files settling" + counts.format(1)
+
+        send(home, short_tmp / "a.xml", clock=clock)
+        clock.advance(14)
+        assert daemon.status().endswith(counts.format(1))  # one query per 15 s, not per turn
+        clock.advance(1)
+        assert daemon.status().endswith(counts.format(2))
