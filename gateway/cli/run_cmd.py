@@ -30,11 +30,9 @@ def command(state: State, once: bool) -> None:
       gateway --log-format json run
     """
     with state.gateway("daemon") as gw, exclusive(gw.home.lock):
-        # An agent a command started while no daemon ran lives outside this process's
-        # sandbox and cgroup: replace it with our own, which commands beside us then use.
-        gw.keyring.restart_agent()
         try:
             if once:
+                gw.keyring.restart_agent()  # as below
                 gw.run_once()
                 return
             stop, reload = threading.Event(), threading.Event()
@@ -45,7 +43,11 @@ def command(state: State, once: bool) -> None:
 
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, on_signal)
-            if not gw.daemon(stop, reload).run():
+            daemon = gw.daemon(stop, reload)  # takes systemd's variables out of the environment
+            # An agent a command started while no daemon ran lives outside this process's
+            # sandbox and cgroup: replace it with our own, which commands beside us then use.
+            gw.keyring.restart_agent()
+            if not daemon.run():
                 # A worker is still in a step: end the process now rather than close the
                 # ledger under it. Safe: each step is checkpointed and idempotent, and the
                 # next start finishes it; the OS releases the work lock.
