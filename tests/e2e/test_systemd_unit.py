@@ -234,6 +234,11 @@ def test_the_unit_under_systemd(
         for pid in agents:
             assert cgroup in c.run("cat", f"/proc/{pid}/cgroup").stdout
         assert not processes_under(home.gnupg), "an agent on the keyring outside the service"
+        # A command run beside the daemon, as the home's owner, signs through that agent.
+        c.run("setpriv", "--reuid=gateway", "--regid=gateway", "--init-groups",
+              "/opt/gateway/.venv/bin/gateway", "--home", "/var/lib/gateway", "audit", "checkpoint")  # fmt: skip
+        after = c.run("ps", "-e", "--format=pid=,comm=").stdout
+        assert [ln.split()[0] for ln in after.splitlines() if ln.endswith("gpg-agent")] == agents
 
         # Reload: a live setting applied, one that needs a restart named.
         set_setting(home, "daemon.max_package_bytes", 100)
