@@ -30,8 +30,18 @@ from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.sftp import CIPHERS, MACS
 from gateway.app.gateway import Gateway
+from gateway.core.clock import Clock
 from gateway.core.lifecycle import State
-from tests.helpers import GATEWAY_ID, PartnerPgp, Templates, cli, gateway, seal_due, set_setting
+from tests.helpers import (
+    GATEWAY_ID,
+    ManualClock,
+    PartnerPgp,
+    Templates,
+    cli,
+    gateway,
+    seal_due,
+    set_setting,
+)
 
 PULL_ID = "AU-AFP"
 OTHER_ID = "FR-CJN"
@@ -174,9 +184,12 @@ def pull_partner(
 
 
 @contextlib.contextmanager
-def serving(home: Home, short_tmp: Path, pgp: PartnerPgp, key: Path) -> Iterator[Drop]:
-    """Open the gateway, start its drop server on a free loopback port; stop it after."""
-    with gateway(home, "daemon") as gw:
+def serving(
+    home: Home, short_tmp: Path, pgp: PartnerPgp, key: Path, clock: Clock | None = None
+) -> Iterator[Drop]:
+    """Open the gateway (on `clock` if given), start its drop server on a free loopback
+    port; stop it after."""
+    with gateway(home, "daemon", clock) as gw:
         server = gw.drop_server("127.0.0.1:0")
         server.start()
         try:
@@ -741,24 +754,38 @@ def test_repeated_failures_ban_the_address(limited: Drop, short_tmp: Path) -> No
     assert "Permission denied" not in banned.stderr, "cut before authentication"
 
 
-@pytest.mark.parametrize("limited", [{"serve.idle_timeout_seconds": 1}], indirect=True)
-def test_idle_session_is_closed(limited: Drop) -> None:
-    """An SFTP session that does nothing is closed by the server within a few seconds."""
-    with limited.client() as (transport, sftp):
+@pytest.fixture
+def on_clock(
+    home: Home, short_tmp: Path, pull_partner: tuple[PartnerPgp, Path], clock: ManualClock
+) -> Iterator[Drop]:
+    """A drop server whose clock the test moves, idle after 60 s."""
+    set_setting(home, "serve.idle_timeout_seconds", 60)
+    with serving(home, short_tmp, *pull_partner, clock=clock) as drop:
+        yield drop
+
+
+#: Real time for the server's idle watch, which looks twice a second, to have looked.
+WATCHED = 1.5
+
+
+def test_idle_session_is_closed(on_clock: Drop, clock: ManualClock) -> None:
+    """An SFTP session that does nothing past the idle limit is closed by the server."""
+    with on_clock.client() as (transport, sftp):
         assert sftp.listdir("/") == ["download", "upload"]
-        deadline = time.monotonic() + 5
+        clock.advance(61)
+        deadline = time.monotonic() + WATCHED
         while transport.is_active() and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert not transport.is_active()
 
 
-@pytest.mark.parametrize("limited", [{"serve.idle_timeout_seconds": 2}], indirect=True)
-def test_busy_session_is_not_idle(limited: Drop) -> None:
-    """A session that keeps making requests stays open past the idle limit."""
-    with limited.client() as (transport, sftp):
+def test_busy_session_is_not_idle(on_clock: Drop, clock: ManualClock) -> None:
+    """A session that keeps making requests stays open well past the idle limit."""
+    with on_clock.client() as (transport, sftp):
         for _ in range(8):
             sftp.listdir("/upload")
-            time.sleep(0.5)
+            clock.advance(30)
+        time.sleep(WATCHED)
         assert transport.is_active()
 
 
