@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ from tests.helpers import (
     gateway,
     seal_due,
     set_setting,
+    wait_for,
 )
 
 PULL_ID = "AU-AFP"
@@ -1010,9 +1012,11 @@ def test_the_descriptors_of_hostile_sessions_are_all_given_back(drop: Drop) -> N
                 for _ in range(10):
                     sftp.open(f"/download/{pid}.pgp", "rb")  # never closed by the client
                 transport.close()
-        deadline = time.monotonic() + 10
-        while drop.server.sessions_of(PULL_ID) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            # Each cut session is let go before the next: serve.max_sessions_per_partner
+            # would otherwise refuse the fifth while the server still counts the others.
+            deadline = time.monotonic() + 10
+            while drop.server.sessions_of(PULL_ID) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     hostile_round()
     before, connections = fds(), drop.gw.ledger.open_connections()
@@ -1022,3 +1026,49 @@ def test_the_descriptors_of_hostile_sessions_are_all_given_back(drop: Drop) -> N
         assert time.monotonic() < deadline, (fds(), before, drop.gw.ledger.open_connections())
         time.sleep(0.05)
     still_serving(drop)
+
+
+def test_out_of_descriptors_the_server_says_so_then_serves_again(
+    home: Home, short_tmp: Path, pull_partner: tuple[PartnerPgp, Path]
+) -> None:
+    """`gateway serve` with its descriptors used up (RLIMIT_NOFILE 64, a hundred idle
+    connections) logs that it cannot accept, and lets the partner in once they are freed."""
+    set_setting(home, "serve.max_connections", 500)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = short_tmp / "serve.log"
+    argv = ["prlimit", "--nofile=64", sys.executable, "-m", "gateway", "--home", str(home.root), "serve", "--listen",
+            f"127.0.0.1:{port}"]  # fmt: skip
+    with log.open("w") as err, subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+    ) as serve:  # fmt: skip
+        try:
+            wait_for(lambda: "listening" in log.read_text(), 30, "the drop server listening")
+            hogs = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
+            wait_for(lambda: "cannot accept a connection" in log.read_text(), 30, "EMFILE")
+            for hog in hogs:
+                hog.close()
+            known_hosts = short_tmp / "known_hosts"
+            kind, blob = home.host_key_pub.read_text().split()[:2]
+            known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+            listed = None
+
+            def lets_in() -> bool:
+                nonlocal listed
+                listed = subprocess.run(
+                    ["sftp", "-b", "-", "-P", str(port), "-F", "/dev/null",
+                     "-o", "IdentityAgent=none", "-o", "BatchMode=yes", "-i", str(pull_partner[1]),
+                     "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                     f"{PULL_ID}@127.0.0.1"],
+                    input="ls /\n", capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                return listed.returncode == 0
+
+            wait_for(lets_in, 30, "a login once descriptors are free")
+            assert listed is not None and "download" in listed.stdout
+            assert serve.poll() is None, "the drop server stopped"
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(15)
+    assert serve.returncode == 0, log.read_text()
