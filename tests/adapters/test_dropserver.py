@@ -31,7 +31,16 @@ from gateway.adapters.ledger import Ledger
 from gateway.adapters.sftp import CIPHERS, MACS
 from gateway.app.gateway import Gateway
 from gateway.core.lifecycle import State
-from tests.helpers import GATEWAY_ID, PartnerPgp, Templates, cli, gateway, seal_due, set_setting
+from tests.helpers import (
+    GATEWAY_ID,
+    TEST_REGIMES,
+    PartnerPgp,
+    Templates,
+    cli,
+    gateway,
+    seal_due,
+    set_setting,
+)
 
 PULL_ID = "AU-AFP"
 OTHER_ID = "FR-CJN"
@@ -49,7 +58,7 @@ def register(home: Home, pgp: PartnerPgp, key: Path, partner_id: str) -> None:
     """`gateway partner add ID --pull`: the partner logs in with `key`."""
     result = cli(home, "partner", "add", partner_id, "--openpgp-key", str(pgp.public_key),
                  "--fingerprint", pgp.fingerprint, "--pull", "--ssh-key", f"{key}.pub",
-                 "--reason", "test")  # fmt: skip
+                 *TEST_REGIMES, "--reason", "test")  # fmt: skip
     assert result.exit_code == 0, result.stderr
 
 
