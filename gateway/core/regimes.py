@@ -65,8 +65,9 @@ def parse(doc: Mapping[str, Any], where: str) -> dict[str, Regime]:
 def _regime(table: object, where: str) -> Regime:
     if not isinstance(table, dict):
         raise RegimesInvalid(f"{where} must be a [[regime]] table")
+    named = f"{where} ({table['id']})" if isinstance(table.get("id"), str) else where
     if unknown := sorted(set(table) - _FIELDS):
-        raise RegimesInvalid(f"{where}: unknown fields {unknown}: the fields are {sorted(_FIELDS)}")
+        raise RegimesInvalid(f"{named}: unknown fields {unknown}: the fields are {sorted(_FIELDS)}")
     for key in ("id", "title", "citation"):
         if not isinstance(table.get(key), str) or not table[key].strip():
             raise RegimesInvalid(f"{where}: `{key}` must be a non-empty string")
@@ -74,7 +75,7 @@ def _regime(table: object, where: str) -> Regime:
         raise RegimesInvalid(
             f"{where}: id {table['id']!r} must be 1-64 letters, digits, '.', '_' or '-'"
         )
-    where = f"{where} ({table['id']})"
+    where = named
     kinds = table.get("kinds")
     if not isinstance(kinds, list) or not kinds or any(k not in KINDS for k in kinds):
         raise RegimesInvalid(f"{where}: `kinds` must list some of {', '.join(KINDS)}")
