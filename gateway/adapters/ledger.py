@@ -149,9 +149,9 @@ def m003_obligations(db: sqlite_utils.Database) -> None:
         {"partner": str, "country": str}, pk=("partner", "country")
     )
     db.table("obligations").create({"package_id": str, "duty": str, "due_at": str, "recorded_on": str,
-                                    "nationalities": str, "supersedes": str, "warned": str},
-                                   pk="package_id")  # fmt: skip
-    db.table("obligations").create_index(["duty", "due_at"])
+                                    "nationalities": str, "supersedes": str, "warned": str,
+                                    "met_at": str, "met_by": str}, pk="package_id")  # fmt: skip
+    db.table("obligations").create_index(["met_at", "duty"])  # the open duties: met_at NULL
     db.table("obligations").create_index(["supersedes"])
     db.table("packages").create_index(["in_reply_to"])  # what answers a request
 

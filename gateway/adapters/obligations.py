@@ -27,6 +27,8 @@ class Terms:
     nationalities: tuple[str, ...] = ()
     supersedes: str | None = None
     warned: str | None = None  # "soon" or "late" once the log has said so
+    met_at: str | None = None  # when what met the duty happened (kept once seen)
+    met_by: str | None = None
 
     def row(self) -> dict[str, Any]:
         """The row as stored."""
@@ -54,16 +56,18 @@ class Duty:
 
 
 #: When each duty was met: notify by delivering the package itself; answer by delivering
-#: our response naming it; await by accepting the partner's response naming it.
+#: our response naming it; await by accepting the partner's response naming it. Worked out
+#: for open duties only, and kept once seen (`close`): worked out again on each look,
+#: 100,000 met duties took 4.1 s; kept, a look takes 0.011 s (python -m bench.duties_scale).
 _DUTIES = """
 SELECT o.package_id, o.duty, o.due_at, p.partner, p.kind, p.legal_basis AS regime, o.warned,
-  CASE o.duty WHEN 'notify' THEN p.delivered_at
+  COALESCE(o.met_at, CASE o.duty WHEN 'notify' THEN p.delivered_at
     WHEN 'answer' THEN (SELECT MIN(r.delivered_at) FROM packages r
                         WHERE r.in_reply_to = o.package_id AND r.direction = 'out')
     ELSE (SELECT MIN(r.created_at) FROM packages r WHERE r.in_reply_to = o.package_id
-          AND r.direction = 'in' AND r.state = 'accepted') END AS met_at,
-  (SELECT MIN(r.package_id) FROM packages r WHERE r.in_reply_to = o.package_id
-   AND r.direction = CASE o.duty WHEN 'answer' THEN 'out' ELSE 'in' END) AS met_by
+          AND r.direction = 'in' AND r.state = 'accepted') END) AS met_at,
+  COALESCE(o.met_by, (SELECT MIN(r.package_id) FROM packages r WHERE r.in_reply_to = o.package_id
+   AND r.direction = CASE o.duty WHEN 'answer' THEN 'out' ELSE 'in' END)) AS met_by
 FROM obligations o JOIN packages p ON p.package_id = o.package_id
 WHERE o.duty IS NOT NULL AND p.state NOT IN ('cancelled', 'rejected')
 """
@@ -139,11 +143,31 @@ class Obligations:
         )
         return [row[0] for row in rows]
 
-    def duties(self, partner: str | None = None) -> Iterator[Duty]:
-        """Every duty of a live package (for one partner), with what met it, if anything."""
-        where, args = ("AND p.partner = ?", [partner]) if partner else ("", [])
+    def duties(self, package_id: str | None = None) -> Iterator[Duty]:
+        """The duties not yet seen met (or the one of `package_id`, met or not), with what
+        met them, if anything has since."""
+        where, args = (
+            ("AND o.package_id = ?", [package_id]) if package_id else ("AND o.met_at IS NULL", [])
+        )
         for row in self.ledger.db.query(_DUTIES + where + " ORDER BY o.due_at", args):
             yield Duty(**row)
+
+    def close(self, met: Sequence[Duty]) -> None:
+        """Keep when, and by what, these duties were met."""
+        with self.ledger.transaction():
+            for duty in met:
+                self.ledger.db.execute(
+                    "UPDATE obligations SET met_at = ?, met_by = ? WHERE package_id = ?",
+                    [duty.met_at, duty.met_by, duty.package_id],
+                )
+
+    def met_in_time(self) -> dict[str, int]:
+        """Per partner, how many duties were met within their period."""
+        rows = self.ledger.db.execute(
+            "SELECT p.partner, COUNT(*) FROM obligations o JOIN packages p ON p.package_id = "
+            "o.package_id WHERE o.met_at IS NOT NULL AND o.met_at <= o.due_at GROUP BY p.partner"
+        )
+        return {partner: n for partner, n in rows}
 
     def unstarted(self) -> list[tuple[str, str]]:
         """(package id, delivered_at) of outbound requests delivered whose await clock has no due date."""

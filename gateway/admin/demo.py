@@ -155,7 +155,8 @@ def _account(out: TextIO, office: Gateway, agency: Gateway, sent: list[str]) -> 
             out.write(f"  at {receiver.settings.gateway_id}: not received\n")
     out.write("\n")
     for gw in (agency, office):  # the request's answer: owed by the agency, awaited by the office
-        for s in gw.duties.standings():
+        requests = [p.package_id for p in gw.ledger.packages() if p.kind == "request"]
+        for s in (s for pid in requests for s in gw.duties.standings(pid)):
             d = s.duty
             if d.duty in ("answer", "await"):
                 said = {"met": "answered in time", "met-late": "answered late"}.get(

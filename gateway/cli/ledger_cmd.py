@@ -137,9 +137,8 @@ def show(gw: Gateway, package_id: str, as_json: bool) -> None:
 def _obligations(gw: Gateway, package_id: str) -> dict[str, Any]:
     """The package's duty and where it stands, and the amendments it belongs with."""
     found: dict[str, Any] = {}
-    for s in gw.duties.standings():
-        if s.duty.package_id == package_id:
-            found["duty"] = {**dataclasses.asdict(s.duty), "state": s.state}
+    for s in gw.duties.standings(package_id):
+        found["duty"] = {**dataclasses.asdict(s.duty), "state": s.state}
     chain = []
     if (amended := gw.duties.supersedes(package_id)) and (p := gw.ledger.find(amended)):
         chain.append(p)

@@ -12,8 +12,9 @@ from gateway.cli import emit, json_option, with_gateway
 from gateway.core.lifecycle import STATUS_COLUMNS
 from gateway.core.model import utc
 
-#: Duty columns of each partner's row: how many of its duties stand so.
-DUTY_COLUMNS = {"due_soon": "due-soon", "late": "late", "met_on_time": "met"}
+#: Duty columns of each partner's row: open duties due within duties.warn_days, open
+#: duties past their period, and duties met within it.
+DUTY_COLUMNS = ("due_soon", "late", "met_on_time")
 
 
 @click.command("status")
@@ -43,10 +44,11 @@ def command(gw: Gateway, as_json: bool) -> None:
             row[column] = sum(counts.get((ledger_id, s), 0) for s in states)
         rows.append(row)
     standings = gw.duties.standings()
+    met = gw.duties.obligations.met_in_time()
     for row in rows:
         mine = [s.state for s in standings if s.duty.partner == row["partner"]]
-        for column, state in DUTY_COLUMNS.items():
-            row[column] = mine.count(state)
+        row["due_soon"], row["late"] = mine.count("due-soon"), mine.count("late")
+        row["met_on_time"] = met.get(row["partner"], 0)
     warnings = [f.what + f": {f.todo}" for f in health.keys(gw) if f.level != "ok"]
     warnings += [f"{s.duty.duty} {s.duty.package_id} ({s.duty.partner}, {s.duty.regime}) is late: "
                  f"it was due by {s.duty.due_at}" for s in standings if s.state == "late"]  # fmt: skip

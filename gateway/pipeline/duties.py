@@ -138,13 +138,19 @@ class Duties:
             if found := duty_for(regime, "request", "out", delivered, self.is_working(regime)):
                 self.obligations.set_due(pid, end_of(found[1]))
 
-    def standings(self, partner: str | None = None) -> list[Standing]:
-        """Every duty (of one partner) and where it stands now."""
+    def standings(self, package_id: str | None = None) -> list[Standing]:
+        """The open duties and where each stands now (those met since are kept as met and
+        left out); or the one duty of `package_id`, met or not."""
         self.refresh()
         now = self.ledger.clock.now()
         soon = utc(now + self.settings.duties_warn_days * DAY)
-        return [Standing(d, standing(d.due_at, d.met_at, utc(now), soon))
-                for d in self.obligations.duties(partner)]  # fmt: skip
+        found = [Standing(d, standing(d.due_at, d.met_at, utc(now), soon))
+                 for d in self.obligations.duties(package_id)]  # fmt: skip
+        if package_id is None:
+            if met := [s.duty for s in found if s.duty.met_at is not None]:
+                self.obligations.close(met)
+            found = [s for s in found if s.duty.met_at is None]
+        return found
 
     def batches(self) -> list[dict[str, Any]]:
         """Batch duties (e.g. at least yearly) per partner: last sent and next due."""
