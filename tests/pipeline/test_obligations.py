@@ -399,3 +399,19 @@ def test_an_unknown_regime_is_refused_by_partner_set(office: Home) -> None:
     assert refused.stderr == (
         "error: --regime request=CoE-1959-Art22: CoE-1959-Art22 covers conviction, not request\n"
     )
+
+
+def test_a_batch_regime_warns_when_its_next_batch_comes_due(office: Home, short_tmp: Path) -> None:
+    """CoE 1959 Art. 22: at least once a year, counted from the last one delivered (here
+    none, so from the registration of the policy)."""
+    clock = ManualClock(at("2027-01-10T09:00"))
+    ok = cli(office, "partner", "set", PARTNER_ID, "--regime", "CoE-1959-Art22", "--reason", "CoE",
+             clock=clock)  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
+    line = (f"CoE-1959-Art22 notifications to {PARTNER_ID}: next batch due by "
+            "2028-01-10T23:59:59.999Z (last sent never)")  # fmt: skip
+
+    clock.set(at("2028-01-06T09:00"))
+    assert line not in json.loads(cli(office, "status", "--json", clock=clock).stdout)["warnings"]
+    clock.set(at("2028-01-08T09:00"))  # within duties.warn_days
+    assert line in json.loads(cli(office, "status", "--json", clock=clock).stdout)["warnings"]
