@@ -8,6 +8,7 @@ read. Where a crash can fall, and what the next start (`recover`) does:
 |---|---|---|---|
 | move | `origin.json` written | `work/<id>/origin.json`, the file still in `outbound/` | removes the folder; the file is taken again |
 | move | the rename | `work/<id>/` with `origin.json` and `payload` | records the package `received` (or quarantines it) |
+| move, with a sidecar | the rename | as above, the sidecar's content in `origin.json`, the sidecar still in `outbound/` | as above, with the sidecar's content; removes the sidecar if it is unchanged |
 | copy (`send`) | the mark, during the copy | `work/.<id>.writing`, `work/<id>/` partly written | removes both once no live `send` holds the mark; `send` printed no id |
 | copy (`send`) | the ledger's `received` | `work/<id>/`, the mark | removes the mark; the package is sealed |
 

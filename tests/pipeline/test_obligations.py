@@ -415,3 +415,31 @@ def test_a_batch_regime_warns_when_its_next_batch_comes_due(office: Home, short_
     assert line not in json.loads(cli(office, "status", "--json", clock=clock).stdout)["warnings"]
     clock.set(at("2028-01-08T09:00"))  # within duties.warn_days
     assert line in json.loads(cli(office, "status", "--json", clock=clock).stdout)["warnings"]
+
+
+def test_a_crash_after_the_file_was_moved_in_keeps_its_sidecar_content(
+    office: Home, clock: ManualClock
+) -> None:
+    """Crash between moving the file in and removing its sidecar: the next start records
+    the package with what the sidecar said, and removes the sidecar (still the same)."""
+    sidecar = drop(office, "x.xml.meta.json", b'{"reference": "CASE-5", "nationalities": ["US"]}')
+    payload = drop(office, "x.xml", b"<conviction/>\n")
+    pid = "GB-ACRO-01JDQ8N5V3K7Q2Y9ZC4T6W8E1M"
+    folder = office.work / pid
+    folder.mkdir(mode=0o700)
+    (folder / "origin.json").write_text(json.dumps({
+        "partner": PARTNER_ID, "kind": "conviction", "name": "x.xml", "sidecar": sidecar.name,
+        "declared": {"reference": "CASE-5", "nationalities": ["US"]}}))  # fmt: skip
+    os.rename(payload, folder / "payload")
+
+    with gateway(office, "daemon", clock) as gw:
+        [recovered] = gw.steps.intake.recover()
+        terms = gw.duties.obligations.terms(pid)
+
+    assert (recovered.package_id, recovered.state, recovered.reference) == (
+        pid,
+        State.RECEIVED,
+        "CASE-5",
+    )
+    assert terms is not None and terms.nationalities == ("US",)
+    assert not sidecar.exists(), "taken with its file"
