@@ -443,3 +443,31 @@ def test_a_crash_after_the_file_was_moved_in_keeps_its_sidecar_content(
     )
     assert terms is not None and terms.nationalities == ("US",)
     assert not sidecar.exists(), "taken with its file"
+
+
+@pytest.mark.parametrize(
+    ("kind", "sidecar", "reason"),
+    [
+        ("request", None, f"{PARTNER_ID} is registered to receive no request under any regime"),
+        ("conviction", b'{"nationalities": ["FR"]}',
+         f"the package concerns a national of FR, and {PARTNER_ID} serves US"),
+    ],
+)  # fmt: skip
+def test_a_spooled_file_without_a_basis_or_misrouted_is_quarantined_with_the_reason(
+    office: Home, clock: ManualClock, kind: str, sidecar: bytes | None, reason: str
+) -> None:
+    ok = cli(office, "partner", "set", PARTNER_ID, "--regime", "conviction=MOU-TEMPLATE",
+             "--reason", "convictions only")  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
+    if sidecar is not None:
+        drop(office, "x.xml.meta.json", sidecar, kind)
+    drop(office, "x.xml", b"<x/>\n", kind)
+    clock.advance(10)
+
+    with gateway(office, "daemon", clock) as gw:
+        gw.steps.take_in()
+        [rejected] = gw.ledger.packages()
+
+    assert rejected.state is State.REJECTED and str(rejected.last_error).startswith(reason)
+    [(report, kept)] = [(r, d) for r, d in quarantined(office) if r["original_name"] == "x.xml"]
+    assert report["reason"] == rejected.last_error and kept == b"<x/>\n"
