@@ -139,6 +139,23 @@ def m002_overdue_index(db: sqlite_utils.Database) -> None:
     db.table("packages").create_index(["state", "partner", "delivered_at"])
 
 
+@MIGRATIONS()
+def m003_obligations(db: sqlite_utils.Database) -> None:
+    """Partner policy (regimes per kind, countries served) and each package's duty
+    (adapters/obligations.py reads and writes them)."""
+    db.table("partner_regimes").create({"partner": str, "kind": str, "regime": str, "position": int,
+                                        "added_at": str}, pk=("partner", "kind", "regime"))  # fmt: skip
+    db.table("partner_countries").create(
+        {"partner": str, "country": str}, pk=("partner", "country")
+    )
+    db.table("obligations").create({"package_id": str, "duty": str, "due_at": str, "recorded_on": str,
+                                    "nationalities": str, "supersedes": str, "warned": str,
+                                    "met_at": str, "met_by": str}, pk="package_id")  # fmt: skip
+    db.table("obligations").create_index(["met_at", "duty"])  # the open duties: met_at NULL
+    db.table("obligations").create_index(["supersedes"])
+    db.table("packages").create_index(["in_reply_to"])  # what answers a request
+
+
 class _Slot:
     """One thread's connection, in a value its thread alone refers to."""
 

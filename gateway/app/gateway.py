@@ -26,6 +26,7 @@ from gateway.core.clock import Clock
 from gateway.core.errors import LedgerDamaged, SettingsInvalid
 from gateway.core.model import Partner
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.duties import Duties
 
 if TYPE_CHECKING:  # built on first use, imported then
     from gateway.adapters.dropserver import DropServer
@@ -128,12 +129,19 @@ class Gateway:
                              self.home.incoming / partner.id, self.reads)  # fmt: skip
 
     @functools.cached_property
+    def duties(self) -> Duties:
+        """Partner policy, routing and deadlines, under the shipped regimes and the home's own."""
+        from gateway.adapters import regimes
+
+        return Duties(self.ledger, lambda: regimes.load(self.home.regimes), self.settings)
+
+    @functools.cached_property
     def steps(self) -> Steps:
         """The daemon's units of work."""
         from gateway.pipeline.steps import Steps
 
         return Steps(self.home, self.ledger, self.keyring, self.settings, self.clock,
-                     self.transport)  # fmt: skip
+                     self.transport, self.duties)  # fmt: skip
 
     def scheduler(self, once: bool) -> Scheduler:
         """What is due: for the daemon, or for one pass (`once`)."""
@@ -145,6 +153,7 @@ class Gateway:
         """`gateway run --once`: all work that is due, one poll of every partner."""
         try:
             self.scheduler(once=True).drain()
+            self.duties.warn()
         finally:
             self.sessions.close_idle(0)
 

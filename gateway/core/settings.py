@@ -110,6 +110,17 @@ SETTINGS: Final = (
         "Most bytes one read request is answered with (as OpenSSH's server).",
     ),
     Setting("serve.max_sessions_per_partner", 4, "Sessions one partner may have open at once."),
+    Setting(
+        "duties.calendar",
+        "GB-ENG",
+        "Working-day calendar of answer periods (holidays library name): GB-ENG is England and Wales.",
+    ),
+    Setting("duties.warn_days", 3, "Warn this many days before a notification or answer is due."),
+    Setting(
+        "duties.lone_sidecar_seconds",
+        3600,
+        "A x.meta.json sidecar with no file x beside it this long is quarantined.",
+    ),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
@@ -149,6 +160,9 @@ class Settings:
     serve_max_open_handles: int = 64
     serve_max_read_bytes: int = 261120
     serve_max_sessions_per_partner: int = 4
+    duties_calendar: str = "GB-ENG"
+    duties_warn_days: int = 3
+    duties_lone_sidecar_seconds: int = 3600
 
 
 def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:

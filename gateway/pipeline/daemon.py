@@ -72,7 +72,7 @@ class Daemon:
         self.watcher.start()
         for worker in self.workers:
             worker.start()
-        next_scan = -1.0
+        next_scan = next_duties = -1.0
         next_checkpoint = self.clock.monotonic() + self.settings.audit_checkpoint_seconds
         try:
             while not self.stop.is_set():
@@ -82,7 +82,7 @@ class Daemon:
                             "the spool watcher stopped; restarting it, and scanning to cover the gap"
                         )
                         self.watcher.start()
-                        next_scan = -1.0
+                        next_scan = next_duties = -1.0
                     if self.clock.monotonic() >= next_scan:
                         self.scan()
                         next_scan = self.clock.monotonic() + self.settings.daemon_scan_seconds
@@ -93,6 +93,9 @@ class Daemon:
                         next_checkpoint = (
                             self.clock.monotonic() + self.settings.audit_checkpoint_seconds
                         )
+                    if self.clock.monotonic() >= next_duties:  # the log warns before and at expiry
+                        self._submit("duties", self.steps.duties.warn)
+                        next_duties = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.dispatch()
                     self.wait()
                 except Exception as err:  # a full disk, a locked ledger: the service keeps going
@@ -113,7 +116,9 @@ class Daemon:
     def consider(self, entry: Entry, renamed: bool) -> None:
         """Take an entry in now, or note when to look at it again if it may still grow."""
         settle = self.settings.daemon_settle_seconds
-        if entry.regular and not renamed and not entry.settled(self.clock.now(), settle):
+        if (owner := entry.owner()) is not entry:  # a sidecar: its file decides, and takes both
+            entry, renamed = owner, False
+        if entry.regular and not entry.settled(self.clock.now(), settle, renamed):
             self.unsettled[entry.path] = self.clock.monotonic() + settle
             return
         self.unsettled.pop(entry.path, None)
