@@ -206,6 +206,26 @@ class Ledger:
             ) from None
         return sqlite_utils.Database(conn)
 
+    def snapshot(self, target: Path) -> None:
+        """Copy the ledger as it is at one instant into `target`, a new file, while others write.
+
+        SQLite's online backup API, all pages in one step: it reads under one read
+        transaction, so the copy is one committed state, and no writer waits for it (WAL).
+        """
+        try:
+            source = sqlite3.connect(self.path, timeout=30)
+            copy = sqlite3.connect(target)
+            try:
+                source.backup(copy, pages=0)
+                copy.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
+            finally:
+                copy.close()
+                source.close()
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(
+                f"cannot copy the ledger {self.path} ({e}): check its permissions and free disk space"
+            ) from None
+
     def close(self) -> None:
         """Close every thread's connection."""
         with self._lock:
@@ -294,6 +314,13 @@ class Ledger:
             where, args = where + " AND package_id = ?", [since_id, package_id]  # type: ignore[list-item]
         for row in self.db.table("events").rows_where(where, args, order_by="id"):
             yield Event(**row)
+
+    def events_of(self, action: str) -> list[Event]:
+        """Every event of one action, in order."""
+        return [
+            Event(**row)
+            for row in self.db.table("events").rows_where("action = ?", [action], order_by="id")
+        ]
 
     def verify_chain(self) -> tuple[int, Event | None]:
         """Recompute the chain; return (events checked, the first broken event or None).
