@@ -30,16 +30,19 @@ def command() -> None:
 @click.option(
     "--direction", type=click.Choice(["in", "out"]), help="Only inbound or outbound packages."
 )
+@click.option(
+    "--erased", is_flag=True, help="Only packages of which retention erased something, and what."
+)
 @json_option
 @with_gateway
-def list_(
-    gw: Gateway, partner: str | None, state: str | None, direction: str | None, as_json: bool
-) -> None:
+def list_(gw: Gateway, partner: str | None, state: str | None, direction: str | None,
+          erased: bool, as_json: bool) -> None:  # fmt: skip
     """List packages, oldest first.
 
     \b
     Example:
       gateway ledger list --partner US-NCB --state delivered
+      gateway ledger list --erased
     """
     cutoff = None
     if state == "overdue":
@@ -48,7 +51,7 @@ def list_(
             utc(gw.clock.now() - gw.settings.receipts_overdue_after_seconds),
         )
     packages = gw.ledger.packages(
-        state=state, partner=partner, direction=direction, delivered_before=cutoff
+        state=state, partner=partner, direction=direction, delivered_before=cutoff, erased=erased
     )
     rows = [dataclasses.asdict(p) for p in packages]
     emit(
@@ -59,11 +62,17 @@ def list_(
                 f"{p.package_id}  {p.direction:<3} {p.partner or '-':<12} {p.kind or '-':<11} "
                 f"{p.state:<12} {p.updated_at}"
                 + (f"  {shown(p.last_error)}" if p.last_error else "")
+                + (f"  erased: {_erasures(p.erased)}" if erased and p.erased else "")
                 for p in packages
             )
             or "no packages"
         ),
     )
+
+
+def _erasures(erased: str) -> str:
+    """What retention erased of a package, and when: 'inbound 2026-..., details 2026-...'."""
+    return ", ".join(f"{what} {at}" for what, at in json.loads(erased).items())
 
 
 @command.command("show")
