@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sqlite3
 import tarfile
+from contextlib import closing
 from pathlib import Path
 
 from gateway.adapters.home import Home
@@ -13,6 +15,7 @@ from gateway.core.lifecycle import State
 from tests.helpers import (
     PARTNER_ID,
     Desk,
+    Templates,
     cli,
     delivered,
     envelope,
@@ -241,3 +244,38 @@ def test_a_backup_encrypted_to_an_offline_key_opens_only_with_it(desk: Desk) -> 
     wrong = cli(desk.home, "backup", str(desk.tmp / "c.tar.pgp"), "--encrypt-to",
                 str(offline.public_key), "--fingerprint", "0" * 40)  # fmt: skip
     assert wrong.exit_code == 23 and not (desk.tmp / "c.tar.pgp").exists()
+
+
+def test_a_package_in_a_pull_partners_mailbox_is_recorded_not_published_again(
+    desk: Desk, templates: Templates
+) -> None:
+    pull = templates.partner(desk.tmp / "au", "AU-AFP")
+    try:
+        result = cli(desk.home, "partner", "add", "AU-AFP", "--openpgp-key", str(pull.public_key),
+                     "--fingerprint", pull.fingerprint, "--pull", "--ssh-key",
+                     f"{desk.server.client_key}.pub", "--reason", "pull partner")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        (desk.tmp / "p.xml").write_bytes(b"<pull/>")
+        result = cli(
+            desk.home, "send", str(desk.tmp / "p.xml"), "--to", "AU-AFP", "--kind", "conviction"
+        )
+        pid = result.stdout.strip()
+        run_once(desk.home)
+        assert state(desk.home, pid) is State.PUBLISHED
+        with closing(sqlite3.connect(desk.home.ledger)) as db:  # backed up between place and record
+            db.execute("UPDATE packages SET state = 'sealed' WHERE package_id = ?", [pid])
+            db.commit()
+        new, tar = restored_home(desk)
+        with tarfile.open(tar) as archive:
+            assert f"spool/mailbox/AU-AFP/download/{pid}.pgp" in archive.getnames()
+
+        run_once(new)
+
+        assert state(new, pid) is State.PUBLISHED
+        [published] = [
+            json.loads(str(e.detail)) for e in events(new, pid) if e.action == "publish"
+        ][-1:]
+        assert published["already_there"] is True
+        stop_agents(new.root)
+    finally:
+        pull.close()
