@@ -10,8 +10,8 @@ saying what was erased, why, and its SHA-256 where the bytes had one.
 | ledger details of a final package | `retention.details_days` | that many days after the package became final: file name, reference, reply-to, last error and event details; ids, states, times, hashes stay |
 
 0 keeps a class for ever. Each pass is cheap: it reads the quarantine and sealed folders
-(which hold only what is still pending) and asks the ledger for what is due, at most
-`BATCH` packages a class, so a backlog is worked off over a few passes.
+(which hold only what is still pending) and asks the ledger for what is due; at most
+`BATCH` erasures of a class a pass, so a backlog is worked off over a few passes.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ class Retention:
         done = 0
         far = utc(self.clock.now() + DAY)  # every accepted package, to notice those taken
         due = self._cutoff(days) if days else ""
-        for package in self.ledger.erasable(
-            frozenset({State.ACCEPTED}), far, "inbound", "in", BATCH
-        ):
+        # All of them, not a batch: one stat each, and a batch of old ones kept until they
+        # are taken (inbound_days = 0) would hide the newer ones taken meanwhile.
+        for package in self.ledger.erasable(frozenset({State.ACCEPTED}), far, "inbound", "in"):
             folder = self.home.inbound / str(package.partner) / package.package_id
             where = folder.relative_to(self.home.root).as_posix()
             if not folder.exists():
@@ -112,7 +112,11 @@ class Retention:
         if not days:
             return 0
         done, cutoff = 0, self._cutoff(days)
-        for path in sorted(self.home.sealed.glob(f"*{PACKAGE_SUFFIX}"))[:BATCH]:
+        for path in sorted(
+            self.home.sealed.glob(f"*{PACKAGE_SUFFIX}")
+        ):  # the pending, and leftovers
+            if done >= BATCH:
+                break
             package = self.ledger.find(path.name.removesuffix(PACKAGE_SUFFIX))
             if package is None or package.state not in FINAL or package.updated_at >= cutoff:
                 continue
