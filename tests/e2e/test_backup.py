@@ -279,3 +279,29 @@ def test_a_package_in_a_pull_partners_mailbox_is_recorded_not_published_again(
         stop_agents(new.root)
     finally:
         pull.close()
+
+
+def test_a_package_only_taken_in_at_the_backup_and_delivered_after_it_is_held_not_sent_twice(
+    desk: Desk,
+) -> None:
+    (desk.tmp / "r.xml").write_bytes(b"<received/>")
+    pid = send(desk.home, desk.tmp / "r.xml")
+    new, _ = restored_home(desk)  # received in the backup, plaintext and all
+    run_once(desk.home)  # the old home seals and delivers it, then is lost
+    remote = desk.server.upload / f"{pid}.pgp"
+    first, uploaded = remote.stat(), remote.read_bytes()
+
+    run_once(new)  # sealed anew: other bytes under the same name
+
+    held = gateway(new)
+    try:
+        package = held.ledger.package(pid)
+    finally:
+        held.close()
+    assert package.state is State.HELD
+    assert "already holds" in str(package.last_error) and "with other content" in str(
+        package.last_error
+    )
+    assert remote.stat().st_ino == first.st_ino and remote.read_bytes() == uploaded
+    assert sorted(p.name for p in desk.server.upload.iterdir()) == [f"{pid}.pgp"]
+    stop_agents(new.root)
