@@ -37,8 +37,9 @@ from gateway.core.errors import BackupDamaged, RestoreRefused
 from gateway.core.lifecycle import FINAL, MAY_HOLD_PLAINTEXT, State
 from gateway.core.model import utc
 
-#: Files in keys/gnupg that are the agent's, not the keyring's: sockets, locks.
-_NOT_KEYRING = ("S.", ".#lk", "random_seed")
+#: Names never backed up: temporary files (a checkpoint being signed: `.NAME.tmp`), gpg's
+#: locks (`.#lk...`) and the agent's sockets and seed in keys/gnupg.
+_SKIPPED = (".", "S.", "random_seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ def _tree(root: Path, folder: Path) -> Iterator[tuple[str, Path]]:
     for dirpath, _dirs, names in os.walk(folder):
         for name in sorted(names):
             path = Path(dirpath) / name
-            if path.is_file() and not path.is_symlink() and not name.startswith(_NOT_KEYRING):
+            if path.is_file() and not path.is_symlink() and not name.startswith(_SKIPPED):
                 yield path.relative_to(root).as_posix(), path
 
 
