@@ -31,8 +31,7 @@ def command(state: State, source: Path) -> None:
       gateway --home /srv/gateway-new restore /var/backups/gateway/2026-12-06.tar
     """
     with backup.restore(source, state.home, actor()) as gw:
-        event_id, _ = gw.ledger.head()
-        restored = next(e for e in gw.ledger.events(since_id=event_id - 2) if e.action == "restore")
+        restored = gw.ledger.events_of("restore")[-1]
     click.echo(f"restored {source} into {state.home.root}: the backup held events up to "
                f"{restored.id - 1}; the restore is event {restored.id}")  # fmt: skip
     click.echo("next: `gateway audit verify`, then start the daemon (`gateway run`)")
