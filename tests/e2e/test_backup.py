@@ -244,6 +244,13 @@ def test_a_backup_encrypted_to_an_offline_key_opens_only_with_it(desk: Desk) -> 
     wrong = cli(desk.home, "backup", str(desk.tmp / "c.tar.pgp"), "--encrypt-to",
                 str(offline.public_key), "--fingerprint", "0" * 40)  # fmt: skip
     assert wrong.exit_code == 23 and not (desk.tmp / "c.tar.pgp").exists()
+    alone = cli(
+        desk.home, "backup", str(desk.tmp / "d.tar.pgp"), "--encrypt-to", str(offline.public_key)
+    )
+    assert alone.exit_code == 2
+    assert (
+        alone.stderr == "error: --encrypt-to and --fingerprint go together: give both, or neither\n"
+    )
 
 
 def test_a_package_in_a_pull_partners_mailbox_is_recorded_not_published_again(
