@@ -30,7 +30,7 @@ def command(state: State, source: Path) -> None:
     Example:
       gateway --home /srv/gateway-new restore /var/backups/gateway/2026-12-06.tar
     """
-    with backup.restore(source, state.home, actor()) as gw:
+    with backup.restore(source, state.home, actor(), state.clock) as gw:
         restored = gw.ledger.events_of("restore")[-1]
     click.echo(f"restored {source} into {state.home.root}: the backup held events up to "
                f"{restored.id - 1}; the restore is event {restored.id}")  # fmt: skip
