@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # built on first use, imported then
     from gateway.adapters.sessions import SessionPool
     from gateway.adapters.watch import Hint
     from gateway.pipeline.daemon import Daemon
+    from gateway.pipeline.retention import Retention
     from gateway.pipeline.schedule import Scheduler
     from gateway.pipeline.steps import Steps
     from gateway.transports.base import Transport
@@ -143,6 +144,13 @@ class Gateway:
         return Steps(self.home, self.ledger, self.keyring, self.settings, self.clock,
                      self.transport, self.duties)  # fmt: skip
 
+    @functools.cached_property
+    def retention(self) -> Retention:
+        """What the daemon erases when its time is up (the `[retention]` settings)."""
+        from gateway.pipeline.retention import Retention
+
+        return Retention(self.home, self.ledger, self.settings, self.clock)
+
     def scheduler(self, once: bool) -> Scheduler:
         """What is due: for the daemon, or for one pass (`once`)."""
         from gateway.pipeline.schedule import Scheduler
@@ -150,10 +158,12 @@ class Gateway:
         return Scheduler(self.steps, self.ledger, self.settings, self.clock, self.transport, once)
 
     def run_once(self) -> None:
-        """`gateway run --once`: all work that is due, one poll of every partner."""
+        """`gateway run --once`: all work that is due, one poll of every partner, and the
+        erasures retention says are due."""
         try:
             self.scheduler(once=True).drain()
             self.duties.warn()
+            self.retention.run()
         finally:
             self.sessions.close_idle(0)
 
@@ -184,5 +194,5 @@ class Gateway:
 
         listen = self.settings.serve_listen
         return Daemon(self.home, self.settings, self.clock, self.steps, self.scheduler(once=False),
-                      self.audit, self.hints, self.sessions.close_idle,
+                      self.audit, self.retention, self.hints, self.sessions.close_idle,
                       self.drop_server(listen) if listen else None, stop)  # fmt: skip

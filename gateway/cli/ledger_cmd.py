@@ -39,16 +39,20 @@ def command() -> None:
     help="Only packages whose duty (notify, answer) is open and due within N days or hours.",
 )
 @click.option("--late", is_flag=True, help="Only packages whose duty is open past its period.")
+@click.option(
+    "--erased", is_flag=True, help="Only packages of which retention erased something, and what."
+)
 @json_option
 @with_gateway
 def list_(gw: Gateway, partner: str | None, state: str | None, direction: str | None,
-          due_within: str | None, late: bool, as_json: bool) -> None:  # fmt: skip
+          due_within: str | None, late: bool, erased: bool, as_json: bool) -> None:  # fmt: skip
     """List packages, oldest first.
 
     \b
     Examples:
       gateway ledger list --partner US-NCB --state delivered
       gateway ledger list --due-within 3d
+      gateway ledger list --erased
     """
     cutoff = None
     if state == "overdue":
@@ -57,7 +61,7 @@ def list_(gw: Gateway, partner: str | None, state: str | None, direction: str | 
             utc(gw.clock.now() - gw.settings.receipts_overdue_after_seconds),
         )
     packages = gw.ledger.packages(
-        state=state, partner=partner, direction=direction, delivered_before=cutoff
+        state=state, partner=partner, direction=direction, delivered_before=cutoff, erased=erased
     )
     if due_within is not None or late:
         chosen = _due(gw, due_within, late)
@@ -71,6 +75,7 @@ def list_(gw: Gateway, partner: str | None, state: str | None, direction: str | 
                 f"{p.package_id}  {p.direction:<3} {p.partner or '-':<12} {p.kind or '-':<11} "
                 f"{p.state:<12} {p.updated_at}"
                 + (f"  {shown(p.last_error)}" if p.last_error else "")
+                + (f"  erased: {_erasures(p.erased)}" if erased and p.erased else "")
                 for p in packages
             )
             or "no packages"
@@ -93,6 +98,11 @@ def _due(gw: Gateway, within: str | None, late: bool) -> dict[str, str]:
         ):
             chosen[s.duty.package_id] = str(due)
     return chosen
+
+
+def _erasures(erased: str) -> str:
+    """What retention erased of a package, and when: 'inbound 2026-..., details 2026-...'."""
+    return ", ".join(f"{what} {at}" for what, at in json.loads(erased).items())
 
 
 @command.command("show")

@@ -116,6 +116,13 @@ class SettingsInvalid(HomeError):
     exit_code = 14
 
 
+class RestoreRefused(HomeError):
+    """`gateway restore` was pointed at a folder that is not empty; nothing was changed:
+    restore into a new, empty folder (a home is never overwritten by a backup)."""
+
+    exit_code = 15
+
+
 class RegimesInvalid(HomeError):
     """A regimes file (the shipped one, or the home's regimes.toml) is not valid: an
     unknown field, a value of the wrong type, an id used twice or taken from the shipped
@@ -216,6 +223,14 @@ class RemoteConflict(Permanent):
     overwritten: ask the partner to remove it, then `gateway retry`."""
 
     exit_code = 35
+
+
+class BackupDamaged(Permanent):
+    """A backup is not whole or not ours (a file missing, changed or not listed in its
+    manifest, or no manifest); nothing was restored: take another backup, or check how
+    this one was copied."""
+
+    exit_code = 38
 
 
 # -- 40-49: input the gateway refused ----------------------------------------------------

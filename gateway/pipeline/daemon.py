@@ -25,6 +25,7 @@ from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
 from gateway.core.settings import Settings
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.retention import Retention
 from gateway.pipeline.schedule import Scheduler
 from gateway.pipeline.steps import Steps
 
@@ -40,7 +41,7 @@ class Daemon:
     """Watch, take in, and keep the workers busy until `stop` is set."""
 
     def __init__(self, home: Home, settings: Settings, clock: Clock, steps: Steps,
-                 scheduler: Scheduler, audit: AuditTrail, hints: queue.Queue[Hint],
+                 scheduler: Scheduler, audit: AuditTrail, retention: Retention, hints: queue.Queue[Hint],
                  close_idle: Callable[[float | None], None], drop_server: DropServer | None,
                  stop: threading.Event) -> None:  # fmt: skip
         self.home = home
@@ -49,6 +50,7 @@ class Daemon:
         self.steps = steps
         self.scheduler = scheduler
         self.audit = audit
+        self.retention = retention
         self.hints = hints
         self.close_idle = close_idle
         self.drop_server = drop_server
@@ -85,6 +87,7 @@ class Daemon:
                         next_scan = next_duties = -1.0
                     if self.clock.monotonic() >= next_scan:
                         self.scan()
+                        self._submit("retention", self.retention.run)  # with each full scan
                         next_scan = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.recheck_unsettled()
                     self.close_idle(None)
