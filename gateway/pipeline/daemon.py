@@ -33,6 +33,7 @@ from gateway.core.lifecycle import STATUS_COLUMNS
 from gateway.core.model import utc
 from gateway.core.settings import Settings, reloaded
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.retention import Retention
 from gateway.pipeline.schedule import Scheduler
 from gateway.pipeline.steps import Steps
 
@@ -52,7 +53,7 @@ class Daemon:
     """Watch, take in, and keep the workers busy until `stop` is set."""
 
     def __init__(self, home: Home, settings: Settings, clock: Clock, steps: Steps,
-                 scheduler: Scheduler, audit: AuditTrail, hints: queue.Queue[Hint],
+                 scheduler: Scheduler, audit: AuditTrail, retention: Retention, hints: queue.Queue[Hint],
                  close_idle: Callable[[float | None], None], drop_server: DropServer | None,
                  stop: threading.Event, reload: threading.Event, notifier: Notifier) -> None:  # fmt: skip
         self.home = home
@@ -61,6 +62,7 @@ class Daemon:
         self.steps = steps
         self.scheduler = scheduler
         self.audit = audit
+        self.retention = retention
         self.hints = hints
         self.close_idle = close_idle
         self.drop_server = drop_server
@@ -87,7 +89,7 @@ class Daemon:
         self.watcher.start()
         for worker in self.workers:
             worker.start()
-        next_scan = -1.0
+        next_scan = next_duties = -1.0
         next_checkpoint = self.clock.monotonic() + self.settings.audit_checkpoint_seconds
         self.notifier.ready(self.status())
         try:
@@ -103,9 +105,10 @@ class Daemon:
                             "the spool watcher stopped; restarting it, and scanning to cover the gap"
                         )
                         self.watcher.start()
-                        next_scan = -1.0
+                        next_scan = next_duties = -1.0
                     if self.clock.monotonic() >= next_scan:
                         self.scan()
+                        self._submit("retention", self.retention.run)  # with each full scan
                         next_scan = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.recheck_unsettled()
                     self.close_idle(None)
@@ -114,6 +117,9 @@ class Daemon:
                         next_checkpoint = (
                             self.clock.monotonic() + self.settings.audit_checkpoint_seconds
                         )
+                    if self.clock.monotonic() >= next_duties:  # the log warns before and at expiry
+                        self._submit("duties", self.steps.duties.warn)
+                        next_duties = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.dispatch()
                     self.wait()
                 except Exception as err:  # a full disk, a locked ledger: the service keeps going
@@ -135,8 +141,10 @@ class Daemon:
             overdue = utc(self.clock.now() - self.settings.receipts_overdue_after_seconds)
             try:
                 counts = self.steps.ledger.counts(overdue)
-            except GatewayError as err:
-                log.debug("no counts for the status line: %s", err)
+            except (
+                Exception
+            ) as err:  # a busy or failing ledger: the status line must not stop the loop
+                log.debug("no counts for the status line: %r", err)
             else:
                 self._counts = "; " + ", ".join(
                     f"{sum(n for (_, s), n in counts.items() if s in STATUS_COLUMNS[column])} "
@@ -176,6 +184,7 @@ class Daemon:
         """Put `settings` in force for the loop and every step from now on."""
         self.settings = settings
         self.scheduler.settings = settings
+        self.retention.settings = settings
         self.steps.use(settings)
 
     def scan(self) -> None:
@@ -186,7 +195,9 @@ class Daemon:
     def consider(self, entry: Entry, renamed: bool) -> None:
         """Take an entry in now, or note when to look at it again if it may still grow."""
         settle = self.settings.daemon_settle_seconds
-        if entry.regular and not renamed and not entry.settled(self.clock.now(), settle):
+        if (owner := entry.owner()) is not entry:  # a sidecar: its file decides, and takes both
+            entry, renamed = owner, False
+        if entry.regular and not entry.settled(self.clock.now(), settle, renamed):
             self.unsettled[entry.path] = self.clock.monotonic() + settle
             return
         self.unsettled.pop(entry.path, None)
