@@ -148,7 +148,9 @@ def booted(home: Home, opt: Path, tmp: Path) -> Iterator[Container]:
     """Boot the container with the unit installed and the home as its state directory."""
     drop_in, preset = tmp / "test.conf", tmp / "test.preset"
     drop_in.write_text(DROP_IN)
-    preset.write_text("disable gateway.service\n")  # a first boot enables all: the test starts it
+    # A first boot enables every service installed here (presets): none is wanted (the
+    # container shares the host's network), and the test starts the gateway itself.
+    preset.write_text("disable *\n")
     for path in (drop_in, preset):
         path.chmod(0o644)  # configuration is world-readable; the CLI's umask made it 0600
     log = tmp / "container.log"
@@ -161,9 +163,8 @@ def booted(home: Home, opt: Path, tmp: Path) -> Iterator[Container]:
                    f"--bind-ro={REPO / 'deploy/gateway.sysusers'}:/etc/sysusers.d/gateway.conf",
                    f"--bind-ro={preset}:/etc/systemd/system-preset/00-test.preset",
                    "--console=pipe", "--boot",
-                   # the host's sshd has port 22; the container needs none of these
-                   "systemd.mask=ssh.service", "systemd.mask=ssh.socket",
-                   "systemd.mask=systemd-firstboot.service"),
+                   # ssh.socket is static: masked, so it does not try the host's port 22
+                   "systemd.mask=ssh.socket", "systemd.mask=systemd-firstboot.service"),
             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
         )  # fmt: skip
     container = Container(process, log)
