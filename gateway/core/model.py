@@ -107,6 +107,29 @@ class Event:
 
 
 @dataclasses.dataclass(frozen=True)
+class Contact:
+    """One partner's health, as the ledger keeps it: its last successful contact, its last
+    failure and why, and since when it is down (times are epoch seconds)."""
+
+    partner: str
+    last_ok: float | None = None
+    last_failure: float | None = None
+    last_error: str | None = None
+    down_since: float | None = None
+    failures: int = 0  # failed contacts in a row
+
+    @property
+    def status(self) -> str:
+        """`down` while its last contact failed, `ok` once one succeeded, else `unknown`."""
+        return "down" if self.down_since is not None else "ok" if self.last_ok else "unknown"
+
+    def worth_warning(self) -> bool:
+        """Whether this failure is logged: the first, then the 2nd, 4th, 8th... in a row, so
+        a partner down for a day at a 30 s poll logs 12 lines, not 2,880."""
+        return self.failures > 0 and self.failures & (self.failures - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Placed:
     """Where a file was made available to a partner, and whether it was there already."""
 
