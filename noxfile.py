@@ -25,6 +25,8 @@ FLOORS = (
     "sqlite-utils==4.0",
     "watchdog==4.0.0",
     "click==8.3.1",
+    "python-json-logger==3.1.0",
+    "prometheus-client==0.20.0",
 )
 
 

@@ -254,7 +254,8 @@ class Ledger:
         finally:
             self._local.appended = None
         for event in appended:
-            log.info("%s", event.summary())
+            log.log(logging.WARNING if event.warns() else logging.INFO, "%s", event.summary(),
+                    extra=event.fields())  # fmt: skip
 
     # -- audit trail ----------------------------------------------------------------
 

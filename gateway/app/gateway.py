@@ -145,6 +145,7 @@ class Gateway:
         """`gateway run --once`: all work that is due, one poll of every partner."""
         try:
             self.scheduler(once=True).drain()
+            self.steps.overdue()
         finally:
             self.sessions.close_idle(0)
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from gateway.core.lifecycle import State
 
@@ -78,6 +78,14 @@ class Package:
         return Package(**{**row, "state": State(row["state"])})
 
 
+#: Events logged as warnings: a package stopped for an operator, refused by the partner,
+#: rejected or quarantined, or waiting too long for its receipt.
+WARNING_STATES: Final = frozenset({"held", "failed", "refused", "rejected"})
+WARNING_ACTIONS: Final = frozenset(
+    {"quarantine", "receipt.quarantined", "fetch.refused", "receipt.overdue"}
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
     """One row of the audit trail."""
@@ -93,6 +101,16 @@ class Event:
     detail: str | None
     prev_hash: str
     hash: str
+
+    def warns(self) -> bool:
+        """Whether this event needs an operator's eye: logged as a warning, not as info."""
+        return self.state in WARNING_STATES or self.action in WARNING_ACTIONS
+
+    def fields(self) -> dict[str, str | None]:
+        """The event's fields of a log line: package id, partner, action, state, error."""
+        detail = json.loads(self.detail) if self.detail else {}
+        return {"package_id": self.package_id, "partner": self.partner, "action": self.action,
+                "state": self.state, "error": detail.get("error") or detail.get("reason")}  # fmt: skip
 
     def summary(self) -> str:
         """One log line: what happened to what, and why if it went wrong. No payload, no keys."""

@@ -106,9 +106,11 @@ class Daemon:
         return finished
 
     def scan(self) -> None:
-        """Look at everything in the outbound spool (events may have been missed)."""
+        """Look at everything in the outbound spool (events may have been missed), and
+        for receipts that have become overdue."""
         for entry in entries(self.home.outbound):
             self.hints.put(Hint(entry.path, renamed=False))
+        self.steps.overdue()
 
     def consider(self, entry: Entry, renamed: bool) -> None:
         """Take an entry in now, or note when to look at it again if it may still grow."""

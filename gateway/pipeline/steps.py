@@ -195,6 +195,21 @@ class Steps:
                 self.ledger.transition(pid, State.DELIVERED, "deliver", {"how": "read whole by the partner"},
                                        delivered_at=utc(self.clock.now()))  # fmt: skip
 
+    def overdue(self) -> int:
+        """Record (and so log, as a warning) each delivered package whose receipt has just
+        become overdue, once: a `receipt.overdue` event. Returns how many were new."""
+        cutoff = utc(self.clock.now() - self.settings.receipts_overdue_after_seconds)
+        new = 0
+        for package in self.ledger.packages(state=State.DELIVERED, delivered_before=cutoff):
+            if not any(
+                e.action == "receipt.overdue" for e in self.ledger.events(package.package_id)
+            ):
+                self.ledger.record("receipt.overdue", package_id=package.package_id, partner=package.partner,
+                                   detail={"error": f"no receipt since its delivery at {package.delivered_at}: "
+                                           "ask the partner whether it arrived"})  # fmt: skip
+                new += 1
+        return new
+
     def sendable(self, packages: list[Package]) -> list[Package]:
         """The packages whose recipient key is still good; the others are held, never sent."""
         problems: dict[str, str | None] = {}

@@ -123,6 +123,8 @@ OWNERS = {
     "sqlite_utils": {"gateway/adapters/ledger.py"},
     "sqlite3": {"gateway/adapters/ledger.py"},
     "fcntl": {"gateway/adapters/lock.py"},
+    "pythonjsonlogger": {"gateway/adapters/logs.py"},
+    "prometheus_client": {"gateway/adapters/metrics.py"},
     "click": {rel(path) for path in (SOURCE / "cli").glob("*.py")},
 }
 
