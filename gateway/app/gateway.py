@@ -29,6 +29,7 @@ from gateway.pipeline.audit import AuditTrail
 
 if TYPE_CHECKING:  # built on first use, imported then
     from gateway.adapters.dropserver import DropServer
+    from gateway.adapters.metrics import Exporter
     from gateway.adapters.sessions import SessionPool
     from gateway.adapters.watch import Hint
     from gateway.pipeline.daemon import Daemon
@@ -173,8 +174,19 @@ class Gateway:
     def daemon(self, stop: threading.Event) -> Daemon:
         """`gateway run`: the service, with the drop server when `serve.listen` is set."""
         from gateway.pipeline.daemon import Daemon
+        from gateway.pipeline.metrics import Publisher
 
         listen = self.settings.serve_listen
+        drop_server = self.drop_server(listen) if listen else None
+        publisher = Publisher(self.metrics(drop_server), self.settings, self.clock)
         return Daemon(self.home, self.settings, self.clock, self.steps, self.scheduler(once=False),
-                      self.audit, self.hints, self.sessions.close_idle,
-                      self.drop_server(listen) if listen else None, stop)  # fmt: skip
+                      self.audit, self.hints, self.sessions.close_idle, drop_server, stop,
+                      publisher)  # fmt: skip
+
+    def metrics(self, drop_server: DropServer | None = None) -> Exporter:
+        """The metrics of this home (with the sessions of `drop_server`, the daemon's)."""
+        from gateway.adapters.metrics import Exporter
+        from gateway.pipeline.metrics import Gather
+
+        return Exporter(Gather(self.home, self.ledger, self.keyring, self.settings, self.clock,
+                               drop_server))  # fmt: skip

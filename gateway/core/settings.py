@@ -110,6 +110,17 @@ SETTINGS: Final = (
         "Most bytes one read request is answered with (as OpenSSH's server).",
     ),
     Setting("serve.max_sessions_per_partner", 4, "Sessions one partner may have open at once."),
+    Setting(
+        "metrics.listen",
+        "",
+        "Loopback ADDRESS:PORT the daemon serves Prometheus metrics on, e.g. 127.0.0.1:9817; empty: off.",
+    ),
+    Setting(
+        "metrics.textfile",
+        "",
+        "File the daemon rewrites for node_exporter's textfile collector (*.prom); empty: off.",
+    ),
+    Setting("metrics.textfile_seconds", 15, "How often the daemon rewrites metrics.textfile."),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
@@ -149,6 +160,9 @@ class Settings:
     serve_max_open_handles: int = 64
     serve_max_read_bytes: int = 261120
     serve_max_sessions_per_partner: int = 4
+    metrics_listen: str = ""
+    metrics_textfile: str = ""
+    metrics_textfile_seconds: int = 15
 
 
 def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:

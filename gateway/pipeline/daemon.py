@@ -25,6 +25,7 @@ from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
 from gateway.core.settings import Settings
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.metrics import Publisher
 from gateway.pipeline.schedule import Scheduler
 from gateway.pipeline.steps import Steps
 
@@ -42,7 +43,7 @@ class Daemon:
     def __init__(self, home: Home, settings: Settings, clock: Clock, steps: Steps,
                  scheduler: Scheduler, audit: AuditTrail, hints: queue.Queue[Hint],
                  close_idle: Callable[[float | None], None], drop_server: DropServer | None,
-                 stop: threading.Event) -> None:  # fmt: skip
+                 stop: threading.Event, metrics: Publisher | None = None) -> None:  # fmt: skip
         self.home = home
         self.settings = settings
         self.clock = clock
@@ -53,6 +54,7 @@ class Daemon:
         self.close_idle = close_idle
         self.drop_server = drop_server
         self.stop = stop
+        self.metrics = metrics
         self.watcher = SpoolWatcher(home.outbound, hints)
         self.jobs: queue.Queue[tuple[str, Callable[[], object]] | None] = queue.Queue()
         self.busy: set[str] = set()
@@ -69,6 +71,8 @@ class Daemon:
         self.steps.recover()
         if self.drop_server is not None:
             self.drop_server.start()
+        if self.metrics is not None:
+            self.metrics.start()
         self.watcher.start()
         for worker in self.workers:
             worker.start()
@@ -94,6 +98,8 @@ class Daemon:
                             self.clock.monotonic() + self.settings.audit_checkpoint_seconds
                         )
                     self.dispatch()
+                    if self.metrics is not None:
+                        self.metrics.tick()
                     self.wait()
                 except Exception as err:  # a full disk, a locked ledger: the service keeps going
                     log.error(
@@ -191,6 +197,9 @@ class Daemon:
         for worker in self.workers:
             worker.join(max(0.0, deadline - self.clock.monotonic()))
         self.close_idle(0)
+        if self.metrics is not None:
+            with contextlib.suppress(GatewayError, OSError):  # the record is the ledger's
+                self.metrics.stop()
         if abandoned := [w.name for w in self.workers if w.is_alive()]:
             # Safe: every step is checkpointed in the ledger and idempotent, so the next
             # start finishes what these were doing.

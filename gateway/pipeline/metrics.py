@@ -1,0 +1,182 @@
+"""What the metrics say, read afresh from the ledger and the home at each scrape or write.
+
+Gauges are figures of the ledger now (packages by state, backlog age, partner health,
+key expiry, the audit trail's newest checkpoint); counters and histograms are counts of
+its events and times between them, so a restart or a second process sees the same
+values. `Publisher` serves them on `metrics.listen` and rewrites `metrics.textfile`
+from the daemon's loop. Every metric is listed in docs/operator.md (Monitoring).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from gateway.adapters import ledger_stats
+from gateway.adapters.dropserver import DropServer
+from gateway.adapters.gpg import Keyring
+from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
+from gateway.adapters.metrics import Exporter, Family, loopback
+from gateway.core.clock import Clock
+from gateway.core.errors import GatewayError
+from gateway.core.model import utc
+from gateway.core.settings import Settings
+
+#: Seconds from intake to delivery: a small package goes in seconds, a partner that was
+#: down for a day in a day.
+TO_DELIVERED: Final = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400)
+#: Seconds from intake to the partner's receipt: partners answer in minutes to days.
+TO_ACKNOWLEDGED: Final = (
+    60,
+    300,
+    900,
+    3600,
+    4 * 3600,
+    12 * 3600,
+    86400,
+    2 * 86400,
+    3 * 86400,
+    7 * 86400,
+)
+#: Event actions counted as a delivery's set-back, by the label they get.
+SETBACKS: Final = ("retry.scheduled", "give-up", "hold")
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+class Gather:
+    """The gateway's metrics now; `drop_server` is the daemon's, for its sessions."""
+
+    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, settings: Settings,
+                 clock: Clock, drop_server: DropServer | None = None) -> None:  # fmt: skip
+        self.home = home
+        self.ledger = ledger
+        self.keyring = keyring
+        self.settings = settings
+        self.clock = clock
+        self.drop_server = drop_server
+
+    def __call__(self) -> list[Family]:
+        """Every family, with its samples as they stand."""
+        return [
+            *self.packages(),
+            *self.events(),
+            *self.partners(),
+            *self.keys(),
+            *self.home_figures(),
+        ]
+
+    def packages(self) -> list[Family]:
+        now = self.clock.now()
+        counts = self.ledger.counts(utc(now - self.settings.receipts_overdue_after_seconds))
+        oldest = ledger_stats.oldest_pending(self.ledger)
+        return [
+            Family("gauge", "gateway_packages", "Packages in the ledger by direction, partner and state.",
+                   ("direction", "partner", "state"),
+                   [((d, p, s), n) for d, p, s, n in ledger_stats.packages(self.ledger)]),
+            Family("gauge", "gateway_packages_overdue",
+                   "Delivered packages with no receipt after receipts.overdue_after_seconds.", ("partner",),
+                   [((p or "", ), n) for (p, s), n in counts.items() if s == "overdue"]),
+            Family("gauge", "gateway_backlog_oldest_age_seconds",
+                   "Age of the oldest outbound package taken in and not yet delivered (received, sealed, "
+                   "published).", ("partner",), [((p,), max(0.0, now - _epoch(at))) for p, at in oldest.items()]),
+        ]  # fmt: skip
+
+    def events(self) -> list[Family]:
+        counts = ledger_stats.event_counts(self.ledger)
+        checkpoint = ledger_stats.last_event(self.ledger, "audit.checkpoint")
+        return [
+            Family("counter", "gateway_deliveries", "Packages delivered, by partner.", ("partner",),
+                   [((p,), n) for (a, p), n in counts.items() if a == "deliver"]),
+            Family("counter", "gateway_delivery_setbacks",
+                   "Deliveries set back: a retry scheduled, given up (failed) or held.", ("partner", "action"),
+                   [((p, a), n) for (a, p), n in counts.items() if a in SETBACKS]),
+            Family("counter", "gateway_inbound", "Partners' packages accepted or rejected.", ("partner", "outcome"),
+                   [((p, {"accept": "accepted", "reject": "rejected"}[a]), n)
+                    for (a, p), n in counts.items() if a in ("accept", "reject")]),
+            Family("histogram", "gateway_to_delivered_seconds", "Seconds from intake to delivery.",
+                   ("partner",), observed=[((p,), v) for p, v in sorted(ledger_stats.to_delivered(self.ledger).items())],
+                   buckets=TO_DELIVERED),
+            Family("histogram", "gateway_to_acknowledged_seconds",
+                   "Seconds from intake to the partner's receipt saying accepted.", ("partner",),
+                   observed=[((p,), v) for p, v in sorted(ledger_stats.to_acknowledged(self.ledger).items())], buckets=TO_ACKNOWLEDGED),
+            Family("gauge", "gateway_audit_checkpoint_age_seconds",
+                   "Seconds since the audit trail's newest signed checkpoint.", (),
+                   [((), max(0.0, self.clock.now() - _epoch(checkpoint)))] if checkpoint else []),
+        ]  # fmt: skip
+
+    def partners(self) -> list[Family]:
+        partners = self.ledger.partners()
+        contacts = self.ledger.contacts()
+        known = [(p, contacts[p.id]) for p in partners if p.id in contacts]
+        sessions = [((p.id,), float(self.drop_server.sessions_of(p.id)))
+                    for p in partners if p.transport == "pull"] if self.drop_server else []  # fmt: skip
+        return [
+            Family("gauge", "gateway_partner_up", "1 if the last contact with the partner succeeded, 0 if it "
+                   "failed; absent before any contact.", ("partner",),
+                   [((p.id,), float(c.status == "ok")) for p, c in known]),
+            Family("gauge", "gateway_partner_last_contact_timestamp_seconds",
+                   "When the last successful contact with the partner was.", ("partner",),
+                   [((p.id,), c.last_ok) for p, c in known if c.last_ok]),
+            Family("gauge", "gateway_partner_down_since_timestamp_seconds",
+                   "Since when the partner cannot be reached; absent while it can.", ("partner",),
+                   [((p.id,), c.down_since) for p, c in known if c.down_since]),
+            Family("gauge", "gateway_drop_sessions", "Drop-server sessions open now, by pull partner.",
+                   ("partner",), sessions),
+        ]  # fmt: skip
+
+    def keys(self) -> list[Family]:
+        values: list[tuple[tuple[str, ...], float]] = []
+        owners = [("gateway", self.ledger.own_key())] + [
+            (p.id, p.openpgp_key) for p in self.ledger.partners()
+        ]
+        for owner, fingerprint in owners:
+            try:
+                key = self.keyring.key(str(fingerprint))
+            except GatewayError:
+                continue  # `doctor` says what is wrong with it
+            expires = min((t for t in (key.expires, key.encryption_expires) if t), default=None)
+            if expires:
+                values.append(((owner, key.fingerprint), float(expires)))
+        return [Family("gauge", "gateway_key_expiry_timestamp_seconds",
+                       "When each key in use (the gateway's own, each partner's) or its encryption subkey "
+                       "expires; keys that never expire are absent.", ("owner", "fingerprint"), values)]  # fmt: skip
+
+    def home_figures(self) -> list[Family]:
+        entries = [p for p in self.home.quarantine.iterdir() if not p.name.endswith(".reason.json")]
+        return [Family("gauge", "gateway_quarantined", "Entries in spool/quarantine/.", (),
+                       [((), float(len(entries)))])]  # fmt: skip
+
+
+class Publisher:
+    """Serves the metrics on `metrics.listen` and rewrites `metrics.textfile` every
+    `metrics.textfile_seconds`, from the daemon's loop (`tick`)."""
+
+    def __init__(self, exporter: Exporter, settings: Settings, clock: Clock) -> None:
+        self.exporter = exporter
+        self.settings = settings
+        self.clock = clock
+        self.listen = loopback(settings.metrics_listen) if settings.metrics_listen else None
+        self.textfile = Path(settings.metrics_textfile) if settings.metrics_textfile else None
+        self._next = 0.0
+
+    def start(self) -> None:
+        """Start serving, if `metrics.listen` is set."""
+        if self.listen:
+            self.exporter.serve(*self.listen)
+
+    def tick(self) -> None:
+        """Rewrite the textfile if it is due."""
+        if self.textfile and self.clock.monotonic() >= self._next:
+            self.exporter.write(self.textfile)
+            self._next = self.clock.monotonic() + self.settings.metrics_textfile_seconds
+
+    def stop(self) -> None:
+        """Stop serving; write the textfile one last time."""
+        self.exporter.stop()
+        if self.textfile:
+            self.exporter.write(self.textfile)
