@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from gateway.adapters import ledger_stats
+from gateway.adapters import ledger_stats, quarantine
 from gateway.adapters.dropserver import DropServer
 from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
@@ -147,9 +147,8 @@ class Gather:
                        "expires; keys that never expire are absent.", ("owner", "fingerprint"), values)]  # fmt: skip
 
     def home_figures(self) -> list[Family]:
-        entries = [p for p in self.home.quarantine.iterdir() if not p.name.endswith(".reason.json")]
         return [Family("gauge", "gateway_quarantined", "Entries in spool/quarantine/.", (),
-                       [((), float(len(entries)))])]  # fmt: skip
+                       [((), float(quarantine.count(self.home.quarantine)))])]  # fmt: skip
 
 
 class Publisher:
