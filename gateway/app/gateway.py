@@ -24,7 +24,7 @@ from gateway.adapters.home import Home, load_settings
 from gateway.adapters.ledger import Ledger
 from gateway.core.clock import Clock
 from gateway.core.errors import LedgerDamaged, SettingsInvalid
-from gateway.core.model import Partner
+from gateway.core.model import Partner, Progress
 from gateway.pipeline.audit import AuditTrail
 
 if TYPE_CHECKING:  # built on first use, imported then
@@ -142,8 +142,10 @@ class Gateway:
 
         return Scheduler(self.steps, self.ledger, self.settings, self.clock, self.transport, once)
 
-    def run_once(self) -> None:
-        """`gateway run --once`: all work that is due, one poll of every partner."""
+    def run_once(self, progress: Progress | None = None) -> None:
+        """`gateway run --once`: all work that is due, one poll of every partner; with
+        `progress`, each delivery made while its package is sealed is shown as it goes."""
+        self.steps.delivery.progress = progress
         try:
             self.scheduler(once=True).drain()
             self.steps.overdue()

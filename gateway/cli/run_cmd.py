@@ -10,7 +10,7 @@ from types import FrameType
 import click
 
 from gateway.adapters.lock import exclusive
-from gateway.cli import State
+from gateway.cli import State, progress
 
 
 @click.command("run")
@@ -20,7 +20,8 @@ def command(state: State, once: bool) -> None:
     """Take in, seal and deliver packages, as the `daemon` actor.
 
     Without --once, runs until SIGTERM or SIGINT, then finishes or safely abandons the
-    step in hand and exits. Only one `gateway run` works on a home at a time.
+    step in hand and exits. Only one `gateway run` works on a home at a time. With
+    --once on a terminal, each large package's delivery shows a progress bar on stderr.
 
     \b
     Example:
@@ -30,7 +31,7 @@ def command(state: State, once: bool) -> None:
     with state.gateway("daemon") as gw, exclusive(gw.home.lock):
         try:
             if once:
-                gw.run_once()
+                gw.run_once(progress())
                 return
             stop = threading.Event()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from gateway.app.gateway import Gateway
-from gateway.cli import with_gateway
+from gateway.cli import progress, with_gateway
 from gateway.core.names import KINDS
 from gateway.pipeline.intake import Intake, Labels
 
@@ -36,13 +36,14 @@ def command(
     """Queue FILE for a partner and print its package id.
 
     The file is copied in (a symbolic link is refused, never followed); the original is
-    left where it is. The daemon, or `gateway run --once`, seals and delivers it.
+    left where it is. The daemon, or `gateway run --once`, seals and delivers it. On a
+    terminal, a large file's copy shows a progress bar on stderr.
 
     \b
     Example:
       gateway send notice.xml --to US-NCB --kind conviction --ref CASE-123
     """
     package = Intake(gw.home, gw.ledger, gw.settings).copy_in(
-        file, partner, kind, Labels(reference, legal_basis, marking, in_reply_to)
+        file, partner, kind, Labels(reference, legal_basis, marking, in_reply_to), progress()
     )
     click.echo(package.package_id)

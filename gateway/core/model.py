@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -76,6 +77,12 @@ class Package:
     def from_row(row: dict[str, Any]) -> Package:
         """Build from a `packages` row."""
         return Package(**{**row, "state": State(row["state"])})
+
+
+#: How a long transfer shows its progress: given a label and the total bytes, a context
+#: for the transfer's length, yielding the function to call with each count of bytes done.
+#: The CLI passes one on a terminal (a progress bar); elsewhere there is none.
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
 #: Events logged as warnings: a package stopped for an operator, refused by the partner,
