@@ -18,6 +18,7 @@ from tests.helpers import (
     DaemonProcess,
     Desk,
     ManualClock,
+    cli,
     gateway,
     leave,
     partner_pid,
@@ -131,6 +132,19 @@ def test_metrics_over_http_and_in_the_textfile_after_real_traffic(
         exporter.write(textfile)
     check(samples(textfile.read_text()), own_expires, contact)
     assert os.listdir(textfile.parent) == ["gateway.prom"], "no temporary file left beside it"
+
+
+def test_the_metrics_command_prints_or_writes_the_same(desk: Desk, clock: ManualClock) -> None:
+    _, _, contact = traffic(desk, clock)
+    with gateway(desk.home, clock=clock) as gw:
+        info = gw.own_key_info
+    own_expires = float(min(t for t in (info.expires, info.encryption_expires) if t))
+    printed = cli(desk.home, "metrics", clock=clock)
+    assert printed.exit_code == 0, printed.stderr
+    check(samples(printed.stdout), own_expires, contact)
+    textfile = desk.tmp / "gateway.prom"
+    assert cli(desk.home, "metrics", "--textfile", str(textfile), clock=clock).exit_code == 0
+    check(samples(textfile.read_text()), own_expires, contact)
 
 
 @pytest.mark.parametrize(
