@@ -9,6 +9,7 @@ from the daemon's loop. Every metric is listed in docs/operator.md (Monitoring).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -24,6 +25,7 @@ from gateway.core.errors import GatewayError
 from gateway.core.model import utc
 from gateway.core.settings import Settings
 
+log = logging.getLogger("gateway")
 #: Seconds from intake to delivery: a small package goes in seconds, a partner that was
 #: down for a day in a day.
 TO_DELIVERED: Final = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400)
@@ -162,6 +164,7 @@ class Publisher:
         self.listen = loopback(settings.metrics_listen) if settings.metrics_listen else None
         self.textfile = Path(settings.metrics_textfile) if settings.metrics_textfile else None
         self._next = 0.0
+        self._failing = False
 
     def start(self) -> None:
         """Start serving, if `metrics.listen` is set."""
@@ -169,10 +172,22 @@ class Publisher:
             self.exporter.serve(*self.listen)
 
     def tick(self) -> None:
-        """Rewrite the textfile if it is due."""
-        if self.textfile and self.clock.monotonic() >= self._next:
+        """Rewrite the textfile if it is due. A file that cannot be written is logged when
+        it starts failing and when it works again, not at every turn."""
+        if not self.textfile or self.clock.monotonic() < self._next:
+            return
+        self._next = self.clock.monotonic() + self.settings.metrics_textfile_seconds
+        try:
             self.exporter.write(self.textfile)
-            self._next = self.clock.monotonic() + self.settings.metrics_textfile_seconds
+        except OSError as err:
+            if not self._failing:
+                log.warning("cannot write metrics.textfile %s (%s): check the folder exists and "
+                            "the gateway's user may write it; trying again", self.textfile, err.strerror or err)  # fmt: skip
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("metrics.textfile %s written again", self.textfile)
+            self._failing = False
 
     def stop(self) -> None:
         """Stop serving; write the textfile one last time."""

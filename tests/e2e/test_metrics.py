@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.adapters import logs
+from gateway.adapters.home import Home
 from gateway.adapters.metrics import loopback
 from gateway.core.errors import SettingsInvalid
+from gateway.pipeline.metrics import Publisher
 from tests.helpers import (
     PARTNER_ID,
     DaemonProcess,
@@ -194,3 +197,27 @@ def test_the_daemon_serves_and_writes_its_metrics(desk: Desk, short_tmp: Path) -
         assert value(found, "gateway_to_delivered_seconds_count", partner=PARTNER_ID) == 3
     finally:
         assert daemon.terminate() == 0
+
+
+def test_a_textfile_that_cannot_be_written_is_logged_once_until_it_can(
+    home: Home, clock: ManualClock, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup(debug=False, log_format="text")
+    folder = short_tmp / "collector"
+    set_setting(home, "metrics.textfile", str(folder / "gateway.prom"))
+    with gateway(home, "daemon", clock) as gw:
+        publisher = Publisher(gw.metrics(), gw.settings, clock)
+        capsys.readouterr()
+        for _ in range(4):  # four turns, each past metrics.textfile_seconds
+            publisher.tick()
+            clock.advance(15)
+        folder.mkdir()
+        publisher.tick()
+        publisher.tick()  # not due yet: nothing more
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 3)[2:] for line in lines] == [
+        ["WARNING", f"cannot write metrics.textfile {folder}/gateway.prom (No such file or directory): "
+                    "check the folder exists and the gateway's user may write it; trying again"],
+        ["INFO", f"metrics.textfile {folder}/gateway.prom written again"],
+    ]  # fmt: skip
+    assert "gateway_packages" in (folder / "gateway.prom").read_text()
