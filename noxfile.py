@@ -36,4 +36,4 @@ def floors(session: nox.Session) -> None:
     session.install("-e", ".[dev]", *FLOORS)
     session.run("python", "-m", "pip", "check")
     session.run("python", "-m", "pip", "freeze")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", "auto", *session.posargs)

@@ -8,7 +8,6 @@ Test modules import from here (and from the harnesses `tests.sshd` and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import io
 import json
@@ -22,11 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from click.testing import CliRunner, Result
 
-import gateway.cli as gateway_cli
 from gateway.adapters.home import Home
 from gateway.admin import keys
 from gateway.app.gateway import Gateway
@@ -249,13 +246,7 @@ def cli(home: Home | Path, *args: str, clock: Clock | None = None) -> Result:
     reads that one instead, so a test that moves time can still use the commands.
     """
     root = home.root if isinstance(home, Home) else home
-    run = functools.partial(
-        CliRunner().invoke, main, ["--home", str(root), *args], catch_exceptions=False
-    )
-    if clock is None:
-        return run()
-    with mock.patch.object(gateway_cli, "Gateway", functools.partial(Gateway, clock=clock)):
-        return run()
+    return CliRunner().invoke(main, ["--home", str(root), *args], obj=clock, catch_exceptions=False)
 
 
 #: A well-formed SSH host key for a push partner that is never reached.
