@@ -1,9 +1,9 @@
 """Prometheus exposition (prometheus-client): served over HTTP on a loopback address, and
 written to a node_exporter textfile-collector file.
 
-Nothing is counted in memory: every value is read when it is scraped or written
-(`gather`, from `gateway.pipeline.metrics`), from the ledger and the home, so a restart
-loses nothing and two processes never disagree.
+Every value comes from the ledger and the home when it is scraped or written (`gather`,
+from `gateway.pipeline.metrics`), so a restart loses nothing and two processes never
+disagree.
 """
 
 from __future__ import annotations
@@ -34,31 +34,47 @@ from gateway.core.errors import SettingsInvalid
 Labels = tuple[str, ...]
 
 
+@dataclasses.dataclass
+class Histogram:
+    """Observations counted into buckets by upper bound (cumulative, as Prometheus has
+    them), with their number and sum."""
+
+    bounds: Sequence[float]
+    counts: list[int] = dataclasses.field(default_factory=list)
+    total: int = 0
+    sum: float = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        if not self.counts:
+            self.counts = [0] * len(self.bounds)
+        for i in range(bisect.bisect_left(self.bounds, value), len(self.bounds)):
+            self.counts[i] += 1
+        self.total += 1
+        self.sum += value
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One metric and its samples: a value per label set, or for a histogram the observed
-    values per label set (bucketed here, on `buckets`)."""
+    """One metric and its samples: a value per label set, or a histogram per label set."""
 
     kind: Literal["gauge", "counter", "histogram"]
     name: str
     doc: str
     labels: Labels = ()
     values: Sequence[tuple[Labels, float]] = ()
-    observed: Sequence[tuple[Labels, Sequence[float]]] = ()
-    buckets: Sequence[float] = ()
+    histograms: Sequence[tuple[Labels, Histogram]] = ()
 
 
 def _metric(family: Family) -> Metric:
     if family.kind == "histogram":
         histogram = HistogramMetricFamily(family.name, family.doc, labels=family.labels)
-        for labels, observed in family.observed:
-            ordered = sorted(observed)
+        for labels, h in family.histograms:
             buckets = [
-                (repr(float(le)), float(bisect.bisect_right(ordered, le))) for le in family.buckets
+                (repr(float(le)), float(n))
+                for le, n in zip(h.bounds, h.counts or [0] * len(h.bounds), strict=True)
             ]
-            histogram.add_metric(
-                list(labels), [*buckets, ("+Inf", float(len(ordered)))], sum(ordered)
-            )
+            histogram.add_metric(list(labels), [*buckets, ("+Inf", float(h.total))], h.sum)
         return histogram
     kind = GaugeMetricFamily if family.kind == "gauge" else CounterMetricFamily
     metric = kind(family.name, family.doc, labels=family.labels)

@@ -2,14 +2,16 @@
 
 Gauges are figures of the ledger now (packages by state, backlog age, partner health,
 key expiry, the audit trail's newest checkpoint); counters and histograms are counts of
-its events and times between them, so a restart or a second process sees the same
-values. `Publisher` serves them on `metrics.listen` and rewrites `metrics.textfile`
+its events and times between them (`Tally`), so a restart or a second process sees the
+same values. `Publisher` serves them on `metrics.listen` and rewrites `metrics.textfile`
 from the daemon's loop. Every metric is listed in docs/operator.md (Monitoring).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -19,7 +21,7 @@ from gateway.adapters.dropserver import DropServer
 from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.adapters.metrics import Exporter, Family, loopback
+from gateway.adapters.metrics import Exporter, Family, Histogram, loopback
 from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
 from gateway.core.model import utc
@@ -50,6 +52,35 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
+class Tally:
+    """The audit trail's events counted by (action, partner), and the times from intake to
+    delivery and to receipt, read from where the last reading stopped: the trail only
+    grows (its hash chain allows nothing else), so each event is read once by a process,
+    and a restart reads them all again and finds the same values."""
+
+    def __init__(self) -> None:
+        self.after = 0
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.delivered: dict[str, Histogram] = {}
+        self.acknowledged: dict[str, Histogram] = {}
+        self._lock = threading.Lock()  # a scrape and the daemon's textfile may come together
+
+    def update(self, ledger: Ledger) -> Tally:
+        """Read the events recorded since the last update; return self."""
+        with self._lock:
+            while rows := ledger_stats.events_since(ledger, self.after):
+                for _, action, partner, state, seconds in rows:
+                    self.counts[(action, partner)] += 1
+                    if action == "deliver":
+                        self.delivered.setdefault(partner, Histogram(TO_DELIVERED)).observe(seconds)
+                    elif action == "receipt" and state == "acknowledged":
+                        self.acknowledged.setdefault(partner, Histogram(TO_ACKNOWLEDGED)).observe(
+                            seconds
+                        )
+                self.after = rows[-1][0]
+        return self
+
+
 class Gather:
     """The gateway's metrics now; `drop_server` is the daemon's, for its sessions."""
 
@@ -61,6 +92,7 @@ class Gather:
         self.settings = settings
         self.clock = clock
         self.drop_server = drop_server
+        self.tally = Tally()
 
     def __call__(self) -> list[Family]:
         """Every family, with its samples as they stand."""
@@ -77,35 +109,33 @@ class Gather:
         counts = self.ledger.counts(utc(now - self.settings.receipts_overdue_after_seconds))
         oldest = ledger_stats.oldest_pending(self.ledger)
         return [
-            Family("gauge", "gateway_packages", "Packages in the ledger by direction, partner and state.",
-                   ("direction", "partner", "state"),
-                   [((d, p, s), n) for d, p, s, n in ledger_stats.packages(self.ledger)]),
+            Family("gauge", "gateway_packages", "Packages in the ledger by partner and state.", ("partner", "state"),
+                   [((p or "", s), n) for (p, s), n in counts.items() if s != "overdue"]),
             Family("gauge", "gateway_packages_overdue",
                    "Delivered packages with no receipt after receipts.overdue_after_seconds.", ("partner",),
-                   [((p or "", ), n) for (p, s), n in counts.items() if s == "overdue"]),
+                   [((p or "",), n) for (p, s), n in counts.items() if s == "overdue"]),
             Family("gauge", "gateway_backlog_oldest_age_seconds",
                    "Age of the oldest outbound package taken in and not yet delivered (received, sealed, "
                    "published).", ("partner",), [((p,), max(0.0, now - _epoch(at))) for p, at in oldest.items()]),
         ]  # fmt: skip
 
     def events(self) -> list[Family]:
-        counts = ledger_stats.event_counts(self.ledger)
+        tally = self.tally.update(self.ledger)
         checkpoint = ledger_stats.last_event(self.ledger, "audit.checkpoint")
         return [
             Family("counter", "gateway_deliveries", "Packages delivered, by partner.", ("partner",),
-                   [((p,), n) for (a, p), n in counts.items() if a == "deliver"]),
+                   [((p,), n) for (a, p), n in tally.counts.items() if a == "deliver"]),
             Family("counter", "gateway_delivery_setbacks",
                    "Deliveries set back: a retry scheduled, given up (failed) or held.", ("partner", "action"),
-                   [((p, a), n) for (a, p), n in counts.items() if a in SETBACKS]),
+                   [((p, a), n) for (a, p), n in tally.counts.items() if a in SETBACKS]),
             Family("counter", "gateway_inbound", "Partners' packages accepted or rejected.", ("partner", "outcome"),
                    [((p, {"accept": "accepted", "reject": "rejected"}[a]), n)
-                    for (a, p), n in counts.items() if a in ("accept", "reject")]),
+                    for (a, p), n in tally.counts.items() if a in ("accept", "reject")]),
             Family("histogram", "gateway_to_delivered_seconds", "Seconds from intake to delivery.",
-                   ("partner",), observed=[((p,), v) for p, v in sorted(ledger_stats.to_delivered(self.ledger).items())],
-                   buckets=TO_DELIVERED),
+                   ("partner",), histograms=[((p,), h) for p, h in sorted(tally.delivered.items())]),
             Family("histogram", "gateway_to_acknowledged_seconds",
                    "Seconds from intake to the partner's receipt saying accepted.", ("partner",),
-                   observed=[((p,), v) for p, v in sorted(ledger_stats.to_acknowledged(self.ledger).items())], buckets=TO_ACKNOWLEDGED),
+                   histograms=[((p,), h) for p, h in sorted(tally.acknowledged.items())]),
             Family("gauge", "gateway_audit_checkpoint_age_seconds",
                    "Seconds since the audit trail's newest signed checkpoint.", (),
                    [((), max(0.0, self.clock.now() - _epoch(checkpoint)))] if checkpoint else []),
