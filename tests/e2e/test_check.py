@@ -63,6 +63,7 @@ def test_all_ok_is_exit_0_with_perfdata(ready: tuple[Home, SshServer], clock: Ma
     assert code == 0 and set(found.values()) == {"OK"}, found
     assert line.startswith("GATEWAY OK - all conditions OK | held=0;1;10 failed=0;;1 overdue=0;1 ")
     assert " audit_chain=" in line and " checkpoint_age=0;7200;86400" in line
+    assert cli(ready[0], "status", clock=clock).exit_code == 0, "nothing needs attention"
 
 
 def test_no_checkpoint_yet_is_a_warning(home: Home, clock: ManualClock) -> None:
@@ -111,6 +112,11 @@ def test_held_warns_and_many_held_is_critical(
     assert (code, found["held"]) == (1, "WARNING") and "1 held" in line
     set_setting(home, "check.held_critical", 1)
     assert checked(home, clock)[:2] == (2, {**found, "held": "CRITICAL"})
+    doctor = cli(home, "doctor", "--offline", clock=clock)
+    assert doctor.exit_code == 1
+    assert "fail 1 package(s) held: see `gateway ledger list --state held`" in doctor.stdout
+    status = cli(home, "status", "--json", clock=clock)
+    assert status.exit_code == 1 and json.loads(status.stdout)["attention"] is True
 
 
 def test_failed_is_critical(
@@ -126,6 +132,7 @@ def test_failed_is_critical(
     run_once(home, clock)
     code, found, _ = checked(home, clock)
     assert (code, found["failed"]) == (2, "CRITICAL")
+    assert "fail 1 package(s) failed" in cli(home, "doctor", "--offline", clock=clock).stdout
 
 
 def test_overdue_receipt_warns(
@@ -139,6 +146,12 @@ def test_overdue_receipt_warns(
     clock.advance(86401)
     _code, found, line = checked(home, clock)
     assert found["overdue"] == "WARNING" and "1 overdue" in line
+    doctor = cli(home, "doctor", "--offline", clock=clock).stdout
+    assert (
+        "warn 1 package(s) overdue: no receipt in time" in doctor
+        and "ok   no package held" in doctor
+    )
+    assert cli(home, "status", clock=clock).exit_code == 1
 
 
 def test_quarantine_warns(ready: tuple[Home, SshServer], clock: ManualClock) -> None:
