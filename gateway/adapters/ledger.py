@@ -35,7 +35,16 @@ from gateway.core.errors import (
     UnknownPartner,
 )
 from gateway.core.lifecycle import State
-from gateway.core.model import Event, Package, Partner, chain_hash, chained, detail_digest, utc
+from gateway.core.model import (
+    Contact,
+    Event,
+    Package,
+    Partner,
+    chain_hash,
+    chained,
+    detail_digest,
+    utc,
+)
 
 GENESIS: Final = "0" * 64
 #: The `what` of the `erase` event by which retention erases a package's ledger details.
@@ -166,6 +175,14 @@ def m004_erasable_details(db: sqlite_utils.Database) -> None:
     db.table("packages").add_column("erased", str)
 
 
+@MIGRATIONS()
+def m005_contacts(db: sqlite_utils.Database) -> None:
+    """Each partner's health (`model.Contact`), one row a partner, updated at each contact."""
+    columns = {"partner": str, "last_ok": float, "last_failure": float, "last_error": str,
+               "down_since": float, "failures": int}  # fmt: skip
+    db.table("contacts").create(columns, pk="partner", defaults={"failures": 0})
+
+
 class _Slot:
     """One thread's connection, in a value its thread alone refers to."""
 
@@ -293,7 +310,8 @@ class Ledger:
         finally:
             self._local.appended = None
         for event in appended:
-            log.info("%s", event.summary())
+            log.log(logging.WARNING if event.warns() else logging.INFO, "%s", event.summary(),
+                    extra=event.fields())  # fmt: skip
 
     # -- audit trail ----------------------------------------------------------------
 
@@ -487,6 +505,23 @@ class Ledger:
     def partners(self) -> list[Partner]:
         """Every partner, by id."""
         return [Partner(**row) for row in self.db.table("partners").rows_where(order_by="id")]
+
+    def contact(self, partner_id: str, error: str | None) -> tuple[Contact, Contact]:
+        """Record a contact with a partner, a success or a failure (`error`): (before, after)."""
+        now = self.clock.now()
+        with self.transaction():
+            before = self.contacts().get(partner_id, Contact(partner_id))
+            if error is None:
+                after = dataclasses.replace(before, last_ok=now, down_since=None, failures=0)
+            else:
+                after = dataclasses.replace(before, last_failure=now, last_error=error,
+                                            down_since=before.down_since or now, failures=before.failures + 1)  # fmt: skip
+            self.db.table("contacts").upsert(dataclasses.asdict(after), pk="partner")
+        return before, after
+
+    def contacts(self) -> dict[str, Contact]:
+        """Each partner's health record, by partner id (a partner never contacted has none)."""
+        return {row["partner"]: Contact(**row) for row in self.db.table("contacts").rows}
 
     # -- packages ---------------------------------------------------------------------
 

@@ -88,3 +88,21 @@ def being_written(lock: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def holder(lock: Path) -> int | None:
+    """The pid of the `gateway run` holding the home's work lock, or None if no process does."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -25,12 +25,13 @@ from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import held
 from gateway.core.clock import Clock
 from gateway.core.errors import LedgerDamaged, SettingsInvalid
-from gateway.core.model import Partner
+from gateway.core.model import Partner, Progress
 from gateway.pipeline.audit import AuditTrail
 from gateway.pipeline.duties import Duties
 
 if TYPE_CHECKING:  # built on first use, imported then
     from gateway.adapters.dropserver import DropServer
+    from gateway.adapters.metrics import Exporter
     from gateway.adapters.sessions import SessionPool
     from gateway.adapters.watch import Hint
     from gateway.pipeline.daemon import Daemon
@@ -167,11 +168,14 @@ class Gateway:
 
         return Scheduler(self.steps, self.ledger, self.settings, self.clock, self.transport, once)
 
-    def run_once(self) -> None:
-        """`gateway run --once`: all work that is due, one poll of every partner, and the
-        erasures retention says are due."""
+    def run_once(self, progress: Progress | None = None) -> None:
+        """`gateway run --once`: all work that is due, one poll of every partner, the
+        warnings of duties and overdue receipts, and the erasures retention says are due;
+        with `progress`, each delivery made while its package is sealed is shown as it goes."""
+        self.steps.delivery.progress = progress
         try:
             self.scheduler(once=True).drain()
+            self.steps.overdue()
             self.duties.warn()
             self.retention.run()
         finally:
@@ -203,9 +207,20 @@ class Gateway:
         reads gateway.toml again when `reload` is set, and speaks to systemd when run by it."""
         from gateway.adapters.systemd import Notifier
         from gateway.pipeline.daemon import Daemon
+        from gateway.pipeline.metrics import Publisher
 
         listen = self.settings.serve_listen
+        drop_server = self.drop_server(listen) if listen else None
+        publisher = Publisher(self.metrics(drop_server), self.settings, self.clock)
         return Daemon(self.home, self.settings, self.clock, self.steps, self.scheduler(once=False),
                       self.audit, self.retention, self.hints, self.sessions.close_idle,
-                      self.drop_server(listen) if listen else None, stop,
-                      reload or threading.Event(), Notifier.from_environment(self.clock))  # fmt: skip
+                      drop_server, stop, reload or threading.Event(),
+                      Notifier.from_environment(self.clock), publisher)  # fmt: skip
+
+    def metrics(self, drop_server: DropServer | None = None) -> Exporter:
+        """The metrics of this home (with the sessions of `drop_server`, the daemon's)."""
+        from gateway.adapters.metrics import Exporter
+        from gateway.pipeline.metrics import Gather
+
+        return Exporter(Gather(self.home, self.ledger, self.keyring, self.settings, self.clock,
+                               drop_server))  # fmt: skip

@@ -21,7 +21,8 @@ from gateway.cli import emit, json_option, with_gateway
 @json_option
 @with_gateway
 def command(gw: Gateway, offline: bool, config_only: bool, as_json: bool) -> None:
-    """Check permissions, keys and expiry, partner reachability and host keys, disk, ledger.
+    """Check permissions, keys and expiry, partner health and host keys, packages held,
+    failed or overdue, disk, ledger.
 
     Nothing is sent to partners. Exits 1 if anything fails; each line says what to do.
     A gateway.toml that does not load fails with its own error and exit code.
@@ -34,7 +35,7 @@ def command(gw: Gateway, offline: bool, config_only: bool, as_json: bool) -> Non
     findings = [*health.owner(gw), *health.permissions(gw)]
     if not config_only:
         findings += [*health.keys(gw), *health.partners(gw, connect=not offline),
-                     *health.disk(gw), *health.ledger(gw)]  # fmt: skip
+                     *health.packages(gw), *health.disk(gw), *health.ledger(gw)]  # fmt: skip
     emit([f.__dict__ for f in findings], as_json, lambda: "\n".join(f.line() for f in findings))
     if any(f.level == "fail" for f in findings):
         sys.exit(1)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from gateway.adapters import sshkeys
-from gateway.admin import partners, policy
+from gateway.admin import health, partners, policy
 from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, reason_option, with_gateway
 from gateway.core.model import Partner, utc
@@ -154,10 +154,12 @@ def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[s
 
 
 def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
-    """What an operator needs to know of one partner, as plain values."""
+    """What an operator needs to know of one partner, as plain values; its health is the
+    ledger's record of its contacts (`health.contact`), as `doctor` and `status` show it."""
     key = gw.keyring.key(partner.openpgp_key)
     host_key = partners.host_key_of(gw, partner)
     held = [p for p in gw.ledger.packages(partner=partner.id, state="held")]
+    failed = gw.ledger.packages(partner=partner.id, state="failed", limit=1)
     waiting = [p for p in gw.ledger.packages(partner=partner.id, state="sealed") if p.last_error]
     problems = [p.last_error for p in held + waiting if p.last_error]
     return {
@@ -176,7 +178,7 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "ssh_key": sshkeys.fingerprint(partner.ssh_key) if partner.ssh_key else None,
         "added_at": partner.added_at,
         **policy.describe(gw, partner.id),
-        "health": "disabled" if not partner.enabled else ("failing" if problems else "ok"),
+        **health.contact(partner, gw.ledger.contacts().get(partner.id), stuck=bool(held or failed)),
         "last_problem": problems[-1] if problems else None,
     }
 
@@ -198,7 +200,7 @@ def list_(gw: Gateway, as_json: bool) -> None:
         lambda: (
             "\n".join(
                 f"{r['id']:<20} {r['transport']:<5} {r['health']:<8} {r['openpgp_key']} "
-                f"expires {r['openpgp_expires'] or 'never'}"
+                f"expires {r['openpgp_expires'] or 'never'}, last contact {r['last_ok'] or 'never'}"
                 for r in rows
             )
             or "no partners: add one with `gateway partner add`"

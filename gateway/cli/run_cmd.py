@@ -10,7 +10,7 @@ from types import FrameType
 import click
 
 from gateway.adapters.lock import exclusive
-from gateway.cli import State
+from gateway.cli import State, progress
 
 
 @click.command("run")
@@ -22,7 +22,8 @@ def command(state: State, once: bool) -> None:
     Without --once, runs until SIGTERM or SIGINT, then finishes or safely abandons the
     step in hand and exits; SIGHUP makes it read gateway.toml again and apply the
     settings that can change while running (the log names any that need a restart).
-    Only one `gateway run` works on a home at a time.
+    Only one `gateway run` works on a home at a time. With --once on a terminal, each
+    large package's delivery shows a progress bar on stderr.
 
     \b
     Example:
@@ -33,7 +34,7 @@ def command(state: State, once: bool) -> None:
         try:
             if once:
                 gw.keyring.restart_agent()  # as below
-                gw.run_once()
+                gw.run_once(progress())
                 return
             stop, reload = threading.Event(), threading.Event()
 

@@ -72,6 +72,8 @@ RELEASABLE: Final = frozenset({S.HELD, S.FAILED})
 RESCHEDULABLE: Final = DUE_TO_SEAL | DUE_TO_DELIVER
 #: Not yet in the partner's hands: `gateway cancel` may stop them.
 CANCELLABLE: Final = frozenset({S.RECEIVED, S.SEALED, S.PUBLISHED, S.HELD, S.FAILED})
+#: The backlog: taken in, not yet in the partner's hands, and not stopped for an operator.
+BACKLOG: Final = frozenset({S.RECEIVED, S.SEALED, S.PUBLISHED})
 #: A receipt from the partner may close a package in these (sealed: the upload landed,
 #: then the gateway stopped before recording it).
 AWAITING_RECEIPT: Final = frozenset({S.SEALED, S.PUBLISHED, S.DELIVERED})

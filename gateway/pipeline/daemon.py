@@ -33,6 +33,7 @@ from gateway.core.lifecycle import STATUS_COLUMNS
 from gateway.core.model import utc
 from gateway.core.settings import Settings, reloaded
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.metrics import Publisher
 from gateway.pipeline.retention import Retention
 from gateway.pipeline.schedule import Scheduler
 from gateway.pipeline.steps import Steps
@@ -55,7 +56,8 @@ class Daemon:
     def __init__(self, home: Home, settings: Settings, clock: Clock, steps: Steps,
                  scheduler: Scheduler, audit: AuditTrail, retention: Retention, hints: queue.Queue[Hint],
                  close_idle: Callable[[float | None], None], drop_server: DropServer | None,
-                 stop: threading.Event, reload: threading.Event, notifier: Notifier) -> None:  # fmt: skip
+                 stop: threading.Event, reload: threading.Event, notifier: Notifier,
+                 metrics: Publisher | None = None) -> None:  # fmt: skip
         self.home = home
         self.settings = settings
         self.clock = clock
@@ -69,6 +71,7 @@ class Daemon:
         self.stop = stop
         self.reload = reload
         self.notifier = notifier
+        self.metrics = metrics
         self.watcher = SpoolWatcher(home.outbound, hints)
         self.jobs: queue.Queue[tuple[str, Callable[[], object]] | None] = queue.Queue()
         self.busy: set[str] = set()
@@ -86,6 +89,8 @@ class Daemon:
         self.steps.recover()
         if self.drop_server is not None:
             self.drop_server.start()
+        if self.metrics is not None:
+            self.metrics.start()
         self.watcher.start()
         for worker in self.workers:
             worker.start()
@@ -121,6 +126,8 @@ class Daemon:
                         self._submit("duties", self.steps.duties.warn)
                         next_duties = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.dispatch()
+                    if self.metrics is not None:
+                        self.metrics.tick()
                     self.wait()
                 except Exception as err:  # a full disk, a locked ledger: the service keeps going
                     log.error(
@@ -185,12 +192,16 @@ class Daemon:
         self.settings = settings
         self.scheduler.settings = settings
         self.retention.settings = settings
+        if self.metrics is not None:
+            self.metrics.settings = settings
         self.steps.use(settings)
 
     def scan(self) -> None:
-        """Look at everything in the outbound spool (events may have been missed)."""
+        """Look at everything in the outbound spool (events may have been missed), and
+        for receipts that have become overdue."""
         for entry in entries(self.home.outbound):
             self.hints.put(Hint(entry.path, renamed=False))
+        self.steps.overdue()
 
     def consider(self, entry: Entry, renamed: bool) -> None:
         """Take an entry in now, or note when to look at it again if it may still grow."""
@@ -273,6 +284,9 @@ class Daemon:
         for worker in self.workers:
             worker.join(max(0.0, deadline - self.clock.monotonic()))
         self.close_idle(0)
+        if self.metrics is not None:
+            with contextlib.suppress(GatewayError, OSError):  # the record is the ledger's
+                self.metrics.stop()
         if abandoned := [w.name for w in self.workers if w.is_alive()]:
             # Safe: every step is checkpointed in the ledger and idempotent, so the next
             # start finishes what these were doing.

@@ -440,6 +440,7 @@ ALL_MIGRATIONS = [
     ("gateway", "m002_overdue_index"),
     ("gateway", "m003_obligations"),
     ("gateway", "m004_erasable_details"),
+    ("gateway", "m005_contacts"),
 ]
 
 

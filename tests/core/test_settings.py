@@ -152,7 +152,8 @@ def test_parse_refuses_a_text_setting_of_another_type(name: str, value: object) 
 @pytest.mark.parametrize("value", [0, -1, -(2**40)])
 def test_parse_refuses_zero_and_negative_numbers(name: str, value: int) -> None:
     if (
-        name in ("daemon.settle_seconds", "keys.overlap_days") or name.startswith("retention.")
+        name in ("daemon.settle_seconds", "keys.overlap_days", "check.daemon")
+        or name.startswith("retention.")
     ) and value == 0:
         assert getattr(parse(with_setting(name, value)), name.replace(".", "_")) == 0
     else:
