@@ -139,6 +139,12 @@ def m002_overdue_index(db: sqlite_utils.Database) -> None:
     db.table("packages").create_index(["state", "partner", "delivered_at"])
 
 
+@MIGRATIONS()
+def m003_approvals(db: sqlite_utils.Database) -> None:
+    """Four-eyes: the kinds of a partner's packages that wait for a second operator."""
+    db.table("partners").add_column("approval", str)
+
+
 class _Slot:
     """One thread's connection, in a value its thread alone refers to."""
 
@@ -367,6 +373,7 @@ class Ledger:
                     "reason": reason,
                     "transport": partner.transport,
                     "openpgp_key": partner.openpgp_key,
+                    "approval": partner.approval,
                     "endpoint": f"{partner.user}@{partner.host}:{partner.port}"
                     if partner.host
                     else None,
@@ -403,11 +410,17 @@ class Ledger:
 
     def set_enabled(self, partner_id: str, enabled: bool, reason: str) -> None:
         """Stop or resume traffic with a partner."""
+        self.update_partner(partner_id, "partner.enable" if enabled else "partner.disable",
+                            {"reason": reason}, enabled=int(enabled))  # fmt: skip
+
+    def update_partner(
+        self, partner_id: str, action: str, detail: dict[str, Any], **fields: Any
+    ) -> None:
+        """Change fields of a registered partner, with an event."""
         with self.transaction():
             self.partner(partner_id)
-            self.db.table("partners").update(partner_id, {"enabled": int(enabled)})
-            self._append("partner.enable" if enabled else "partner.disable", partner=partner_id,
-                         detail={"reason": reason})  # fmt: skip
+            self.db.table("partners").update(partner_id, fields)
+            self._append(action, partner=partner_id, detail=detail)
 
     def partner(self, partner_id: str) -> Partner:
         """The partner with this id."""

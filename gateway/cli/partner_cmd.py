@@ -11,12 +11,23 @@ from gateway.adapters import sshkeys
 from gateway.admin import partners
 from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
+from gateway.core import approval as four_eyes
 from gateway.core.model import Partner, utc
 
 
 @click.group("partner")
 def command() -> None:
     """Partner agencies: their keys, transport and health."""
+
+
+needs_approval = click.option(
+    "--needs-approval",
+    "kinds",
+    multiple=True,
+    metavar="KIND|all",
+    help="Packages of this kind (repeatable, or comma-separated; `all` for every kind) wait "
+    "for a second operator's `gateway approve` before they are sealed.",
+)
 
 
 @command.command("add")
@@ -68,11 +79,12 @@ def command() -> None:
     is_flag=True,
     help="Leave the recipient key id visible in packages (hidden by default).",
 )
+@needs_approval
 @click.option("--reason", required=True, help="Why: recorded in the audit trail.")
 @with_gateway
 def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: str | None,
         host_key: str | None, pull: bool, ssh_key: Path | None, upload_dir: str, download_dir: str,
-        show_recipient: bool, reason: str) -> None:  # fmt: skip
+        show_recipient: bool, kinds: tuple[str, ...], reason: str) -> None:  # fmt: skip
     """Register a partner, pinning its OpenPGP key and its SSH key.
 
     The key file must hold exactly the key with FINGERPRINT, valid and not revoked.
@@ -86,15 +98,16 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
       gateway partner add AU-AFP --openpgp-key au-afp.asc --fingerprint 4567...89AB \\
         --pull --ssh-key au-afp.pub --reason 'MoU 2026, keys checked by phone'
     """
+    approval = four_eyes.parse_kinds(kinds)
     if pull and not url and ssh_key and not host_key:
         partner = partners.add_pull(
-            gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient
+            gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient, approval
         )
         click.echo(f"added {partner.id}: it logs in to the drop server as {partner.id}")
         return
     if not pull and url and host_key and not ssh_key:
         partner = partners.add_push(gw, partner_id, openpgp_key, fingerprint, url, host_key, reason,
-                                      upload_dir, download_dir, not show_recipient)  # fmt: skip
+                                      upload_dir, download_dir, not show_recipient, approval)  # fmt: skip
         click.echo(f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/")
         return
     raise click.UsageError("give either --push URL --host-key KEY, or --pull --ssh-key FILE")
@@ -116,6 +129,7 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "upload_dir": partner.upload_dir,
         "download_dir": partner.download_dir,
         "enabled": bool(partner.enabled),
+        "needs_approval": partner.approval,
         "openpgp_key": key.fingerprint,
         "openpgp_expires": utc(key.expires) if key.expires else None,
         "openpgp_problem": key.problem(),
@@ -249,4 +263,32 @@ def set_host_key(gw: Gateway, partner_id: str, host_key: str, reason: str) -> No
     """
     click.echo(
         f"{partner_id}: host key {partners.set_host_key(gw, partner_id, host_key, reason)} pinned"
+    )
+
+
+@command.command("set-approval")
+@click.argument("partner_id", metavar="ID")
+@needs_approval
+@click.option("--none", "none_", is_flag=True, help="No package of this partner needs approval.")
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def set_approval(
+    gw: Gateway, partner_id: str, kinds: tuple[str, ...], none_: bool, reason: str
+) -> None:
+    """Name the kinds of a partner's packages that wait for a second operator's approval.
+
+    Replaces what was set before; packages already taken in keep their state.
+
+    \b
+    Examples:
+      gateway partner set-approval US-NCB --needs-approval conviction,extradition \\
+        --reason 'records office policy 2026/3: two-person release for the US'
+      gateway partner set-approval US-NCB --none --reason 'policy 2026/3 withdrawn'
+    """
+    if none_ == bool(kinds):
+        raise click.UsageError("give either --needs-approval KIND (repeatable) or --none")
+    approval = four_eyes.parse_kinds(kinds)
+    partners.set_approval(gw, partner_id, approval, reason.strip())
+    click.echo(
+        f"{partner_id}: {'approval needed for ' + approval if approval else 'no approval needed'}"
     )

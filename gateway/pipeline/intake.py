@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Final
 
 from gateway.adapters import quarantine
-from gateway.adapters.files import fsync_dir, open_regular, publish, write_atomic
+from gateway.adapters.files import fsync_dir, open_regular, owner, publish, write_atomic
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import being_written, writing
+from gateway.core.approval import needs_approval
 from gateway.core.errors import (
     GatewayError,
     InputRefused,
@@ -121,7 +122,8 @@ class Intake:
         folder = self.home.work / pid
         folder.mkdir(mode=0o700)
         try:
-            origin = {"partner": partner, "kind": kind, "name": name}
+            # Who dropped it, as far as the spool can tell: the account owning the file.
+            origin = {"partner": partner, "kind": kind, "name": name, "dropped_by": owner(path)}
             write_atomic(folder / ORIGIN, json.dumps(origin).encode())
             os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
         except OSError:
@@ -163,7 +165,8 @@ class Intake:
         folder = self.home.work / pid
         origin = json.loads((folder / ORIGIN).read_text())
         try:
-            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], Labels())
+            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], Labels(),
+                               origin.get("dropped_by"))  # fmt: skip
         except InputRefused as problem:
             package = self.quarantine(
                 folder / PAYLOAD,
@@ -183,8 +186,10 @@ class Intake:
         kind: str,
         name: str,
         labels: Labels,
+        dropped_by: str | None = None,
     ) -> Package:
-        """Hash a payload already in the work folder and record it `received`."""
+        """Hash a payload already in the work folder and record it `received`, or
+        `awaiting-approval` when the partner needs a second operator's approval for its kind."""
         path = self.home.work / pid / PAYLOAD
         fd = open_regular(path, single_link=True)
         digest, size = hashlib.sha256(), 0
@@ -200,10 +205,11 @@ class Intake:
         if size == 0:
             raise InputRefused("the file is empty: nothing to send")
         now = utc(self.ledger.clock.now())
+        approval = needs_approval(self.ledger.partner(partner).approval, kind)
         package = Package(
             package_id=pid,
             direction="out",
-            state=State.RECEIVED,
+            state=State.AWAITING_APPROVAL if approval else State.RECEIVED,
             created_at=now,
             updated_at=now,
             partner=partner,
@@ -213,9 +219,10 @@ class Intake:
             payload_sha256=digest.hexdigest(),
             **dataclasses.asdict(labels),
         )
-        return self.ledger.insert(
-            package, "intake", {"name": name, "size": size, "sha256": package.payload_sha256}
-        )
+        detail = {"name": name, "size": size, "sha256": package.payload_sha256}
+        if dropped_by is not None:
+            detail["dropped_by"] = dropped_by
+        return self.ledger.insert(package, "intake", detail)
 
     def _partner(self, partner: str) -> None:
         try:

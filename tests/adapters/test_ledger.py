@@ -435,7 +435,11 @@ def test_every_connection_has_the_pragmas_in_force(path: Path, opened: str) -> N
 # -- migrations -------------------------------------------------------------------------
 
 
-ALL_MIGRATIONS = [("gateway", "m001_initial"), ("gateway", "m002_overdue_index")]
+ALL_MIGRATIONS = [
+    ("gateway", "m001_initial"),
+    ("gateway", "m002_overdue_index"),
+    ("gateway", "m003_approvals"),
+]
 
 
 def migrations(path: Path) -> list[tuple[str, str, str]]:

@@ -40,6 +40,7 @@ RANGE_OF = {
     "LedgerDamaged": 30,
     "SpoolDamaged": 30,
     "RemoteConflict": 30,
+    "SameOperator": 30,
     "InputRefused": 40,
     "Rejected": 40,
     "Transient": 50,
