@@ -293,11 +293,15 @@ class Ledger:
         with self.transaction():
             return self._append(action, **kwargs)
 
-    def events(self, package_id: str | None = None, since_id: int = 0) -> Iterator[Event]:
-        """Events in order, for one package or all."""
+    def events(
+        self, package_id: str | None = None, since_id: int = 0, action: str | None = None
+    ) -> Iterator[Event]:
+        """Events in order, for one package or all, of one action or all."""
         where, args = "id > ?", [since_id]
         if package_id:
-            where, args = where + " AND package_id = ?", [since_id, package_id]  # type: ignore[list-item]
+            where, args = where + " AND package_id = ?", [*args, package_id]  # type: ignore[list-item]
+        if action:
+            where, args = where + " AND action = ?", [*args, action]  # type: ignore[list-item]
         for row in self.db.table("events").rows_where(where, args, order_by="id"):
             yield Event(**row)
 

@@ -72,6 +72,9 @@ def test_approved_by_another_operator_only_then_sealed_and_delivered(
             f"error: {pid} was sent by alice; {who} cannot approve or reject it: "
             "a second operator, on their own OS account, must decide\n"
         )
+    bypass = cli(home, "retry", pid, "--reason", "send it now", actor="alice")
+    assert bypass.exit_code == 31, "retry cannot skip the approval"
+    assert bypass.stderr == f"error: {pid} is awaiting-approval: there is nothing to retry\n"
     blank = cli(home, "approve", pid, "--reason", "  ", actor="bob")
     assert blank.exit_code == 2
     assert blank.stderr == "error: --reason must say why: it goes in the audit trail\n"
