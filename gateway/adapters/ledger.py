@@ -521,13 +521,18 @@ class Ledger:
         partner: str | None = None,
         direction: str | None = None,
         delivered_before: str | None = None,
+        created: tuple[str, str] | None = None,
         limit: int | None = None,
     ) -> list[Package]:
-        """Packages, oldest first, filtered by state, partner, direction and delivery time."""
+        """Packages, oldest first, filtered by state, partner, direction, delivery time and
+        when they were taken in (`created`: from, and before)."""
         where, args = [], []
         if delivered_before is not None:
             where.append("delivered_at < ?")
             args.append(delivered_before)
+        if created is not None:
+            where.append("created_at >= ? AND created_at < ?")
+            args += created
         for column, value in (("state", state), ("partner", partner), ("direction", direction)):
             if value is not None:
                 where.append(f"{column} = ?")

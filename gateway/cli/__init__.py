@@ -31,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Loaded on use: importing all of them up front took 0.45 s of every run, most of it
 #: paramiko (0.13 s), which only the daemon and the transports need (python -X importtime).
 COMMANDS: Final = ("approve", "audit", "cancel", "demo", "doctor", "init", "keys", "ledger",
-                   "partner", "reject", "retry", "run", "send", "serve", "status")  # fmt: skip
+                   "partner", "reject", "report", "retry", "run", "send", "serve", "status")  # fmt: skip
 
 
 class State:
