@@ -1,0 +1,61 @@
+"""The arithmetic of `gateway report`: periods, groups, counts and percentiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.errors import UsageError
+from gateway.core.lifecycle import State
+from gateway.core.model import Package
+from gateway.core.report import groups, nearest_rank, period, tally
+
+
+def test_a_period_is_whole_utc_days_with_the_last_included() -> None:
+    assert period("2026-11-01", "2026-11-30") == (
+        "2026-11-01T00:00:00.000Z",
+        "2026-12-01T00:00:00.000Z",
+    )
+    with pytest.raises(UsageError, match="before --from"):
+        period("2026-11-02", "2026-11-01")
+    with pytest.raises(UsageError, match="write each as a day"):
+        period("2026-11", "2026-11-30")
+
+
+def test_groups_are_checked() -> None:
+    assert groups(None) == ()
+    assert groups("month, partner") == ("month", "partner")
+    for wrong in ("regime", "partner,partner"):
+        with pytest.raises(UsageError, match="at most once"):
+            groups(wrong)
+
+
+def test_nearest_rank_percentiles() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert nearest_rank(values, 95) == 95.0
+    assert nearest_rank(values, 50) == 50.0
+    assert nearest_rank([7.0], 95) == 7.0
+    assert nearest_rank([1.0, 2.0, 3.0], 95) == 3.0
+
+
+def out(pid: str, state: State, delivered: str | None = None, kind: str = "conviction") -> Package:
+    return Package(package_id=pid, direction="out", state=state, partner="US-NCB", kind=kind,
+                   created_at="2026-11-02T10:00:00.000Z", updated_at="2026-11-02T10:00:00.000Z",
+                   delivered_at=delivered)  # fmt: skip
+
+
+def test_times_to_receipt_count_only_packages_with_a_receipt() -> None:
+    packages = [
+        out("a", State.ACKNOWLEDGED, "2026-11-02T10:00:00.000Z"),
+        out("b", State.REFUSED, "2026-11-02T10:00:00.000Z"),
+        out("c", State.DELIVERED, "2026-11-02T10:00:00.000Z"),  # no receipt yet
+        out("d", State.CANCELLED, kind="request"),
+    ]
+    receipts = {"a": "2026-11-02T10:01:00.500Z", "b": "2026-11-02T11:00:00.000Z"}
+    [conviction, request, total] = tally(packages, receipts, ("kind",))
+    assert (conviction["kind"], request["kind"], total["kind"]) == ("conviction", "request", "all")
+    assert (conviction["sent"], conviction["acknowledged"], conviction["refused"]) == (3, 1, 1)
+    assert (request["sent"], request["cancelled"]) == (0, 1)
+    assert conviction["median_seconds_to_receipt"] == 1830.25
+    assert conviction["p95_seconds_to_receipt"] == 3600.0
+    assert request["median_seconds_to_receipt"] is None
+    assert total["sent"] == 3 and total["cancelled"] == 1
