@@ -213,3 +213,16 @@ def test_partner_settings_for_approval(guarded: tuple[Home, PartnerPgp, SshServe
 def _outbound(home: Home) -> list[Package]:
     with gateway(home) as gw:
         return list(gw.ledger.packages(direction="out"))
+
+
+def test_partner_add_names_the_kinds_that_need_approval(
+    home: Home, partner_pgp: PartnerPgp
+) -> None:
+    done = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(partner_pgp.public_key),
+               "--fingerprint", partner_pgp.fingerprint, "--pull", "--ssh-key", str(home.ssh_identity_pub),
+               "--needs-approval", "response", "--needs-approval", "request", "--reason", "MoU")  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    shown = json.loads(cli(home, "partner", "show", PARTNER_ID, "--json").stdout)
+    assert shown["needs_approval"] == "request,response"
+    [added] = [e for e in events(home) if e.action == "partner.add"]
+    assert json.loads(str(added.detail))["approval"] == "request,response"

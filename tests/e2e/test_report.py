@@ -167,6 +167,14 @@ def test_report_counts_the_traffic_both_gateways_saw(
         "all,all,3,2,1,1,1,2,1,1,100.0,300.0",
     ]
 
+    # The s.62 record of an inbound package names the partner it came from and its key.
+    record = json.loads(cli(acro, "audit", "show", ids["answer_accepted"], "--json").stdout)
+    with gateway(ncb) as gw:
+        ncb_key = gw.own_key
+    assert (record["who"], record["sender"]) == ("US-NCB", {"partner": "US-NCB", "key": ncb_key})
+    assert record["disclosures"] == [] and record["what"]["kind"] == "response"
+    assert [e["action"] for e in record["events"]] == ["fetch", "accept", "receipt.sent"]
+
     theirs = json.loads(cli(ncb, "report", "--from", DAY, "--to", DAY, "--json").stdout)
     [total] = theirs["rows"]
     assert {k: total[k] for k in ("acknowledged", "refused", "failed", "cancelled",
