@@ -140,9 +140,11 @@ def m002_overdue_index(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m003_approvals(db: sqlite_utils.Database) -> None:
-    """Four-eyes: the kinds of a partner's packages that wait for a second operator."""
+def m003_approvals_and_reports(db: sqlite_utils.Database) -> None:
+    """Four-eyes: the kinds of a partner's packages that wait for a second operator.
+    Reports: an index of when packages were taken in, which `gateway report` reads by."""
     db.table("partners").add_column("approval", str)
+    db.table("packages").create_index(["created_at"])
 
 
 class _Slot:
@@ -293,15 +295,11 @@ class Ledger:
         with self.transaction():
             return self._append(action, **kwargs)
 
-    def events(
-        self, package_id: str | None = None, since_id: int = 0, action: str | None = None
-    ) -> Iterator[Event]:
-        """Events in order, for one package or all, of one action or all."""
+    def events(self, package_id: str | None = None, since_id: int = 0) -> Iterator[Event]:
+        """Events in order, for one package or all."""
         where, args = "id > ?", [since_id]
         if package_id:
-            where, args = where + " AND package_id = ?", [*args, package_id]  # type: ignore[list-item]
-        if action:
-            where, args = where + " AND action = ?", [*args, action]  # type: ignore[list-item]
+            where, args = where + " AND package_id = ?", [since_id, package_id]  # type: ignore[list-item]
         for row in self.db.table("events").rows_where(where, args, order_by="id"):
             yield Event(**row)
 
@@ -521,18 +519,13 @@ class Ledger:
         partner: str | None = None,
         direction: str | None = None,
         delivered_before: str | None = None,
-        created: tuple[str, str] | None = None,
         limit: int | None = None,
     ) -> list[Package]:
-        """Packages, oldest first, filtered by state, partner, direction, delivery time and
-        when they were taken in (`created`: from, and before)."""
+        """Packages, oldest first, filtered by state, partner, direction and delivery time."""
         where, args = [], []
         if delivered_before is not None:
             where.append("delivered_at < ?")
             args.append(delivered_before)
-        if created is not None:
-            where.append("created_at >= ? AND created_at < ?")
-            args += created
         for column, value in (("state", state), ("partner", partner), ("direction", direction)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -15,6 +15,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from gateway.adapters import reads
 from gateway.app.gateway import Gateway
 from gateway.core.model import Event, utc
 
@@ -35,7 +36,7 @@ def _exports_covering(gw: Gateway, events: list[Event]) -> list[Event]:
     An export held every event at or after its `--since` that existed when it ran.
     """
     found = []
-    for export in gw.ledger.events(action="audit.export", since_id=events[0].id):
+    for export in reads.events_of(gw.ledger, "audit.export", events[0].id):
         since = (json.loads(export.detail) if export.detail else {}).get("since")
         start = utc(datetime.fromisoformat(since).timestamp()) if since else None
         if any(e.id < export.id and (start is None or e.at >= start) for e in events):

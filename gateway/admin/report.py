@@ -6,23 +6,16 @@ import csv
 import io
 from typing import Any
 
+from gateway.adapters import reads
 from gateway.app.gateway import Gateway
 from gateway.core import report
-from gateway.core.lifecycle import RECEIPTED
 
 
 def build(gw: Gateway, start: str, end: str, by: str | None) -> dict[str, Any]:
     """The report of the days `start` to `end` (inclusive, UTC), grouped `by`."""
     window, names = report.period(start, end), report.groups(by)
-    packages = gw.ledger.packages(created=window)
-    # The time each receipt was recorded: the event that moved the package to its verdict.
-    receipts = {
-        str(e.package_id): e.at
-        for e in gw.ledger.events(action="receipt")
-        if e.state in RECEIPTED and e.at >= window[0]
-    }
     return {"from": start, "to": end, "by": list(names), "gateway": gw.settings.gateway_id,
-            "rows": report.tally(packages, receipts, names)}  # fmt: skip
+            "rows": report.tally(reads.entries(gw.ledger, window), names)}  # fmt: skip
 
 
 def columns(doc: dict[str, Any]) -> list[str]:

@@ -15,32 +15,46 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from gateway.core.errors import UsageError
-from gateway.core.lifecycle import State
-from gateway.core.model import Package
+from gateway.core.lifecycle import RECEIPTED, State
 
 S = State
-_WITH_RECEIPT: Final = frozenset({S.ACKNOWLEDGED, S.REFUSED})
+
+
+class Entry(NamedTuple):
+    """What a report needs of one package: a plain row, not the whole package (a report
+    over a million packages reads a million of these)."""
+
+    package_id: str
+    direction: str
+    state: str
+    partner: str | None
+    kind: str | None
+    created_at: str
+    delivered_at: str | None
+    receipt_at: str | None  # when the partner's receipt was recorded, if one came
+
 
 #: column -> which packages it counts. Outbound first, then inbound.
-COUNTS: Final[dict[str, Callable[[Package], bool]]] = {
+COUNTS: Final[dict[str, Callable[[Entry], bool]]] = {
     "sent": lambda p: p.direction == "out" and p.delivered_at is not None,
-    "acknowledged": lambda p: p.direction == "out" and p.state is S.ACKNOWLEDGED,
-    "refused": lambda p: p.direction == "out" and p.state is S.REFUSED,
-    "failed": lambda p: p.direction == "out" and p.state is S.FAILED,
-    "cancelled": lambda p: p.direction == "out" and p.state is S.CANCELLED,
+    "acknowledged": lambda p: p.direction == "out" and p.state == S.ACKNOWLEDGED,
+    "refused": lambda p: p.direction == "out" and p.state == S.REFUSED,
+    "failed": lambda p: p.direction == "out" and p.state == S.FAILED,
+    "cancelled": lambda p: p.direction == "out" and p.state == S.CANCELLED,
     "received": lambda p: p.direction == "in",
-    "accepted": lambda p: p.direction == "in" and p.state is S.ACCEPTED,
-    "rejected": lambda p: p.direction == "in" and p.state is S.REJECTED,
+    "accepted": lambda p: p.direction == "in" and p.state == S.ACCEPTED,
+    "rejected": lambda p: p.direction == "in" and p.state == S.REJECTED,
 }
 #: The statistics of time to receipt, in seconds (None when no package had a receipt).
 TIMES: Final = ("median_seconds_to_receipt", "p95_seconds_to_receipt")
 #: --by name -> the group a package falls in.
-GROUPS: Final[dict[str, Callable[[Package], str]]] = {
+GROUPS: Final[dict[str, Callable[[Entry], str]]] = {
     "partner": lambda p: p.partner or "(unknown)",
     "kind": lambda p: p.kind or "(unknown)",
     "month": lambda p: p.created_at[:7],
@@ -85,34 +99,45 @@ def nearest_rank(values: list[float], percent: float) -> float:
     return values[max(0, math.ceil(percent / 100 * len(values)) - 1)]
 
 
-def _row(
-    key: dict[str, str], packages: list[Package], receipts: Mapping[str, str]
-) -> dict[str, Any]:
-    row: dict[str, Any] = {**key, **{c: sum(map(f, packages)) for c, f in COUNTS.items()}}
-    times = sorted(
-        round(_seconds(p.delivered_at, receipts[p.package_id]), 3)
-        for p in packages
-        if p.direction == "out" and p.state in _WITH_RECEIPT
-        and p.delivered_at and p.package_id in receipts
-    )  # fmt: skip
-    row[TIMES[0]] = round(statistics.median(times), 3) if times else None
-    row[TIMES[1]] = nearest_rank(times, 95) if times else None
-    return row
+def _waited(p: Entry) -> float | None:
+    """Seconds from delivery to the partner's receipt, for an outbound package that has one."""
+    if p.direction != "out" or p.state not in RECEIPTED or not p.delivered_at or not p.receipt_at:
+        return None
+    delta = datetime.fromisoformat(p.receipt_at) - datetime.fromisoformat(p.delivered_at)
+    return round(delta.total_seconds(), 3)
 
 
-def tally(
-    packages: Iterable[Package], receipts: Mapping[str, str], by: tuple[str, ...]
-) -> list[dict[str, Any]]:
-    """One row per group (sorted), then the row of totals; `receipts`: package id -> receipt time."""
-    chosen = list(packages)
-    grouped: dict[tuple[str, ...], list[Package]] = {}
-    for p in chosen:
-        grouped.setdefault(tuple(GROUPS[g](p) for g in by), []).append(p)
-    rows = [
-        _row(dict(zip(by, key, strict=True)), grouped[key], receipts) for key in sorted(grouped)
-    ]
-    return (
-        [*rows, _row(dict.fromkeys(by, ALL), chosen, receipts)]
-        if by
-        else [_row({}, chosen, receipts)]
-    )
+class _Sums:
+    """One row's counts and times, added to one package at a time."""
+
+    def __init__(self) -> None:
+        self.flags: Counter[tuple[bool, ...]] = Counter()  # few distinct: cheap to add to
+        self.times: list[float] = []
+
+    def add(self, flags: tuple[bool, ...], waited: float | None) -> None:
+        self.flags[flags] += 1
+        if waited is not None:
+            self.times.append(waited)
+
+    def row(self, key: dict[str, str]) -> dict[str, Any]:
+        counts = [sum(n for flags, n in self.flags.items() if flags[i]) for i in range(len(COUNTS))]
+        times = sorted(self.times)
+        return {**key, **dict(zip(COUNTS, counts, strict=True)),
+                TIMES[0]: round(statistics.median(times), 3) if times else None,
+                TIMES[1]: nearest_rank(times, 95) if times else None}  # fmt: skip
+
+
+def tally(packages: Iterable[Entry], by: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per group (sorted), then the row of totals; one row when not grouped."""
+    total, grouped = _Sums(), dict[tuple[str, ...], _Sums]()
+    tests = tuple(COUNTS.values())
+    for p in packages:  # each package is judged once, for its group and the total
+        flags, waited = tuple([test(p) for test in tests]), _waited(p)
+        total.add(flags, waited)
+        if by:
+            key = tuple([GROUPS[g](p) for g in by])
+            (grouped.get(key) or grouped.setdefault(key, _Sums())).add(flags, waited)
+    if not by:
+        return [total.row({})]
+    rows = [grouped[key].row(dict(zip(by, key, strict=True))) for key in sorted(grouped)]
+    return [*rows, total.row(dict.fromkeys(by, ALL))]

@@ -438,7 +438,7 @@ def test_every_connection_has_the_pragmas_in_force(path: Path, opened: str) -> N
 ALL_MIGRATIONS = [
     ("gateway", "m001_initial"),
     ("gateway", "m002_overdue_index"),
-    ("gateway", "m003_approvals"),
+    ("gateway", "m003_approvals_and_reports"),
 ]
 
 

@@ -6,8 +6,7 @@ import pytest
 
 from gateway.core.errors import UsageError
 from gateway.core.lifecycle import State
-from gateway.core.model import Package
-from gateway.core.report import groups, nearest_rank, period, tally
+from gateway.core.report import Entry, groups, nearest_rank, period, tally
 
 
 def test_a_period_is_whole_utc_days_with_the_last_included() -> None:
@@ -37,21 +36,20 @@ def test_nearest_rank_percentiles() -> None:
     assert nearest_rank([1.0, 2.0, 3.0], 95) == 3.0
 
 
-def out(pid: str, state: State, delivered: str | None = None, kind: str = "conviction") -> Package:
-    return Package(package_id=pid, direction="out", state=state, partner="US-NCB", kind=kind,
-                   created_at="2026-11-02T10:00:00.000Z", updated_at="2026-11-02T10:00:00.000Z",
-                   delivered_at=delivered)  # fmt: skip
+def out(pid: str, state: State, delivered: str | None = None, receipt: str | None = None,
+        kind: str = "conviction") -> Entry:  # fmt: skip
+    return Entry(pid, "out", state, "US-NCB", kind, "2026-11-02T10:00:00.000Z", delivered, receipt)
 
 
 def test_times_to_receipt_count_only_packages_with_a_receipt() -> None:
+    at = "2026-11-02T10:00:00.000Z"
     packages = [
-        out("a", State.ACKNOWLEDGED, "2026-11-02T10:00:00.000Z"),
-        out("b", State.REFUSED, "2026-11-02T10:00:00.000Z"),
-        out("c", State.DELIVERED, "2026-11-02T10:00:00.000Z"),  # no receipt yet
+        out("a", State.ACKNOWLEDGED, at, "2026-11-02T10:01:00.500Z"),
+        out("b", State.REFUSED, at, "2026-11-02T11:00:00.000Z"),
+        out("c", State.DELIVERED, at),  # no receipt yet
         out("d", State.CANCELLED, kind="request"),
     ]
-    receipts = {"a": "2026-11-02T10:01:00.500Z", "b": "2026-11-02T11:00:00.000Z"}
-    [conviction, request, total] = tally(packages, receipts, ("kind",))
+    [conviction, request, total] = tally(packages, ("kind",))
     assert (conviction["kind"], request["kind"], total["kind"]) == ("conviction", "request", "all")
     assert (conviction["sent"], conviction["acknowledged"], conviction["refused"]) == (3, 1, 1)
     assert (request["sent"], request["cancelled"]) == (0, 1)
@@ -59,3 +57,5 @@ def test_times_to_receipt_count_only_packages_with_a_receipt() -> None:
     assert conviction["p95_seconds_to_receipt"] == 3600.0
     assert request["median_seconds_to_receipt"] is None
     assert total["sent"] == 3 and total["cancelled"] == 1
+    [alone] = tally(packages, ())
+    assert alone == {k: v for k, v in total.items() if k != "kind"}
