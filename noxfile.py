@@ -25,6 +25,7 @@ FLOORS = (
     "sqlite-utils==4.0",
     "watchdog==4.0.0",
     "click==8.3.1",
+    "holidays==0.40",
 )
 
 

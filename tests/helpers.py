@@ -261,6 +261,10 @@ def cli(
         return run()
 
 
+#: The regimes test partners are registered for: every kind, under the shipped template
+#: memorandum first (the default), and convictions under the 1959 Convention too.
+TEST_REGIMES = ("--regime", "MOU-TEMPLATE", "--regime", "CoE-1959-Art22")
+
 #: A well-formed SSH host key for a push partner that is never reached.
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN7qlhZ8Npb6Y/RTteraNzlFqfcjGYSG9hQDIU3Fcdjk"
 
@@ -270,7 +274,7 @@ def partner_add(home: Home, key_file: Path, fingerprint: str, host_key: str = HO
     """`partner add` with a push endpoint; return the exit code and stderr."""
     result = cli(home, "partner", "add", partner, "--openpgp-key", str(key_file),
                  "--fingerprint", fingerprint, "--push", "sftp://gbacro@127.0.0.1:2222",
-                 "--host-key", host_key, "--reason", "MoU 2026")  # fmt: skip
+                 "--host-key", host_key, *TEST_REGIMES, "--reason", "MoU 2026")  # fmt: skip
     return result.exit_code, result.stderr
 
 
@@ -280,7 +284,8 @@ def add_partner(
     """Register the partner and let the gateway's SSH key in on its server."""
     result = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(pgp.public_key),
                  "--fingerprint", pgp.fingerprint, "--push", server.url,
-                 "--host-key", host_key or server.host_key_line, "--reason", "test partner")  # fmt: skip
+                 "--host-key", host_key or server.host_key_line, *TEST_REGIMES,
+                 "--reason", "test partner")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     server.authorize(home.ssh_identity_pub.read_text())
     pgp.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)

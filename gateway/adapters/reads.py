@@ -25,7 +25,8 @@ _ENTRIES: Final = (
     "FROM packages p WHERE p.created_at >= ? AND p.created_at < ?"
 )
 _EVENT_COLUMNS: Final = (
-    "id, at, actor, action, category, partner, package_id, state, detail, prev_hash, hash"
+    "id, at, actor, action, category, partner, package_id, state, detail, prev_hash, hash, "
+    "detail_sha256"
 )
 
 

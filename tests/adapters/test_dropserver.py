@@ -35,6 +35,7 @@ from gateway.core.clock import Clock
 from gateway.core.lifecycle import State
 from tests.helpers import (
     GATEWAY_ID,
+    TEST_REGIMES,
     ManualClock,
     PartnerPgp,
     Templates,
@@ -61,7 +62,7 @@ def register(home: Home, pgp: PartnerPgp, key: Path, partner_id: str) -> None:
     """`gateway partner add ID --pull`: the partner logs in with `key`."""
     result = cli(home, "partner", "add", partner_id, "--openpgp-key", str(pgp.public_key),
                  "--fingerprint", pgp.fingerprint, "--pull", "--ssh-key", f"{key}.pub",
-                 "--reason", "test")  # fmt: skip
+                 *TEST_REGIMES, "--reason", "test")  # fmt: skip
     assert result.exit_code == 0, result.stderr
 
 

@@ -438,7 +438,9 @@ def test_every_connection_has_the_pragmas_in_force(path: Path, opened: str) -> N
 ALL_MIGRATIONS = [
     ("gateway", "m001_initial"),
     ("gateway", "m002_overdue_index"),
-    ("gateway", "m003_approvals_and_reports"),
+    ("gateway", "m003_obligations"),
+    ("gateway", "m004_erasable_details"),
+    ("gateway", "m005_approvals_and_reports"),
 ]
 
 

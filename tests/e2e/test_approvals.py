@@ -67,7 +67,7 @@ def test_approved_by_another_operator_only_then_sealed_and_delivered(
 
     for who in ("alice", "gateway (sudo by alice)"):
         refused = cli(home, "approve", pid, "--reason", "looks right", actor=who)
-        assert refused.exit_code == 38, refused.stderr
+        assert refused.exit_code == 37, refused.stderr
         assert refused.stderr == (
             f"error: {pid} was sent by alice; {who} cannot approve or reject it: "
             "a second operator, on their own OS account, must decide\n"
@@ -115,7 +115,7 @@ def test_a_rejected_package_ends_cancelled_and_is_never_sealed(
     home, _, server = guarded
     pid = send_as(home, "alice", short_tmp)
     mine = cli(home, "reject", pid, "--reason", "I changed my mind", actor="alice")
-    assert mine.exit_code == 38, mine.stderr
+    assert mine.exit_code == 37, mine.stderr
 
     done = cli(home, "reject", pid, "--reason", "wrong person: case 4711", actor="bob")
     assert done.exit_code == 0, done.stderr
@@ -177,7 +177,7 @@ def test_a_spool_drop_is_dropped_by_the_owner_of_its_file(
     assert intake.actor == "daemon" and json.loads(str(intake.detail))["dropped_by"] == me
 
     refused = cli(home, "approve", pid, "--reason", "mine", actor=me)
-    assert refused.exit_code == 38
+    assert refused.exit_code == 37
     assert refused.stderr.startswith(f"error: {pid} was sent by {me}; ")
     assert cli(home, "approve", pid, "--reason", "ok", actor="bob").exit_code == 0
     run_once(home)

@@ -20,6 +20,7 @@ from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
 from tests.helpers import (
     HOST_KEY,
+    TEST_REGIMES,
     ManualClock,
     Templates,
     cli,
@@ -67,7 +68,7 @@ def traffic(
             keys[home.root.name] = gw.own_key
     added = cli(ncb, "partner", "add", "GB-ACRO", "--openpgp-key", str(keys[acro]),
                 "--fingerprint", keys["acro"], "--pull", "--ssh-key", str(acro.ssh_identity_pub),
-                "--reason", "bilateral test")  # fmt: skip
+                *TEST_REGIMES, "--reason", "bilateral test")  # fmt: skip
     assert added.exit_code == 0, added.stderr
     with gateway(ncb, "daemon", clock) as serving:
         server = serving.drop_server("127.0.0.1:0")
@@ -80,7 +81,7 @@ def traffic(
                 ("FR-CJN", "--openpgp-key", str(fr.public_key), "--fingerprint", fr.fingerprint,
                  "--push", f"sftp://gbacro@127.0.0.1:{closed_port()}", "--host-key", HOST_KEY),
             ):  # fmt: skip
-                done = cli(acro, "partner", "add", *args, "--reason", "test partner")
+                done = cli(acro, "partner", "add", *args, *TEST_REGIMES, "--reason", "test partner")
                 assert done.exit_code == 0, done.stderr
             yield acro, ncb, exchange(acro, ncb, short_tmp, clock)
         finally:
