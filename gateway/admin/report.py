@@ -9,13 +9,14 @@ from typing import Any
 from gateway.adapters import reads
 from gateway.app.gateway import Gateway
 from gateway.core import report
+from gateway.core.model import utc
 
 
 def build(gw: Gateway, start: str, end: str, by: str | None) -> dict[str, Any]:
     """The report of the days `start` to `end` (inclusive, UTC), grouped `by`."""
     window, names = report.period(start, end), report.groups(by)
     return {"from": start, "to": end, "by": list(names), "gateway": gw.settings.gateway_id,
-            "rows": report.tally(reads.entries(gw.ledger, window), names)}  # fmt: skip
+            "rows": report.tally(reads.entries(gw.ledger, window, utc(gw.clock.now())), names)}  # fmt: skip
 
 
 def columns(doc: dict[str, Any]) -> list[str]:

@@ -18,16 +18,18 @@ from gateway.cli import with_gateway
 @click.option("--to", "end", required=True, metavar="DAY", help="Last day, included (UTC).")
 @click.option(
     "--by",
-    metavar="partner,kind,month",
-    help="Group rows by any of partner, kind and month, comma-separated; a row of totals follows.",
+    metavar="partner,kind,month,regime",
+    help="Group rows by any of partner, kind, month and regime, comma-separated; a row of "
+    "totals follows.",
 )
 @click.option("--json", "form", flag_value="json", help="Print JSON instead of text.")
 @click.option("--csv", "form", flag_value="csv", help="Print CSV, one header line.")
 @with_gateway
 def command(gw: Gateway, start: str, end: str, by: str | None, form: str | None) -> None:
     """Count packages taken in over a period: sent, acknowledged, refused, failed,
-    cancelled; received, accepted, rejected; median and 95th percentile time from
-    delivery to the partner's receipt, in seconds.
+    cancelled; received, accepted, rejected; notifications made and requests answered
+    within their period, duties late now; median and 95th percentile time from delivery
+    to the partner's receipt, in seconds.
 
     Each package counts in the period it was taken in (sent, or fetched from the
     partner), by its state now.

@@ -5,10 +5,11 @@ fetched) on a day from `--from` to `--to`, both included, in UTC. Counts are by 
 package's state now. Time to receipt is from delivery (`delivered_at`) to the partner's
 receipt, accepted or rejected, as recorded; its 95th percentile is the nearest-rank one.
 
-To add a column, add a predicate to `COUNTS` (or a statistic in `tally`); to add a way
-to group, add a key to `GROUPS`. Columns that come with duties (the regime as a group,
-notifications and requests within their period, late now) belong here, from the
-package fields that record them.
+Duties (`core/duties.py`): a notification counts as notified in time, and a request we
+received as answered in time, when its duty was met by its last day; `late_now` counts
+duties open past their last day when the report runs. `--by regime` groups by the
+package's legal basis. To add a column, add a predicate to `COUNTS` (or a statistic in
+`tally`); to add a way to group, add a key to `GROUPS`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
+from gateway.core.duties import ANSWER, NOTIFY
 from gateway.core.errors import UsageError
 from gateway.core.lifecycle import RECEIPTED, State
 
@@ -38,6 +40,9 @@ class Entry(NamedTuple):
     created_at: str
     delivered_at: str | None
     receipt_at: str | None  # when the partner's receipt was recorded, if one came
+    regime: str | None = None  # the legal basis it travels under
+    duty: str | None = None  # the duty it started (core/duties.py), if any
+    standing: str | None = None  # where that duty stands now (`duties.standing`)
 
 
 #: column -> which packages it counts. Outbound first, then inbound.
@@ -50,6 +55,9 @@ COUNTS: Final[dict[str, Callable[[Entry], bool]]] = {
     "received": lambda p: p.direction == "in",
     "accepted": lambda p: p.direction == "in" and p.state == S.ACCEPTED,
     "rejected": lambda p: p.direction == "in" and p.state == S.REJECTED,
+    "notified_in_time": lambda p: p.duty == NOTIFY and p.standing == "met",
+    "answered_in_time": lambda p: p.duty == ANSWER and p.standing == "met",
+    "late_now": lambda p: p.standing == "late",
 }
 #: The statistics of time to receipt, in seconds (None when no package had a receipt).
 TIMES: Final = ("median_seconds_to_receipt", "p95_seconds_to_receipt")
@@ -58,6 +66,7 @@ GROUPS: Final[dict[str, Callable[[Entry], str]]] = {
     "partner": lambda p: p.partner or "(unknown)",
     "kind": lambda p: p.kind or "(unknown)",
     "month": lambda p: p.created_at[:7],
+    "regime": lambda p: p.regime or "(none)",
 }
 #: What a group column holds on the row of totals.
 ALL: Final = "all"

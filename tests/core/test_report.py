@@ -23,7 +23,7 @@ def test_a_period_is_whole_utc_days_with_the_last_included() -> None:
 def test_groups_are_checked() -> None:
     assert groups(None) == ()
     assert groups("month, partner") == ("month", "partner")
-    for wrong in ("regime", "partner,partner"):
+    for wrong in ("country", "partner,partner"):
         with pytest.raises(UsageError, match="at most once"):
             groups(wrong)
 
@@ -59,3 +59,21 @@ def test_times_to_receipt_count_only_packages_with_a_receipt() -> None:
     assert total["sent"] == 3 and total["cancelled"] == 1
     [alone] = tally(packages, ())
     assert alone == {k: v for k, v in total.items() if k != "kind"}
+
+
+def test_duties_count_when_met_by_their_last_day_and_when_late_now() -> None:
+    def inbound(pid: str, duty: str | None, standing: str | None) -> Entry:
+        return Entry(pid, "in", State.ACCEPTED, "US-NCB", "request", "2026-11-02T10:00:00.000Z",
+                     None, None, "EUFRA-2020-s5", duty, standing)  # fmt: skip
+
+    packages = [inbound("a", "answer", "met"), inbound("b", "answer", "met-late"),
+                inbound("c", "answer", "late"), inbound("d", None, None),
+                out("e", State.DELIVERED, "2026-11-02T10:00:00.000Z")._replace(duty="notify", standing="met")]  # fmt: skip
+    [none, by_regime, total] = tally(packages, ("regime",))
+    assert (by_regime["regime"], none["regime"]) == ("EUFRA-2020-s5", "(none)")
+    assert (
+        by_regime["answered_in_time"],
+        by_regime["late_now"],
+        by_regime["notified_in_time"],
+    ) == (1, 1, 0)
+    assert (total["answered_in_time"], total["notified_in_time"], total["late_now"]) == (1, 1, 1)

@@ -142,15 +142,16 @@ def test_report_counts_the_traffic_both_gateways_saw(
     assert {k: doc[k] for k in ("from", "to", "by", "gateway")} == {
         "from": DAY, "to": DAY, "by": ["partner"], "gateway": "GB-ACRO"}  # fmt: skip
     zero = dict.fromkeys(("sent", "acknowledged", "refused", "failed", "cancelled", "received",
-                          "accepted", "rejected"), 0)  # fmt: skip
+                          "accepted", "rejected", "notified_in_time", "answered_in_time",
+                          "late_now"), 0)  # fmt: skip
     assert doc["rows"] == [
         {"partner": "FR-CJN", **zero, "failed": 1,
          "median_seconds_to_receipt": None, "p95_seconds_to_receipt": None},
         {"partner": "US-NCB", **zero, "sent": 3, "acknowledged": 2, "refused": 1, "cancelled": 1,
-         "received": 2, "accepted": 1, "rejected": 1,
+         "received": 2, "accepted": 1, "rejected": 1, "notified_in_time": 2,
          "median_seconds_to_receipt": 100.0, "p95_seconds_to_receipt": 300.0},
         {"partner": "all", **zero, "sent": 3, "acknowledged": 2, "refused": 1, "failed": 1,
-         "cancelled": 1, "received": 2, "accepted": 1, "rejected": 1,
+         "cancelled": 1, "received": 2, "accepted": 1, "rejected": 1, "notified_in_time": 2,
          "median_seconds_to_receipt": 100.0, "p95_seconds_to_receipt": 300.0},
     ]  # fmt: skip
 
@@ -158,14 +159,15 @@ def test_report_counts_the_traffic_both_gateways_saw(
     assert csv.exit_code == 0, csv.stderr
     assert csv.stdout.splitlines() == [
         "kind,month,sent,acknowledged,refused,failed,cancelled,received,accepted,rejected,"
+        "notified_in_time,answered_in_time,late_now,"
         "median_seconds_to_receipt,p95_seconds_to_receipt",
         # A package rejected before its manifest could be trusted has no kind in the ledger.
-        f"(unknown),{MONTH},0,0,0,0,0,1,0,1,,",
-        f"conviction,{MONTH},2,2,0,0,1,0,0,0,200.0,300.0",
-        f"extradition,{MONTH},0,0,0,1,0,0,0,0,,",
-        f"request,{MONTH},1,0,1,0,0,0,0,0,50.0,50.0",
-        f"response,{MONTH},0,0,0,0,0,1,1,0,,",
-        "all,all,3,2,1,1,1,2,1,1,100.0,300.0",
+        f"(unknown),{MONTH},0,0,0,0,0,1,0,1,0,0,0,,",
+        f"conviction,{MONTH},2,2,0,0,1,0,0,0,2,0,0,200.0,300.0",
+        f"extradition,{MONTH},0,0,0,1,0,0,0,0,0,0,0,,",
+        f"request,{MONTH},1,0,1,0,0,0,0,0,0,0,0,50.0,50.0",
+        f"response,{MONTH},0,0,0,0,0,1,1,0,0,0,0,,",
+        "all,all,3,2,1,1,1,2,1,1,2,0,0,100.0,300.0",
     ]
 
     # The s.62 record of an inbound package names the partner it came from and its key.
@@ -188,9 +190,41 @@ def test_report_counts_the_traffic_both_gateways_saw(
     lines = text.stdout.splitlines()
     assert lines[0] == f"GB-ACRO: packages taken in from {DAY} to {DAY} (UTC)"
     assert lines[1].split() == ["sent", "acknowledged", "refused", "failed", "cancelled", "received",
-                                "accepted", "rejected", "median", "s", "to", "receipt", "p95", "s",
+                                "accepted", "rejected", "notified", "in", "time", "answered", "in",
+                                "time", "late", "now", "median", "s", "to", "receipt", "p95", "s",
                                 "to", "receipt"]  # fmt: skip
-    assert lines[2].split() == ["3", "2", "1", "1", "1", "2", "1", "1", "100.0", "300.0"]
+    assert lines[2].split() == [
+        "3",
+        "2",
+        "1",
+        "1",
+        "1",
+        "2",
+        "1",
+        "1",
+        "2",
+        "0",
+        "0",
+        "100.0",
+        "300.0",
+    ]
+
+
+def test_a_notification_left_undelivered_is_late_after_its_period(
+    traffic: tuple[Home, Home, dict[str, str]], clock: ManualClock
+) -> None:
+    # The extradition notice to FR-CJN failed; 28 days on (MOU-TEMPLATE), its duty is late.
+    acro = traffic[0]
+    clock.advance(29 * 86400)
+    done = cli(acro, "report", "--from", DAY, "--to", DAY, "--by", "regime", "--json", clock=clock)
+    assert done.exit_code == 0, done.stderr
+    rows = {r["regime"]: r for r in json.loads(done.stdout)["rows"]}
+    # The answer rejected before its manifest could be trusted has no legal basis.
+    assert sorted(rows) == ["(none)", "MOU-TEMPLATE", "all"]
+    assert rows["(none)"]["received"] == rows["(none)"]["rejected"] == 1
+    assert {k: rows["MOU-TEMPLATE"][k] for k in ("notified_in_time", "late_now", "failed")} == {
+        "notified_in_time": 2, "late_now": 1, "failed": 1}  # fmt: skip
+    assert rows["all"]["late_now"] == 1
 
 
 def test_a_period_with_no_traffic_and_wrong_periods(
@@ -212,5 +246,5 @@ def test_a_period_with_no_traffic_and_wrong_periods(
     assert by.exit_code == 2
     assert (
         by.stderr
-        == "error: --by partner,country: give each of partner, kind, month at most once, comma-separated\n"
+        == "error: --by partner,country: give each of partner, kind, month, regime at most once, comma-separated\n"
     )

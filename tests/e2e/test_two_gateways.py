@@ -123,7 +123,8 @@ def test_a_notice_and_a_response_each_acknowledged(pair: tuple[Home, Home]) -> N
     # Each side's report counts what it saw: one sent and acknowledged, one received and accepted.
     today = datetime.now(UTC).date()
     days = [str(today - timedelta(days=1)), str(today + timedelta(days=1))]
-    for home, sent_id in ((acro, notice_id), (ncb, response_id)):
+    # GB-ACRO's notice started a duty to notify (MOU-TEMPLATE), met by its delivery.
+    for home, sent_id, notified in ((acro, notice_id, 1), (ncb, response_id, 0)):
         done = cli(home, "report", "--from", days[0], "--to", days[1], "--json")
         assert done.exit_code == 0, done.stderr
         [total] = json.loads(done.stdout)["rows"]
@@ -134,5 +135,6 @@ def test_a_notice_and_a_response_each_acknowledged(pair: tuple[Home, Home]) -> N
             (datetime.fromisoformat(receipt) - datetime.fromisoformat(delivered)).total_seconds(), 3
         )
         assert total == {"sent": 1, "acknowledged": 1, "refused": 0, "failed": 0, "cancelled": 0,
-                         "received": 1, "accepted": 1, "rejected": 0,
+                         "received": 1, "accepted": 1, "rejected": 0, "notified_in_time": notified,
+                         "answered_in_time": 0, "late_now": 0,
                          "median_seconds_to_receipt": waited, "p95_seconds_to_receipt": waited}  # fmt: skip
