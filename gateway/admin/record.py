@@ -3,7 +3,8 @@
 Who (the operator or producer who sent it, or the partner it came from; every actor of
 its events), when, what (kind, reference, marking, payload name, size and SHA-256: never
 its contents), to or from whom (the partner and its key), under which basis (the
-manifest's `legal_basis`), every event of the package, and every consultation of it:
+manifest's `legal_basis`, with the regime's title and citation, and the duty it started),
+every event of the package, and every consultation of it:
 events of category `consultation` that name it (earlier `audit show`s, approvals), and
 each `audit export` whose window held at least one of its events. Reading the record is
 itself recorded, as a consultation (`audit.show`).
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.adapters import reads
+from gateway.adapters import regimes as regime_files
 from gateway.app.gateway import Gateway
 from gateway.core.model import Event, utc
 
@@ -50,6 +52,23 @@ def _who(first: Event) -> str:
     return str(detail.get("dropped_by") or first.actor)
 
 
+def _basis(gw: Gateway, regime_id: str | None) -> dict[str, Any] | None:
+    """The regime a package travels under, as the shipped and the home's regimes say."""
+    regime = regime_files.load(gw.home.regimes).get(regime_id) if regime_id else None
+    if regime is None:
+        return None
+    return {"title": regime.title, "citation": regime.citation,
+            "use_restrictions": list(regime.use_restrictions)}  # fmt: skip
+
+
+def _duty(gw: Gateway, package_id: str) -> dict[str, Any] | None:
+    """The duty the package started, its last day and what met it, if it started one."""
+    for duty in gw.duties.obligations.duties(package_id):
+        return {"duty": duty.duty, "due_at": duty.due_at, "met_at": duty.met_at,
+                "met_by": duty.met_by}  # fmt: skip
+    return None
+
+
 def record(gw: Gateway, package_id: str) -> dict[str, Any]:
     """The s.62 record of one package, as plain values; the consultation is recorded."""
     package = gw.ledger.package(package_id)
@@ -74,6 +93,8 @@ def record(gw: Gateway, package_id: str) -> dict[str, Any]:
             "key": package.recipient_key if outbound else package.sender_key,
         },
         "legal_basis": package.legal_basis,
+        "basis": _basis(gw, package.legal_basis),
+        "duty": _duty(gw, package_id),
         "approvals": [_event(e) for e in events if e.action in ("approve", "disapprove")],
         "disclosures": [_event(e) for e in events if e.category == "disclosure"],
         "events": [_event(e) for e in events],
@@ -92,7 +113,10 @@ def text(doc: dict[str, Any]) -> list[str]:
         "when         " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["when"].items() if v),
         "what         " + ", ".join(f"{k} {v}" for k, v in doc["what"].items() if v is not None),
         f"{party:<12} {doc[party]['partner'] or '-'} (key {doc[party]['key'] or '-'})",
-        f"legal basis  {doc['legal_basis'] or '(none recorded)'}",
+        f"legal basis  {doc['legal_basis'] or '(none recorded)'}"
+        + (f": {doc['basis']['title']} ({doc['basis']['citation']})" if doc["basis"] else ""),
+        "duty         " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["duty"].items() if v)
+                           if doc["duty"] else "none"),
     ]  # fmt: skip
     for title in ("approvals", "disclosures", "events", "consultations"):
         lines.append(f"{title}:" if doc[title] else f"{title}: none")

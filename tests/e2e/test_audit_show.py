@@ -53,6 +53,13 @@ def test_the_record_of_a_sent_package_names_who_what_whom_basis_and_every_readin
     }  # fmt: skip
     assert doc["recipient"] == {"partner": PARTNER_ID, "key": pgp.fingerprint}
     assert doc["legal_basis"] == "CoE-1959-Art22"
+    assert doc["basis"] == {
+        "title": "Council of Europe: exchange of information from judicial records",
+        "citation": "European Convention on Mutual Assistance in Criminal Matters, "
+        "Strasbourg 1959 (ETS No. 030), Art. 22",
+        "use_restrictions": [],
+    }
+    assert doc["duty"] is None, "Art. 22 is a batch duty, not a clock of this package"
     assert [(e["action"], e["actor"]) for e in doc["approvals"]] == [("approve", "bob")]
     assert [e["action"] for e in doc["disclosures"]] == ["deliver"]
     assert [e["id"] for e in doc["events"]] == [e.id for e in events(home, pid)][:-1]
@@ -70,7 +77,12 @@ def test_the_record_of_a_sent_package_names_who_what_whom_basis_and_every_readin
     assert lines[0] == f"package      {pid} (outbound, delivered)"
     assert lines[1] == "who          alice; actors: alice, bob, daemon, frank"
     assert f"recipient    {PARTNER_ID} (key {pgp.fingerprint})" in lines
-    assert "legal basis  CoE-1959-Art22" in lines
+    assert (
+        "legal basis  CoE-1959-Art22: Council of Europe: exchange of information from judicial "
+        "records (European Convention on Mutual Assistance in Criminal Matters, Strasbourg 1959 "
+        "(ETS No. 030), Art. 22)"
+    ) in lines
+    assert "duty         none" in lines
     consultations = lines[lines.index("consultations:") + 1 :]
     assert [line.split()[1:4] for line in consultations] == [
         ["bob", "approve", "consultation"],

@@ -177,6 +177,12 @@ def test_report_counts_the_traffic_both_gateways_saw(
     assert (record["who"], record["sender"]) == ("US-NCB", {"partner": "US-NCB", "key": ncb_key})
     assert record["disclosures"] == [] and record["what"]["kind"] == "response"
     assert [e["action"] for e in record["events"]] == ["fetch", "accept", "receipt.sent"]
+    assert record["legal_basis"] == "MOU-TEMPLATE" and record["duty"] is None
+    # ... and that of a notification, the duty it started and the delivery that met it.
+    notice = json.loads(cli(acro, "audit", "show", ids["notice_300s"], "--json").stdout)
+    assert notice["duty"] is not None
+    assert (notice["duty"]["duty"], notice["duty"]["met_at"]) == (
+        "notify", package(acro, ids["notice_300s"]).delivered_at)  # fmt: skip
 
     theirs = json.loads(cli(ncb, "report", "--from", DAY, "--to", DAY, "--json").stdout)
     [total] = theirs["rows"]
