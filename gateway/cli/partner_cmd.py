@@ -143,15 +143,22 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
 @command.command("set")
 @click.argument("partner_id", metavar="ID")
 @regime_options
+@needs_approval
+@click.option(
+    "--no-approval", is_flag=True, help="No package for this partner needs a second approval."
+)
 @click.option("--reason", required=True, help="Why: recorded in the audit trail.")
 @with_gateway
 def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[str, ...],
-         reason: str) -> None:  # fmt: skip
-    """Set the regimes a partner may receive each kind under, and the countries it serves.
+         kinds: tuple[str, ...], no_approval: bool, reason: str) -> None:  # fmt: skip
+    """Set the regimes a partner may receive each kind under, the countries it serves,
+    and the kinds that need a second operator's approval.
 
     Each option given replaces what was registered before: all --regime values together,
-    all --channel-for values together (`--channel-for none` clears them). For each kind,
-    the first regime given is the default of packages that name none.
+    all --channel-for values together (`--channel-for none` clears them), all
+    --needs-approval values together (--no-approval clears them). For each kind, the
+    first regime given is the default of packages that name none. Packages already taken
+    in keep the state they were given.
 
     \b
     Examples:
@@ -159,11 +166,26 @@ def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[s
         --reason 'TCA Title IX exchange'
       gateway partner set XX-NCB --regime request=MOU-XX-2026 --channel-for YY \\
         --reason 'Interpol NCB relays requests for YY'
+      gateway partner set US-NCB --needs-approval conviction,extradition \\
+        --reason 'records office policy 2026/3: two-person release for the US'
     """
-    policy.set_policy(gw, partner_id, specs, channels, reason)
+    if kinds and no_approval:
+        raise click.UsageError("give --needs-approval KIND or --no-approval, not both")
+    if not (specs or channels or kinds or no_approval):
+        raise click.UsageError(
+            "give --regime, --channel-for, --needs-approval or --no-approval: there is nothing to set"
+        )
+    approval = four_eyes.parse_kinds(kinds)  # a bad kind is refused before anything changes
+    if specs or channels:
+        policy.set_policy(gw, partner_id, specs, channels, reason)
+    if kinds or no_approval:
+        partners.set_approval(gw, partner_id, approval, reason.strip())
     row = policy.describe(gw, partner_id)
-    click.echo(f"{partner_id}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items())
-               + f"; serves {', '.join(row['serves'])}")  # fmt: skip
+    said = [*(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items()),
+            f"serves {', '.join(row['serves'])}"]  # fmt: skip
+    if kinds or no_approval:
+        said.append(f"approval needed for {approval}" if approval else "no approval needed")
+    click.echo(f"{partner_id}: " + "; ".join(said))
 
 
 def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
@@ -317,32 +339,4 @@ def set_host_key(gw: Gateway, partner_id: str, host_key: str, reason: str) -> No
     """
     click.echo(
         f"{partner_id}: host key {partners.set_host_key(gw, partner_id, host_key, reason)} pinned"
-    )
-
-
-@command.command("set-approval")
-@click.argument("partner_id", metavar="ID")
-@needs_approval
-@click.option("--none", "none_", is_flag=True, help="No package of this partner needs approval.")
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
-@with_gateway
-def set_approval(
-    gw: Gateway, partner_id: str, kinds: tuple[str, ...], none_: bool, reason: str
-) -> None:
-    """Name the kinds of a partner's packages that wait for a second operator's approval.
-
-    Replaces what was set before; packages already taken in keep their state.
-
-    \b
-    Examples:
-      gateway partner set-approval US-NCB --needs-approval conviction,extradition \\
-        --reason 'records office policy 2026/3: two-person release for the US'
-      gateway partner set-approval US-NCB --none --reason 'policy 2026/3 withdrawn'
-    """
-    if none_ == bool(kinds):
-        raise click.UsageError("give either --needs-approval KIND (repeatable) or --none")
-    approval = four_eyes.parse_kinds(kinds)
-    partners.set_approval(gw, partner_id, approval, reason.strip())
-    click.echo(
-        f"{partner_id}: {'approval needed for ' + approval if approval else 'no approval needed'}"
     )

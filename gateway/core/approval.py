@@ -1,7 +1,7 @@
 """Four-eyes: which packages wait for a second operator, and who may be that operator.
 
 A partner may name the kinds whose packages need a second approval before they are
-sealed (`partner add --needs-approval`, `partner set-approval`). Who is "another
+sealed (`partner add` or `partner set`, `--needs-approval`). Who is "another
 operator" is decided on the OS accounts the gateway records as actors (see
 `gateway.app.gateway.actor`): the person behind `name (sudo by person)` is `person`.
 """

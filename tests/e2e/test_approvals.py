@@ -37,10 +37,11 @@ NOTICE = b"<conviction><person>FICTIONAL, Test</person></conviction>\n"
 def guarded(exchange: tuple[Home, PartnerPgp, SshServer]) -> tuple[Home, PartnerPgp, SshServer]:
     """The exchange, with convictions for the partner needing a second operator's approval."""
     home = exchange[0]
-    done = cli(home, "partner", "set-approval", PARTNER_ID, "--needs-approval", "conviction",
+    done = cli(home, "partner", "set", PARTNER_ID, "--needs-approval", "conviction",
                "--reason", "policy 2026/3: two-person release", actor="carol")  # fmt: skip
     assert done.exit_code == 0, done.stderr
-    assert done.stdout == f"{PARTNER_ID}: approval needed for conviction\n"
+    assert done.stdout.startswith(f"{PARTNER_ID}: conviction: MOU-TEMPLATE, CoE-1959-Art22; ")
+    assert done.stdout.endswith("; serves US; approval needed for conviction\n")
     return exchange
 
 
@@ -188,18 +189,22 @@ def test_partner_settings_for_approval(guarded: tuple[Home, PartnerPgp, SshServe
     home = guarded[0]
     shown = json.loads(cli(home, "partner", "show", PARTNER_ID, "--json").stdout)
     assert shown["needs_approval"] == "conviction"
-    bad = cli(home, "partner", "set-approval", PARTNER_ID, "--needs-approval", "notice",
+    bad = cli(home, "partner", "set", PARTNER_ID, "--needs-approval", "notice",
               "--reason", "typo")  # fmt: skip
     assert bad.exit_code == 2
     assert bad.stderr == (
         "error: --needs-approval notice: not a kind; give one of "
         "conviction, extradition, request, response, or all\n"
     )
-    both = cli(home, "partner", "set-approval", PARTNER_ID, "--none", "--needs-approval", "all",
+    both = cli(home, "partner", "set", PARTNER_ID, "--no-approval", "--needs-approval", "all",
                "--reason", "x")  # fmt: skip
     assert both.exit_code == 2
-    off = cli(home, "partner", "set-approval", PARTNER_ID, "--none", "--reason", "policy withdrawn")
-    assert off.exit_code == 0 and off.stdout == f"{PARTNER_ID}: no approval needed\n"
+    assert "give --needs-approval KIND or --no-approval, not both" in both.stderr
+    nothing = cli(home, "partner", "set", PARTNER_ID, "--reason", "x")
+    assert nothing.exit_code == 2
+    assert "give --regime, --channel-for, --needs-approval or --no-approval" in nothing.stderr
+    off = cli(home, "partner", "set", PARTNER_ID, "--no-approval", "--reason", "policy withdrawn")
+    assert off.exit_code == 0 and off.stdout.endswith("; serves US; no approval needed\n")
     with gateway(home) as gw:
         assert gw.ledger.partner(PARTNER_ID).approval is None
         change = [e for e in gw.ledger.events() if e.action == "partner.approval"][-1]

@@ -17,7 +17,7 @@ def test_the_record_of_a_sent_package_names_who_what_whom_basis_and_every_readin
     exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
 ) -> None:
     home, pgp, _ = exchange
-    assert cli(home, "partner", "set-approval", PARTNER_ID, "--needs-approval", "all",
+    assert cli(home, "partner", "set", PARTNER_ID, "--needs-approval", "all",
                "--reason", "policy", actor="carol").exit_code == 0  # fmt: skip
     source = short_tmp / "notice.xml"
     source.write_bytes(SECRET)
