@@ -31,6 +31,21 @@ def exclusive(lock: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def held(lock: Path) -> bool:
+    """Whether another process holds the home's work lock (a `gateway run` is working)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once, by the close
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextlib.contextmanager
 def writing(lock: Path) -> Iterator[None]:
     """Mark that this process is writing beside `lock` until the block ends.

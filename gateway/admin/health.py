@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import shutil
 import stat
 from collections.abc import Iterator
@@ -67,6 +68,20 @@ def keys(gw: Gateway) -> Iterator[Finding]:
         yield from _key_findings(f"{partner.id}'s key", key, now, days)
 
 
+def owner(gw: Gateway) -> Iterator[Finding]:
+    """The home belongs to the user running the command: gpg refuses a keyring of another
+    user's, and files written by another user would lock the daemon out of them."""
+    uid, home_uid = os.geteuid(), os.stat(gw.home.gnupg).st_uid
+    if uid != home_uid:
+        yield Finding(
+            "fail",
+            f"{gw.home.root} belongs to {user_name(home_uid)}, this command runs as {user_name(uid)}",
+            f"run it as that user: sudo -u {user_name(home_uid)} gateway ...",
+        )
+    else:
+        yield Finding("ok", f"{gw.home.root} belongs to {user_name(uid)}, who runs this")
+
+
 def permissions(gw: Gateway) -> Iterator[Finding]:
     """Keys and spool for the gateway's user alone."""
     home = gw.home
@@ -81,6 +96,14 @@ def permissions(gw: Gateway) -> Iterator[Finding]:
             yield Finding("fail", f"{path} has mode {mode:o}", f"chmod {most:o} {path}")
         else:
             yield Finding("ok", f"{path} mode {mode:o}")
+
+
+def user_name(uid: int) -> str:
+    """The account name of `uid`, or `uid N` when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def disk(gw: Gateway) -> Iterator[Finding]:

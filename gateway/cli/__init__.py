@@ -114,6 +114,18 @@ def emit(rows: Any, as_json: bool, text: Callable[[], str]) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
+def _reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A reason with words in it: an empty one would leave the audit trail without a why."""
+    if not value.strip():
+        raise click.BadParameter("must say why (it is recorded in the audit trail), not be empty")
+    return value.strip()
+
+
+reason_option = click.option(
+    "--reason", required=True, callback=_reason, help="Why: recorded in the audit trail."
+)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home", metavar="DIR", help="Gateway home (default: $GATEWAY_HOME, else the current folder)."
@@ -132,7 +144,7 @@ def main(ctx: click.Context, home: str | None, debug: bool, log_format: str) -> 
 
     \b
     Example:
-      gateway --home /srv/gateway status
+      gateway --home /var/lib/gateway status
     """
     os.umask(0o077)  # keys, ledger, spool and sealed files: for the gateway's user alone
     logs.setup(debug, log_format)

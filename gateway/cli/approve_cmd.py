@@ -6,13 +6,13 @@ import click
 
 from gateway.admin import approvals
 from gateway.app.gateway import Gateway
-from gateway.cli import with_gateway
+from gateway.cli import reason_option, with_gateway
 from gateway.core.names import package_id as parse_package_id
 
 
 @click.command("approve")
 @click.argument("package_id", metavar="PACKAGE_ID")
-@click.option("--reason", required=True, help="Why it may go: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def command(gw: Gateway, package_id: str, reason: str) -> None:
     """Approve a package awaiting approval; the daemon then seals and delivers it.

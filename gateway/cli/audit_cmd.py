@@ -61,7 +61,8 @@ def checkpoint(gw: Gateway) -> None:
 @click.option(
     "--since",
     metavar="TIME",
-    help="Only events at or after this UTC time, e.g. 2026-11-01T00:00:00Z.",
+    help="Only events at or after this time, e.g. 2026-11-01T00:00:00Z; a time without an "
+    "offset (2026-11-01T00:00:00) is read as UTC, whatever the machine's time zone.",
 )
 @with_gateway
 def export(gw: Gateway, since: str | None) -> None:

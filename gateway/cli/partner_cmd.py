@@ -11,7 +11,7 @@ import click
 from gateway.adapters import sshkeys
 from gateway.admin import partners, policy
 from gateway.app.gateway import Gateway
-from gateway.cli import emit, json_option, with_gateway
+from gateway.cli import emit, json_option, reason_option, with_gateway
 from gateway.core import approval as four_eyes
 from gateway.core.model import Partner, utc
 
@@ -100,7 +100,7 @@ needs_approval = click.option(
 )
 @regime_options
 @needs_approval
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: str | None,
         host_key: str | None, pull: bool, ssh_key: Path | None, upload_dir: str, download_dir: str,
@@ -147,7 +147,7 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
 @click.option(
     "--no-approval", is_flag=True, help="No package for this partner needs a second approval."
 )
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[str, ...],
          kinds: tuple[str, ...], no_approval: bool, reason: str) -> None:  # fmt: skip
@@ -268,7 +268,7 @@ def show(gw: Gateway, partner_id: str, as_json: bool) -> None:
 @click.option(
     "--fingerprint", required=True, help="The new key's fingerprint, confirmed out of band."
 )
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def rotate_key(
     gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, reason: str
@@ -289,7 +289,7 @@ def rotate_key(
 
 @command.command("disable")
 @click.argument("partner_id", metavar="ID")
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def disable(gw: Gateway, partner_id: str, reason: str) -> None:
     """Stop all traffic with a partner: its packages wait as held, its logins are refused.
@@ -304,7 +304,7 @@ def disable(gw: Gateway, partner_id: str, reason: str) -> None:
 
 @command.command("enable")
 @click.argument("partner_id", metavar="ID")
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def enable(gw: Gateway, partner_id: str, reason: str) -> None:
     """Resume traffic with a partner; its held packages go on with `gateway retry`.
@@ -325,7 +325,7 @@ def enable(gw: Gateway, partner_id: str, reason: str) -> None:
     metavar="'TYPE BASE64'",
     help="The server's new SSH host key, confirmed with the partner out of band.",
 )
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def set_host_key(gw: Gateway, partner_id: str, host_key: str, reason: str) -> None:
     """Pin a push partner's new SSH host key, after its server was rebuilt.

@@ -131,6 +131,15 @@ class RegimesInvalid(HomeError):
     exit_code = 17
 
 
+class AgentUnavailable(HomeError):
+    """No GnuPG agent answers for this home, and this command may not start one: a
+    running daemon keeps the only agent (in its own sandbox), and a command run by
+    another user than the home's owner never starts one. Run the command as the home's
+    owner (sudo -u gateway gateway ...) while the daemon runs, or stop the daemon."""
+
+    exit_code = 18
+
+
 # -- 20-29: partners, keys and cryptography ----------------------------------------------
 
 

@@ -3,6 +3,11 @@
 Every setting is declared once in `SETTINGS` with its default and its documentation;
 `gateway init` writes that documentation into the new `gateway.toml`, and a test
 fails if a setting is missing from docs or from the file written.
+
+A running daemon reads gateway.toml again on SIGHUP (`systemctl reload gateway`): the
+settings in `RESTART` are built into long-lived parts (the worker pool, the keyring, the
+SFTP sessions, the drop server, the gateway's identity) and keep their value until the
+next start; every other setting takes effect at once (`reloaded`).
 """
 
 from __future__ import annotations
@@ -147,6 +152,11 @@ SETTINGS: Final = (
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
+#: Settings a running daemon cannot change: they are built into its parts at start.
+RESTART: Final = frozenset(
+    {"gateway.id", "daemon.workers", "gnupg.timeout_seconds", "keys.overlap_days"}
+    | {s.name for s in SETTINGS if s.name.split(".")[0] in ("sftp", "serve")}
+)
 _ZERO_ALLOWED: Final = {
     "daemon.settle_seconds",
     "keys.overlap_days",
@@ -228,7 +238,28 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
         authority_id(str(values["gateway_id"]))
     except UsageError as problem:
         raise SettingsInvalid(f"{where}: gateway.id: {problem}") from None
+    listen = str(values.get("serve_listen", ""))
+    host, _, port = listen.rpartition(":")
+    if listen and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise SettingsInvalid(
+            f"{where}: serve.listen {listen!r} is not ADDRESS:PORT, e.g. 0.0.0.0:2222"
+        )
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def reloaded(old: Settings, new: Settings) -> tuple[Settings, list[str], list[str]]:
+    """The settings in force after a reload from `old` to `new`, the names of the changed
+    settings applied, and of those changed but kept at their old value until a restart."""
+    applied: list[str] = []
+    kept: list[str] = []
+    for s in SETTINGS:
+        field = s.name.replace(".", "_")
+        if getattr(old, field) != getattr(new, field):
+            (kept if s.name in RESTART else applied).append(s.name)
+    merged = dataclasses.replace(
+        old, **{n.replace(".", "_"): getattr(new, n.replace(".", "_")) for n in applied}
+    )
+    return merged, applied, kept
 
 
 def render(gateway_id: str) -> str:

@@ -79,6 +79,13 @@ class Steps:
             settings,
         )  # fmt: skip
 
+    def use(self, settings: Settings) -> None:
+        """Put reloaded settings in force for every step from now on (the ones that cannot
+        change while running, `settings.RESTART`, are the same as before)."""
+        self.settings = settings
+        for part in (self.intake, self.setback, self.accept, self.collector, self.duties):
+            part.settings = settings
+
     # -- taking in ----------------------------------------------------------------------
 
     def recover(self) -> None:

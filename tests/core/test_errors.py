@@ -28,6 +28,7 @@ RANGE_OF = {
     "HomeExists": 10,
     "HomeLocked": 10,
     "SettingsInvalid": 10,
+    "AgentUnavailable": 10,
     "RegimesInvalid": 10,
     "RestoreRefused": 10,
     "PartnerError": 20,
