@@ -31,9 +31,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Every command of `gateway`, each defined as `command` in `gateway/cli/NAME_cmd.py`.
 #: Loaded on use: importing all of them up front took 0.45 s of every run, most of it
 #: paramiko (0.13 s), which only the daemon and the transports need (python -X importtime).
-COMMANDS: Final = ("audit", "backup", "cancel", "check", "demo", "doctor", "init", "keys",
-                   "ledger", "metrics", "partner", "regimes", "restore", "retry", "run", "send",
-                   "serve", "status")  # fmt: skip
+COMMANDS: Final = ("approve", "audit", "backup", "cancel", "check", "demo", "doctor", "init",
+                   "keys", "ledger", "metrics", "partner", "regimes", "reject", "report",
+                   "restore", "retry", "run", "send", "serve", "status")  # fmt: skip
 
 
 class State:

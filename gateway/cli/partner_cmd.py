@@ -12,6 +12,7 @@ from gateway.adapters import sshkeys
 from gateway.admin import health, partners, policy
 from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, reason_option, with_gateway
+from gateway.core import approval as four_eyes
 from gateway.core.model import Partner, utc
 
 
@@ -36,6 +37,16 @@ def regime_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.group("partner")
 def command() -> None:
     """Partner agencies: their keys, transport and health."""
+
+
+needs_approval = click.option(
+    "--needs-approval",
+    "kinds",
+    multiple=True,
+    metavar="KIND|all",
+    help="Packages of this kind (repeatable, or comma-separated; `all` for every kind) wait "
+    "for a second operator's `gateway approve` before they are sealed.",
+)
 
 
 @command.command("add")
@@ -88,12 +99,13 @@ def command() -> None:
     help="Leave the recipient key id visible in packages (hidden by default).",
 )
 @regime_options
+@needs_approval
 @reason_option
 @with_gateway
 def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: str | None,
         host_key: str | None, pull: bool, ssh_key: Path | None, upload_dir: str, download_dir: str,
         show_recipient: bool, specs: tuple[str, ...], channels: tuple[str, ...],
-        reason: str) -> None:  # fmt: skip
+        kinds: tuple[str, ...], reason: str) -> None:  # fmt: skip
     """Register a partner, pinning its OpenPGP key and its SSH key.
 
     The key file must hold exactly the key with FINGERPRINT, valid and not revoked.
@@ -109,16 +121,17 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
       gateway partner add AU-AFP --openpgp-key au-afp.asc --fingerprint 4567...89AB \\
         --pull --ssh-key au-afp.pub --regime MOU-AU-2026 --reason 'MoU 2026, keys checked by phone'
     """
+    approval = four_eyes.parse_kinds(kinds)
     if specs or channels:
         policy.rules(gw, specs)  # a bad --regime is refused before anything is registered
     if pull and not url and ssh_key and not host_key:
         partner = partners.add_pull(
-            gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient
+            gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient, approval
         )
         said = f"added {partner.id}: it logs in to the drop server as {partner.id}"
     elif not pull and url and host_key and not ssh_key:
         partner = partners.add_push(gw, partner_id, openpgp_key, fingerprint, url, host_key, reason,
-                                      upload_dir, download_dir, not show_recipient)  # fmt: skip
+                                      upload_dir, download_dir, not show_recipient, approval)  # fmt: skip
         said = f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/"
     else:
         raise click.UsageError("give either --push URL --host-key KEY, or --pull --ssh-key FILE")
@@ -130,15 +143,22 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
 @command.command("set")
 @click.argument("partner_id", metavar="ID")
 @regime_options
+@needs_approval
+@click.option(
+    "--no-approval", is_flag=True, help="No package for this partner needs a second approval."
+)
 @reason_option
 @with_gateway
 def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[str, ...],
-         reason: str) -> None:  # fmt: skip
-    """Set the regimes a partner may receive each kind under, and the countries it serves.
+         kinds: tuple[str, ...], no_approval: bool, reason: str) -> None:  # fmt: skip
+    """Set the regimes a partner may receive each kind under, the countries it serves,
+    and the kinds that need a second operator's approval.
 
     Each option given replaces what was registered before: all --regime values together,
-    all --channel-for values together (`--channel-for none` clears them). For each kind,
-    the first regime given is the default of packages that name none.
+    all --channel-for values together (`--channel-for none` clears them), all
+    --needs-approval values together (--no-approval clears them). For each kind, the
+    first regime given is the default of packages that name none. Packages already taken
+    in keep the state they were given.
 
     \b
     Examples:
@@ -146,11 +166,26 @@ def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[s
         --reason 'TCA Title IX exchange'
       gateway partner set XX-NCB --regime request=MOU-XX-2026 --channel-for YY \\
         --reason 'Interpol NCB relays requests for YY'
+      gateway partner set US-NCB --needs-approval conviction,extradition \\
+        --reason 'records office policy 2026/3: two-person release for the US'
     """
-    policy.set_policy(gw, partner_id, specs, channels, reason)
+    if kinds and no_approval:
+        raise click.UsageError("give --needs-approval KIND or --no-approval, not both")
+    if not (specs or channels or kinds or no_approval):
+        raise click.UsageError(
+            "give --regime, --channel-for, --needs-approval or --no-approval: there is nothing to set"
+        )
+    approval = four_eyes.parse_kinds(kinds)  # a bad kind is refused before anything changes
+    if specs or channels:
+        policy.set_policy(gw, partner_id, specs, channels, reason)
+    if kinds or no_approval:
+        partners.set_approval(gw, partner_id, approval, reason.strip())
     row = policy.describe(gw, partner_id)
-    click.echo(f"{partner_id}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items())
-               + f"; serves {', '.join(row['serves'])}")  # fmt: skip
+    said = [*(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items()),
+            f"serves {', '.join(row['serves'])}"]  # fmt: skip
+    if kinds or no_approval:
+        said.append(f"approval needed for {approval}" if approval else "no approval needed")
+    click.echo(f"{partner_id}: " + "; ".join(said))
 
 
 def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
@@ -171,6 +206,7 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "upload_dir": partner.upload_dir,
         "download_dir": partner.download_dir,
         "enabled": bool(partner.enabled),
+        "needs_approval": partner.approval,
         "openpgp_key": key.fingerprint,
         "openpgp_expires": utc(key.expires) if key.expires else None,
         "openpgp_problem": key.problem(),

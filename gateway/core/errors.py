@@ -242,6 +242,13 @@ class BackupDamaged(Permanent):
     exit_code = 38
 
 
+class SameOperator(Permanent):
+    """Four-eyes: a package is approved or rejected by another operator than the one who
+    sent or dropped it. Ask a second operator (their own OS account) to run the command."""
+
+    exit_code = 37
+
+
 # -- 40-49: input the gateway refused ----------------------------------------------------
 
 

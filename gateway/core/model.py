@@ -40,6 +40,7 @@ class Partner:
     ssh_key: str | None = None  # pull: the key it logs in with, 'TYPE BASE64'
     hide_recipient: int = 1
     enabled: int = 1
+    approval: str | None = None  # kinds that wait for a second operator: "all", or "k1,k2"
 
 
 @dataclasses.dataclass(frozen=True)

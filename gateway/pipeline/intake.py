@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from gateway.adapters import quarantine
-from gateway.adapters.files import fsync_dir, open_regular, publish, write_atomic
+from gateway.adapters.files import fsync_dir, open_regular, owner, publish, write_atomic
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import being_written, writing
+from gateway.core.approval import needs_approval
 from gateway.core.duties import MAX_SIDECAR_BYTES, SIDECAR, Declared, parse_sidecar
 from gateway.core.errors import (
     GatewayError,
@@ -127,8 +128,9 @@ class Intake:
         folder = self.home.work / pid
         folder.mkdir(mode=0o700)
         try:
+            # Who dropped it, as far as the spool can tell: the account owning the file.
             origin = {"partner": partner, "kind": kind, "name": name, "declared": declared,
-                      "sidecar": sidecar.name if has_sidecar else None}  # fmt: skip
+                      "sidecar": sidecar.name if has_sidecar else None, "dropped_by": owner(path)}  # fmt: skip
             write_atomic(folder / ORIGIN, json.dumps(origin).encode())
             os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
         except OSError:
@@ -199,7 +201,8 @@ class Intake:
         origin = json.loads((folder / ORIGIN).read_text())
         try:
             declared = Declared.of(origin.get("declared", {}))
-            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], declared)
+            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], declared,
+                               dropped_by=origin.get("dropped_by"))  # fmt: skip
         except InputRefused as problem:
             package = self.quarantine(
                 folder / PAYLOAD,
@@ -234,16 +237,20 @@ class Intake:
         return digest.hexdigest(), size
 
     def _admit(self, pid: str, partner: str, kind: str, name: str, declared: Declared,
-               hashed: tuple[str, int] | None = None) -> Package:  # fmt: skip
+               hashed: tuple[str, int] | None = None,
+               dropped_by: str | None = None) -> Package:  # fmt: skip
         """Hash a payload already in the work folder (unless `hashed`) and record it
-        `received`, with its legal basis and duty; refused if the partner may not receive it."""
+        `received` (or `awaiting-approval` when the partner needs a second operator's
+        approval for its kind), with its legal basis and duty; refused if the partner may
+        not receive it."""
         sha256, size = hashed or self._hash(pid)
         admitted = self.duties.admit(partner, kind, declared, pid)
         now = utc(self.ledger.clock.now())
+        approval = needs_approval(self.ledger.partner(partner).approval, kind)
         package = Package(
             package_id=pid,
             direction="out",
-            state=State.RECEIVED,
+            state=State.AWAITING_APPROVAL if approval else State.RECEIVED,
             created_at=now,
             updated_at=now,
             partner=partner,
@@ -258,7 +265,8 @@ class Intake:
         )
         detail = {"name": name, "size": size, "sha256": package.payload_sha256,
                   "legal_basis": admitted.regime.id, "duty": admitted.terms.duty,
-                  "due_at": admitted.terms.due_at, "supersedes": declared.supersedes}  # fmt: skip
+                  "due_at": admitted.terms.due_at, "supersedes": declared.supersedes,
+                  "dropped_by": dropped_by}  # fmt: skip
         with self.ledger.transaction():
             self.ledger.insert(package, "intake", {k: v for k, v in detail.items() if v})
             self.duties.obligations.add(admitted.terms)

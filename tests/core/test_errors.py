@@ -44,6 +44,7 @@ RANGE_OF = {
     "SpoolDamaged": 30,
     "RemoteConflict": 30,
     "BackupDamaged": 30,
+    "SameOperator": 30,
     "InputRefused": 40,
     "Rejected": 40,
     "NoLegalBasis": 40,
