@@ -211,6 +211,8 @@ class SshServer:
         self._sshd = _find_sshd()
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        #: More sshd_config lines (e.g. an old server's `Ciphers`), read at the next start.
+        self.extra_config: list[str] = []
 
         _keygen(self.host_key_path, "partner-host")
         self.host_key_line: str = _pubkey_line(self._pub(self.host_key_path))
@@ -324,6 +326,7 @@ class SshServer:
             "LogLevel VERBOSE",
             f"Subsystem sftp {sftp}",
             f"ForceCommand {sftp}",
+            *self.extra_config,
         ]
         self.config_path.write_text("\n".join(lines) + "\n", encoding="ascii")
 

@@ -195,6 +195,13 @@ def m006_contacts(db: sqlite_utils.Database) -> None:
     db.table("contacts").create(columns, pk="partner", defaults={"failures": 0})
 
 
+@MIGRATIONS()
+def m007_ssh_legacy(db: sqlite_utils.Database) -> None:
+    """A push partner whose old SSH server needs AES-CBC or HMAC-SHA1 (`partner set
+    --ssh-algorithms legacy`); 0 for every partner until an operator says so."""
+    db.table("partners").add_column("ssh_legacy", int, not_null_default=0)
+
+
 class _Slot:
     """One thread's connection, in a value its thread alone refers to."""
 

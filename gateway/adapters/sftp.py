@@ -61,11 +61,19 @@ MACS: Final = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com",
                "hmac-sha2-512")  # fmt: skip
 
 
-def modern(transport: paramiko.Transport) -> None:
-    """Offer only CIPHERS and MACS (those of them this paramiko has), in that order."""
+#: What `partner set --ssh-algorithms legacy` adds, after CIPHERS and MACS, for a partner
+#: whose old server offers nothing better; never 3DES, never MD5.
+LEGACY_CIPHERS: Final = ("aes256-cbc", "aes128-cbc")
+LEGACY_MACS: Final = ("hmac-sha1",)
+
+
+def modern(transport: paramiko.Transport, legacy: bool = False) -> None:
+    """Offer only CIPHERS and MACS (those of them this paramiko has), in that order; with
+    `legacy`, then LEGACY_CIPHERS and LEGACY_MACS."""
     options = transport.get_security_options()
-    options.ciphers = tuple(c for c in CIPHERS if c in options.ciphers)
-    options.digests = tuple(m for m in MACS if m in options.digests)
+    ciphers, macs = (CIPHERS + LEGACY_CIPHERS, MACS + LEGACY_MACS) if legacy else (CIPHERS, MACS)
+    options.ciphers = tuple(c for c in ciphers if c in options.ciphers)
+    options.digests = tuple(m for m in macs if m in options.digests)
 
 
 #: What a broken, refused or timed-out network step raises: paramiko's own errors, an SFTP
@@ -92,6 +100,7 @@ class Endpoint:
     user: str
     upload_dir: str
     download_dir: str
+    legacy: bool = False  # its old server needs LEGACY_CIPHERS or LEGACY_MACS
 
 
 class SftpPartner:
@@ -157,6 +166,7 @@ class SftpPartner:
                 self._sftp.close()
         if self._transport is not None:
             self._transport.close()
+            self._transport.packetizer.complete_handshake()  # a failed one's timer runs on
         self._sftp = self._transport = None
         self._write_bytes = None
 
@@ -176,12 +186,20 @@ class SftpPartner:
             sock = socket.create_connection((e.host, e.port), timeout=self._connect_timeout)
         self._transport = t = paramiko.Transport(sock)
         t.banner_timeout = t.handshake_timeout = t.auth_timeout = self._connect_timeout
-        modern(t)
+        modern(t, e.legacy)
         t.get_security_options().key_types = [
             alg for kind in pinned for alg in _ALGORITHMS.get(kind, [kind])
         ]
         with _translated(f"SSH with {self._name}"):
-            t.start_client(timeout=self._connect_timeout)
+            try:
+                t.start_client(timeout=self._connect_timeout)
+            except paramiko.IncompatiblePeer as err:
+                raise TransferFailed(
+                    f"{self._name} offers no cipher, MAC or key exchange the gateway accepts "
+                    f"({_why(err)}): ask the partner to upgrade its server, or let the gateway "
+                    f"offer it AES-CBC and HMAC-SHA1 with `gateway partner set ID "
+                    "--ssh-algorithms legacy`; will retry"
+                ) from None
             if not t.is_active() or t.host_key is None:  # paramiko's start_client gives up silently
                 raise TransferFailed(
                     f"SSH with {self._name} timed out: no handshake within {self._connect_timeout:.0f} s; will retry"

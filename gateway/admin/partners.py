@@ -133,6 +133,19 @@ def set_approval(gw: Gateway, partner_id: str, approval: str | None, reason: str
                              {"reason": reason, "old": old, "new": approval}, approval=approval)  # fmt: skip
 
 
+def set_ssh_algorithms(gw: Gateway, partner_id: str, legacy: bool, reason: str) -> None:
+    """Offer a push partner's server the legacy algorithms too (AES-CBC, HMAC-SHA1), after
+    the modern ones, or stop offering them. Its sessions kept open end at their next use."""
+    partner = gw.ledger.partner(partner_id)
+    if partner.transport != "push":
+        raise PartnerError(
+            f"{partner_id} logs in to our drop server, which offers modern algorithms only: "
+            "--ssh-algorithms is for push partners"
+        )
+    gw.ledger.update_partner(partner_id, "partner.ssh_algorithms",
+                             {"reason": reason, "legacy": legacy}, ssh_legacy=int(legacy))  # fmt: skip
+
+
 def host_key_of(gw: Gateway, partner: Partner) -> str | None:
     """The SSH host key pinned for a push partner, as 'TYPE BASE64'."""
     if not partner.host or not partner.port or not gw.home.known_hosts.exists():

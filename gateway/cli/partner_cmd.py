@@ -147,12 +147,20 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
 @click.option(
     "--no-approval", is_flag=True, help="No package for this partner needs a second approval."
 )
+@click.option(
+    "--ssh-algorithms",
+    type=click.Choice(["modern", "legacy"]),
+    help="Push partners: `legacy` also offers an old server AES-CBC and HMAC-SHA1, after "
+    "the modern ones; `modern` (the default) stops it.",
+)
 @reason_option
 @with_gateway
 def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[str, ...],
-         kinds: tuple[str, ...], no_approval: bool, reason: str) -> None:  # fmt: skip
+         kinds: tuple[str, ...], no_approval: bool, ssh_algorithms: str | None,
+         reason: str) -> None:  # fmt: skip
     """Set the regimes a partner may receive each kind under, the countries it serves,
-    and the kinds that need a second operator's approval.
+    the kinds that need a second operator's approval, and the SSH algorithms offered to
+    its server.
 
     Each option given replaces what was registered before: all --regime values together,
     all --channel-for values together (`--channel-for none` clears them), all
@@ -168,23 +176,30 @@ def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[s
         --reason 'Interpol NCB relays requests for YY'
       gateway partner set US-NCB --needs-approval conviction,extradition \\
         --reason 'records office policy 2026/3: two-person release for the US'
+      gateway partner set XX-OLD --ssh-algorithms legacy \\
+        --reason 'their server offers CBC only until its upgrade, ticket 5150'
     """
     if kinds and no_approval:
         raise click.UsageError("give --needs-approval KIND or --no-approval, not both")
-    if not (specs or channels or kinds or no_approval):
+    if not (specs or channels or kinds or no_approval or ssh_algorithms):
         raise click.UsageError(
-            "give --regime, --channel-for, --needs-approval or --no-approval: there is nothing to set"
+            "give --regime, --channel-for, --needs-approval, --no-approval or --ssh-algorithms: "
+            "there is nothing to set"
         )
     approval = four_eyes.parse_kinds(kinds)  # a bad kind is refused before anything changes
     if specs or channels:
         policy.set_policy(gw, partner_id, specs, channels, reason)
     if kinds or no_approval:
         partners.set_approval(gw, partner_id, approval, reason.strip())
+    if ssh_algorithms:
+        partners.set_ssh_algorithms(gw, partner_id, ssh_algorithms == "legacy", reason.strip())
     row = policy.describe(gw, partner_id)
     said = [*(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items()),
             f"serves {', '.join(row['serves'])}"]  # fmt: skip
     if kinds or no_approval:
         said.append(f"approval needed for {approval}" if approval else "no approval needed")
+    if ssh_algorithms:
+        said.append(f"{ssh_algorithms} SSH algorithms")
     click.echo(f"{partner_id}: " + "; ".join(said))
 
 
@@ -211,6 +226,9 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "openpgp_expires": utc(key.expires) if key.expires else None,
         "openpgp_problem": key.problem(),
         "host_key": sshkeys.fingerprint(host_key) if host_key else None,
+        "ssh_algorithms": ("legacy" if partner.ssh_legacy else "modern")
+        if partner.transport == "push"
+        else None,
         "ssh_key": sshkeys.fingerprint(partner.ssh_key) if partner.ssh_key else None,
         "added_at": partner.added_at,
         **policy.describe(gw, partner.id),

@@ -41,6 +41,7 @@ class Partner:
     hide_recipient: int = 1
     enabled: int = 1
     approval: str | None = None  # kinds that wait for a second operator: "all", or "k1,k2"
+    ssh_legacy: int = 0  # push: also offer its old server AES-CBC and HMAC-SHA1, after ours
 
 
 @dataclasses.dataclass(frozen=True)

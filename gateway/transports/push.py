@@ -29,7 +29,7 @@ def endpoint(partner: Partner) -> Endpoint:
     """Where and as whom the gateway logs in to a push partner."""
     assert partner.host and partner.port and partner.user
     return Endpoint(partner.host, partner.port, partner.user, partner.upload_dir or "upload",
-                    partner.download_dir or "download")  # fmt: skip
+                    partner.download_dir or "download", bool(partner.ssh_legacy))  # fmt: skip
 
 
 class PushTransport:

@@ -442,6 +442,7 @@ ALL_MIGRATIONS = [
     ("gateway", "m004_erasable_details"),
     ("gateway", "m005_approvals_and_reports"),
     ("gateway", "m006_contacts"),
+    ("gateway", "m007_ssh_legacy"),
 ]
 
 

@@ -30,7 +30,9 @@ from tests.helpers import (
     PartnerPgp,
     add_partner,
     cli,
+    events,
     gateway,
+    package,
     remote_files,
     retry_due,
     run_once,
@@ -422,3 +424,36 @@ def test_operator_cancel_erases_and_sends_nothing(
     assert erased == [{"what": "plaintext payload", "reason": "cancelled"}]
     again = cli(home, "cancel", pid, "--reason", "twice")
     assert again.exit_code == 31 and "too late to cancel" in again.stderr  # IllegalTransition
+
+
+def test_an_old_server_is_reached_only_once_its_partner_is_set_to_legacy_algorithms(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, clock: ManualClock
+) -> None:
+    """A server that offers AES-CBC and HMAC-SHA1 alone gets nothing until the operator
+    sets that partner to legacy algorithms; then the package arrives, once."""
+    home, pgp, server = exchange
+    server.stop()
+    server.extra_config = ["Ciphers aes128-cbc", "MACs hmac-sha1"]
+    server.start()
+    (short_tmp / "n.xml").write_bytes(b"notice for an old server")
+    pid = send(home, short_tmp / "n.xml", clock=clock)
+
+    run_once(home, clock)
+
+    waiting = package(home, pid)
+    assert waiting.state is State.SEALED and remote_files(server) == []
+    assert "--ssh-algorithms legacy" in str(waiting.last_error)
+    result = cli(home, "partner", "set", PARTNER_ID, "--ssh-algorithms", "legacy",
+                 "--reason", "their server offers CBC only until its upgrade")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(cli(home, "partner", "show", PARTNER_ID, "--json").stdout)["ssh_algorithms"] == "legacy"  # fmt: skip
+    retry_due(home, pid, clock)
+    run_once(home, clock)
+
+    assert state(home, pid) is State.DELIVERED
+    assert remote_files(server) == [f"{pid}.pgp"]
+    assert b"notice for an old server" in pgp.decrypt(server.upload / f"{pid}.pgp")[0]
+    changed = [e for e in events(home) if e.action == "partner.ssh_algorithms"]
+    assert [(e.partner, json.loads(e.detail or "{}")["legacy"]) for e in changed] == [
+        (PARTNER_ID, True)
+    ]
