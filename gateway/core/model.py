@@ -103,7 +103,8 @@ class Event:
 
     def expected_hash(self) -> str:
         """The hash this event must carry, given its content and the hash before it."""
-        return chain_hash(dataclasses.astuple(self)[:10])
+        return chain_hash((self.id, self.at, self.actor, self.action, self.category, self.partner,
+                           self.package_id, self.state, self.detail, self.prev_hash))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
