@@ -19,7 +19,7 @@ import pytest
 
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.adapters.sftp import SftpPartner
+from gateway.adapters.sftp import Endpoint, SftpPartner
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.pipeline import deliver as delivery
@@ -422,3 +422,19 @@ def test_operator_cancel_erases_and_sends_nothing(
     assert erased == [{"what": "plaintext payload", "reason": "cancelled"}]
     again = cli(home, "cancel", pid, "--reason", "twice")
     assert again.exit_code == 31 and "too late to cancel" in again.stderr  # IllegalTransition
+
+
+def test_the_session_with_openssh_is_aes256_gcm(
+    exchange: tuple[Home, PartnerPgp, SshServer],
+) -> None:
+    """The client offers AEAD first and ETM MACs first; OpenSSH's sshd takes aes256-gcm."""
+    home, _, server = exchange
+    endpoint = Endpoint(server.host, server.port, server.user, "upload", "download")
+    with SftpPartner(endpoint, home.ssh_identity, home.known_hosts, 15, 60) as sftp:
+        assert sftp.list_download() == []
+        transport = sftp.sftp.get_channel().get_transport()
+        offered = transport.get_security_options()
+        assert offered.ciphers[:2] == ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
+        assert all(mac.endswith("-etm@openssh.com") for mac in offered.digests[:2])
+        negotiated = (transport.local_cipher, transport.remote_cipher)
+    assert negotiated == ("aes256-gcm@openssh.com", "aes256-gcm@openssh.com")
