@@ -8,6 +8,7 @@ must say, not only for `ok` (research/library-pitfalls.md G3-G6).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
@@ -129,11 +130,15 @@ class _Feeder(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self.stdin:
-                while chunk := self.source.read(_CHUNK):
-                    self.stdin.write(chunk)
+            while chunk := self.source.read(_CHUNK):
+                self.stdin.write(chunk)
         except Exception as err:  # raised on the caller's thread once gpg has ended
             self.error = err
+        finally:
+            # As python-gnupg: a gpg that stopped early (a key it refuses) breaks the pipe
+            # when the last buffered bytes are flushed here; its status lines say why.
+            with contextlib.suppress(OSError):
+                self.stdin.close()
 
 
 class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
