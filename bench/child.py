@@ -17,8 +17,12 @@ timed by wrapping the functions the gateway calls; nothing in the gateway is cha
 
 from __future__ import annotations
 
+import atexit
+import cProfile
 import functools
 import json
+import os
+import pstats
 import shutil
 import signal
 import sys
@@ -42,6 +46,8 @@ from gateway.pipeline import sealing
 from gateway.pipeline.daemon import Daemon
 from gateway.pipeline.steps import Steps
 
+#: With this set to a folder, each child profiles its CPU there (`bench.run --cprofile`).
+PROFILE_ENV = "BENCH_CPROFILE"
 spent: Counter[str] = Counter()
 calls: Counter[str] = Counter()
 _lock = threading.Lock()
@@ -140,6 +146,37 @@ class ChildPeaks(threading.Thread):
                     self.peaks[name] = max(self.peaks.get(name, 0.0), peak(pid))
 
 
+def cpu_profile(out: Path) -> Callable[[], None]:
+    """Profile every thread's CPU (`time.thread_time`, not wall time) with cProfile from
+    now on; the returned function writes all threads' figures, merged, to `out`."""
+    profiles: list[cProfile.Profile] = []
+    lock = threading.Lock()
+    inner = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+    def profiled(thread: threading.Thread) -> None:
+        profile = cProfile.Profile(time.thread_time)
+        with lock:
+            profiles.append(profile)
+        profile.enable()
+        try:
+            inner(thread)
+        finally:
+            profile.disable()
+
+    threading.Thread._bootstrap_inner = profiled  # type: ignore[attr-defined]
+    main = cProfile.Profile(time.thread_time)
+    profiles.append(main)
+    main.enable()
+
+    def write() -> None:
+        main.disable()
+        with lock:
+            stats = pstats.Stats(*profiles)
+        stats.dump_stats(out)
+
+    return write
+
+
 def steps() -> dict[str, dict[str, float]]:
     """The seconds and calls of each step so far."""
     return {name: {"s": spent[name], "calls": calls[name]} for name in spent}
@@ -218,6 +255,8 @@ def daemon(home: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     instrument()
+    if folder := os.environ.get(PROFILE_ENV):
+        atexit.register(cpu_profile(Path(folder) / f"{sys.argv[1]}-{os.getpid()}.pstats"))
     match sys.argv[1:]:
         case ["outbound", home, source, partner, *memory] if memory in ([], ["--memory"]):
             print(json.dumps(outbound(Path(home), Path(source), partner, bool(memory))))

@@ -21,7 +21,7 @@ from typing import Any
 from bench.measure import REPO, Row, Target, median
 from bench.rig import GATEWAY_ID, Rig
 from gateway.adapters.home import Home
-from gateway.admin import health, partners
+from gateway.admin import health, keys, partners
 from gateway.app.gateway import Gateway
 from gateway.core.model import chain_hash, utc
 from gateway.core.names import KINDS, new_ulid
@@ -263,10 +263,10 @@ def whole(rig: Rig, home: Home, args: list[str], runs: int) -> tuple[list[float]
 def ledger_scale(rig: Rig, count: int, runs: int, say: Say) -> list[Row]:
     """Scenario 6."""
     home = Home(rig.root / "big")
-    keys = partner_keys(rig, rig.root / "pk")
+    found = partner_keys(rig, rig.root / "pk")
     with keys.init(home, GATEWAY_ID, "bench") as gw:
         rig.keyrings.append(home.gnupg)
-        for n, (partner, (fpr, path)) in enumerate(keys.items()):
+        for n, (partner, (fpr, path)) in enumerate(found.items()):
             partners.add_push(
                 gw,
                 partner,
@@ -279,7 +279,7 @@ def ledger_scale(rig: Rig, count: int, runs: int, say: Say) -> list[Row]:
         own = gw.own_key
     say(f"    inserting {count} packages and {count} events")
     start = time.perf_counter()
-    sizes = fill(home, count, {p: f for p, (f, _) in keys.items()}, own)
+    sizes = fill(home, count, {p: f for p, (f, _) in found.items()}, own)
     say(f"    inserted in {time.perf_counter() - start:.1f} s")
     partner = PARTNERS[-1]
     status, _ = whole(rig, home, ["status", "--json"], runs)

@@ -65,6 +65,7 @@ class Row:
     kind: Kind = "value"
     target: Target | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cpu_ratio: float | None = None  # the benchmark's CPU-seconds, gateway run / baseline run
 
     @property
     def met(self) -> bool | None:
@@ -82,6 +83,7 @@ class Row:
             "ratio_kind": self.kind,
             "target": self.target.text() if self.target else None,
             "met": self.met,
+            "cpu_ratio": self.cpu_ratio,
             "details": self.details,
         }
 
@@ -103,6 +105,7 @@ class Proc:
     ppid: int
     cpu: float  # seconds: its own and its reaped children's
     argv: bytes
+    own: float = 0.0  # seconds: its own alone (user + system)
 
 
 def become_subreaper() -> None:
@@ -115,18 +118,23 @@ def become_subreaper() -> None:
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def reap_agents() -> None:
+def reap_agents(found: dict[int, Proc] | None = None) -> None:
     """Collect the stopped gpg-agents we adopted, so that their CPU is counted as ours."""
-    for pid, proc in _read().items():
+    for pid, proc in (found or _read()).items():
         if proc.ppid == os.getpid() and proc.state == "Z" and proc.name == "gpg-agent":
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
 
 
 def processes() -> dict[int, Proc]:
-    """Every process now, by pid (after collecting our stopped gpg-agents)."""
-    reap_agents()
-    return _read()
+    """Every process now, by pid; then our stopped gpg-agents are collected.
+
+    A stopped agent is in the result, as a zombie that still shows its CPU (counted as a
+    gpg-agent's); the next snapshot finds that CPU in ours, as reaped children's.
+    """
+    found = _read()
+    reap_agents(found)
+    return found
 
 
 def _read() -> dict[int, Proc]:
@@ -143,7 +151,12 @@ def _read() -> dict[int, Proc]:
         name = stat[stat.index("(") + 1 : stat.rindex(")")].split("/")[0]
         fields = stat.rsplit(")", 1)[1].split()
         found[int(entry.name)] = Proc(
-            name, fields[0], int(fields[1]), sum(int(f) for f in fields[11:15]) / tick, argv
+            name,
+            fields[0],
+            int(fields[1]),
+            sum(int(f) for f in fields[11:15]) / tick,
+            argv,
+            sum(int(f) for f in fields[11:13]) / tick,
         )
     return found
 
@@ -191,6 +204,29 @@ def cpu_spent(before: dict[int, Proc], after: dict[int, Proc], root: Path) -> di
     return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
 
+def ours(spent: dict[str, float]) -> float:
+    """CPU-seconds used by the benchmark's processes (not others', not the kernel's)."""
+    return sum(c for n, c in spent.items() if not n.startswith(("other: ", "kernel: ")))
+
+
+def servers(spent: dict[str, float]) -> dict[str, float]:
+    """The CPU-seconds of the partner's side and the keyrings' agents, from `cpu_spent`."""
+    return {
+        "gpg-agent": spent.get("gpg-agent", 0.0),
+        "sshd": spent.get("sshd", 0.0) + spent.get("sftp-server", 0.0),
+    }
+
+
+def exit_cpu(pid: int) -> tuple[float, float]:
+    """Wait for child `pid` to exit, without reaping it; its own CPU-seconds and those of
+    the children it reaped, read from the zombie's /proc entry. Reap it afterwards."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / tick
+    return own, (int(fields[13]) + int(fields[14])) / tick
+
+
 def other_load(spent: dict[str, float]) -> float:
     """CPU-seconds used by processes that are not the benchmark's nor the kernel's."""
     return sum(cpu for name, cpu in spent.items() if name.startswith("other: "))
@@ -213,22 +249,43 @@ def alternate(
     warmups: int = 1,
     say: Callable[[str], None] = print,
     warmup: dict[str, Callable[[], float]] | None = None,
+    cpu: dict[str, list[float]] | None = None,
+    root: Path | None = None,
 ) -> dict[str, list[float]]:
     """Run each callable in turn (A B A B ..., or A B C A B C ...); their seconds after warm-up.
 
     Each callable does its own set-up and clean-up and returns only the seconds it timed.
     `warmup`, if given, is run instead of `runs` for the warm-up rounds (a smaller load).
+    With `cpu` and `root` (the rig's folder), the CPU-seconds all the benchmark's
+    processes used over each whole call (set-up included) go into `cpu` by name.
     """
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+
+    def call(name: str, run: Callable[[], float], timed: bool) -> float:
+        if cpu is None or root is None:
+            return run()
+        before = processes()
+        taken = run()
+        if timed:
+            cpu.setdefault(name, []).append(ours(cpu_spent(before, processes(), root)))
+        return taken
+
     for i in range(warmups + repeats):
         now = (warmup or runs) if i < warmups else runs
-        taken = {name: run() for name, run in now.items()}
+        taken = {name: call(name, run, i >= warmups) for name, run in now.items()}
         label = "warm-up" if i < warmups else f"run {i - warmups + 1}/{repeats}"
         say(f"    {label}: " + ", ".join(f"{n} {s:.3f} s" for n, s in taken.items()))
         if i >= warmups:
             for name, value in taken.items():
                 seconds[name].append(value)
     return seconds
+
+
+def cpu_ratio(
+    cpu: dict[str, list[float]], ours: str = "gateway", theirs: str = "baseline"
+) -> float:
+    """The median of the per-pair ratios of CPU-seconds, `ours` over `theirs` (lower is better)."""
+    return median([a / b for a, b in zip(cpu[ours], cpu[theirs], strict=True)])
 
 
 def time_row(
@@ -278,7 +335,15 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def table(rows: Sequence[Row]) -> str:
     """The result table as fixed-width text (also valid Markdown)."""
-    head = ["scenario", "gateway (median)", "baseline (median)", "ratio", "target", "met?"]
+    head = [
+        "scenario",
+        "gateway (median)",
+        "baseline (median)",
+        "ratio",
+        "target",
+        "met?",
+        "CPU-s ratio",
+    ]
     body = []
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:.3f} ({r.kind})"
@@ -291,6 +356,7 @@ def table(rows: Sequence[Row]) -> str:
                 ratio,
                 r.target.text() if r.target else "-",
                 met,
+                "-" if r.cpu_ratio is None else f"{r.cpu_ratio:.3f}",
             ]
         )
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]

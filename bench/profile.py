@@ -1,4 +1,8 @@
-"""`python -m bench.profile DIR [--top N]`: summarise the py-spy samples `bench.run --profile` took.
+"""`python -m bench.profile DIR [--top N]`: summarise the profiles `bench.run` took.
+
+`bench.run --cprofile DIR` leaves one cProfile file per process (`*.pstats`), of CPU
+time per thread (`time.thread_time`), all threads merged: printed sorted by own CPU
+and by CPU including callees.
 
 py-spy samples each thread 250 times a second and leaves out idle ones (waiting on a
 lock, a pipe, a socket or sleep), so a sample is a 4 ms slice of a thread running
@@ -10,6 +14,7 @@ their callees, and the innermost frames (where the time is actually spent).
 from __future__ import annotations
 
 import argparse
+import pstats
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -70,6 +75,11 @@ def main() -> None:
         kinds[path.stem.rsplit("-", 1)[0]].append(path)
     for kind, files in kinds.items():
         print(f"== {kind}\n{summarise(files, args.top)}\n")
+    for path in sorted(args.folder.glob("*.pstats")):
+        print(f"== {path.name}: CPU seconds (time.thread_time), all threads")
+        stats = pstats.Stats(str(path)).strip_dirs()
+        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
 
 
 if __name__ == "__main__":

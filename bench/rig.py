@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -15,10 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bench.measure import REPO, reap_agents
+from bench.measure import REPO, exit_cpu, reap_agents
 from gateway.adapters.home import Home
 from gateway.admin import keys, partners
 from tests.helpers import PartnerPgp, processes_under
@@ -48,6 +50,7 @@ class Rig:
         self.profile = profile
         self._spies: list[subprocess.Popen[bytes]] = []
         self.daemon_cpu_s = 0.0
+        self.cli_cpu_s: Counter[str] = Counter()
         self.root = Path(tempfile.mkdtemp(prefix="gb", dir="/tmp"))
         self.keyrings: list[Path] = []
         self.server = SshServer(self.root / "sshd")
@@ -103,8 +106,12 @@ class Rig:
         """argv: OpenSSH sftp in batch mode (batch on stdin) to the partner, as the gateway's key."""
         return self.server.sftp_command(self.home.ssh_identity, self.server.known_hosts)
 
-    def run(self, argv: list[str], stdin: str = "", timeout: float = 3600) -> None:
-        """Run a command to completion; a failure stops the benchmark with its message."""
+    def run(self, argv: list[str], stdin: str = "", timeout: float = 3600) -> float:
+        """Run a command to completion; return the CPU-seconds it and its children used.
+
+        A failure stops the benchmark with its message.
+        """
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(
             argv,
             input=stdin.encode(),
@@ -117,15 +124,25 @@ class Rig:
             raise RuntimeError(
                 f"{argv[0]} failed ({done.returncode}): {done.stderr.decode()[-2000:]}"
             )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
 
     def gateway_cli(self, *args: str, home: Home | None = None) -> bytes:
-        """Run `python -m gateway --home HOME ARGS`; return its stdout."""
+        """Run `python -m gateway --home HOME ARGS`; return its stdout.
+
+        Its own CPU-seconds and its children's (gpg) are added to `cli_cpu_s`.
+        """
         argv = [sys.executable, "-m", "gateway", "--home", str((home or self.home).root), *args]
-        with subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
-        ) as proc:
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr, cwd=REPO)
             self.spy(proc, args[0])
-            out, err = proc.communicate(timeout=3600)
+            own, children = exit_cpu(proc.pid)
+            proc.wait()
+            stdout.seek(0)
+            stderr.seek(0)
+            out, err = stdout.read(), stderr.read()
+        self.cli_cpu_s["gateway"] += own
+        self.cli_cpu_s["gpg"] += children
         if proc.returncode != 0:
             raise RuntimeError(f"gateway {' '.join(args)} failed: {err.decode()[-2000:]}")
         return out

@@ -1,4 +1,4 @@
-"""`python -m bench.run [--quick] [--json FILE] [--only 1,2,...]`: the gateway against the bare tools.
+"""`python -m bench.run [--quick] [--json FILE] [--only 1,2,...] [--cprofile DIR]`: the gateway against the bare tools.
 
 Starts its own sshd on loopback (the partner's server), a partner played by plain gpg
 and a gateway home, runs each scenario after a warm-up with gateway and baseline runs
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import inbound, ledger_scale, outbound
+from bench.child import PROFILE_ENV
 from bench.measure import (
     MIB,
     Row,
@@ -119,8 +120,19 @@ def main(argv: list[str] | None = None) -> None:
         help="sample every gateway process with py-spy into DIR (slows them: "
         "figures from a profiled run are not comparable); see bench.profile",
     )
+    parser.add_argument(
+        "--cprofile",
+        metavar="DIR",
+        type=Path,
+        help="profile the CPU of every thread of the instrumented passes of scenarios 3 and 5 "
+        "(made even with --quick) with cProfile into DIR; see bench.profile",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.cprofile:
+        args.cprofile.mkdir(parents=True, exist_ok=True)
+        os.environ[PROFILE_ENV] = str(args.cprofile.resolve())  # read by bench.child
+        plan = dataclasses.replace(plan, diagnose=True)
     started = datetime.now(UTC)
     report = {
         "schema": "gateway-bench/1",

@@ -8,6 +8,7 @@ must say, not only for `ok` (research/library-pitfalls.md G3-G6).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
@@ -49,6 +50,7 @@ _AES256: Final = "9"
 _SHA256_OR_BETTER: Final = {"8", "9", "10"}
 _AGENT_CONF: Final = "default-cache-ttl 0\nmax-cache-ttl 0\n"
 LISTING_SECONDS: Final = 10.0
+_CHUNK: Final = 1024 * 1024  # per write to gpg's stdin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,49 @@ def _key_info(raw: dict[str, Any], now: float) -> KeyInfo:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What one gpg run said: its return code and its stderr with the status lines."""
+
+    returncode: int
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """What python-gnupg calls `ok`: gpg finished an encryption or a decryption."""
+        keywords = {line[0] for line in _status(self.stderr) if line}
+        return bool(keywords & {"END_ENCRYPTION", "DECRYPTION_OKAY"})
+
+
+def _fileno(source: IO[bytes] | io.RawIOBase) -> int | None:
+    try:
+        return source.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+
+
+class _Feeder(threading.Thread):
+    """Copies a source that is not a file into gpg's stdin; keeps the first error."""
+
+    def __init__(self, source: IO[bytes] | io.RawIOBase, stdin: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.source, self.stdin = source, stdin
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while chunk := self.source.read(_CHUNK):
+                self.stdin.write(chunk)
+        except Exception as err:  # raised on the caller's thread once gpg has ended
+            self.error = err
+        finally:
+            # As python-gnupg: a gpg that stopped early (a key it refuses) breaks the pipe
+            # when the last buffered bytes are flushed here; its status lines say why.
+            with contextlib.suppress(OSError):
+                self.stdin.close()
+
+
 class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
     """python-gnupg has no timeout; this kills a gpg run that passes its deadline."""
 
@@ -128,13 +173,52 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
 
     def _open_subprocess(self, args: Any, passphrase: bool = False) -> subprocess.Popen[bytes]:
         process: subprocess.Popen[bytes] = super()._open_subprocess(args, passphrase)
-        timer = threading.Timer(self.timeout, process.kill)
-        timer.daemon = True
-        timer.start()
-        self._local.runs.append((process, timer))
+        self.watch(process)
+        return process
+
+    def watch(self, process: subprocess.Popen[bytes], timer: bool = True) -> None:
+        """Put a gpg run started inside `deadline` under it (and under `kill_all`); without
+        `timer`, the caller kills the run at its deadline."""
+        killer = threading.Timer(self.timeout, process.kill) if timer else None
+        if killer is not None:
+            killer.daemon = True
+            killer.start()
+        self._local.runs.append((process, killer))
         with self._live_lock:
             self._live.add(process)
-        return process
+
+    def run(self, args: list[str], source: IO[bytes] | io.RawIOBase) -> Run:
+        """One gpg run on `source` with python-gnupg's command line, driven directly.
+
+        python-gnupg starts three threads per run (feed stdin, read stdout, read stderr)
+        and parses each status line as it comes. On a 4 KiB package that cost more CPU
+        than gpg itself (docs/performance.md). Here a source that is a file becomes gpg's
+        stdin as it is, any other is fed by one thread, the output goes where `--output`
+        says, and stderr (status lines on fd 2) is read on this thread until gpg ends or
+        its time is up. Call inside `deadline`, which turns a killed run into `Timeout`.
+        Undecodable bytes become U+FFFD, as in `_read_response`.
+        """
+        fd = _fileno(source)
+        process = subprocess.Popen(
+            self.make_args(args, False),
+            stdin=subprocess.PIPE if fd is None else fd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self.env,
+        )
+        self.watch(process, timer=False)  # communicate() keeps the deadline: no timer thread
+        feeder = None if process.stdin is None else _Feeder(source, process.stdin)
+        process.stdin = None  # the feeder's, if any: communicate() must not close it
+        try:
+            _, status = process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()  # `deadline` sees the kill and raises Timeout
+            _, status = process.communicate()
+        if feeder is not None:
+            feeder.join()
+            if feeder.error is not None:
+                raise feeder.error
+        return Run(process.returncode, status.decode("utf-8", errors="replace"))
 
     def kill_all(self) -> None:
         """Stop every gpg run still going (at shutdown)."""
@@ -156,8 +240,9 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
             failed = None
         finally:
             runs, self._local.runs = self._local.runs, []
-            for process, timer in runs:
-                timer.cancel()
+            for process, killer in runs:
+                if killer is not None:
+                    killer.cancel()
                 if process.poll() is None:
                     process.kill()
                 process.wait()
@@ -188,7 +273,7 @@ class Keyring:
         self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=options)
         self._gpg.encoding = "utf-8"
         self._gpg.decode_errors = "replace"  # key listings: a user id of any bytes
-        self._gpg.buffer_size = 1024 * 1024
+        self._gpg.buffer_size = _CHUNK
         self._agent_lock = threading.Lock()
         self._agent_started = False
         self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
@@ -351,15 +436,11 @@ class Keyring:
         args = [*_SEAL_ARGS, "--throw-keyids"] if hide else list(_SEAL_ARGS)
         try:
             with self._gpg.deadline("seal a package"):
-                result = self._gpg.encrypt_file(
+                result = self._gpg.run(
+                    ["--encrypt", "--recipient", recipient, *_output(out),
+                     "--sign", "--default-key", signer, "--trust-model", "always", *args],
                     plaintext,
-                    [recipient],
-                    sign=signer,
-                    always_trust=True,
-                    armor=False,
-                    output=str(out),
-                    extra_args=args,
-                )
+                )  # fmt: skip
             _check_sealed(result, signer, recipient)
         except Transient:
             out.unlink(missing_ok=True)
@@ -400,9 +481,12 @@ class Keyring:
         self._start_agent()
         try:
             with self._gpg.deadline("sign"):
-                result = self._gpg.sign_file(text, keyid=signer, clearsign=True, output=str(out),
-                                             extra_args=["--digest-algo", "SHA256"])  # fmt: skip
-            created = [line for line in _status(result.stderr or "") if line[0] == "SIG_CREATED"]
+                result = self._gpg.run(
+                    ["-sa", "--clearsign", "--default-key", signer, *_output(out),
+                     "--digest-algo", "SHA256"],
+                    text,
+                )  # fmt: skip
+            created = [line for line in _status(result.stderr) if line[0] == "SIG_CREATED"]
             if result.returncode != 0 or len(created) != 1 or created[0][-1] != signer:
                 raise CryptoFailed(
                     f"GnuPG did not sign with {signer} (return code {result.returncode})"
@@ -424,9 +508,10 @@ class Keyring:
         self._start_agent()
         try:
             with self._gpg.deadline("open a message"), source.open("rb") as f:
-                result = self._gpg.decrypt_file(
-                    f, always_trust=True, output=str(out),
-                    extra_args=["--max-output", str(max_output)],
+                result = self._gpg.run(
+                    ["--decrypt", *_output(out), "--trust-model", "always",
+                     "--max-output", str(max_output)],
+                    f,
                 )  # fmt: skip
             return _check_opened(result, signers, encrypted)
         except BaseException:
@@ -446,12 +531,17 @@ _BAD_SIGNATURES: Final = {
 }
 
 
-def _check_opened(result: Any, signers: frozenset[str], encrypted: bool) -> str:
-    if "exceeded --max-output limit" in (result.stderr or ""):
+def _output(out: Path) -> list[str]:
+    """python-gnupg's `--output`: `--yes` first when the file is there, or gpg would ask."""
+    return ["--yes", "--output", str(out)] if out.exists() else ["--output", str(out)]
+
+
+def _check_opened(result: Run, signers: frozenset[str], encrypted: bool) -> str:
+    if "exceeded --max-output limit" in result.stderr:
         raise Rejected(
             "it unpacks to more than the size limit (daemon.max_package_bytes): a compression bomb?"
         )
-    lines = _status(result.stderr or "")
+    lines = _status(result.stderr)
     keywords = {line[0] for line in lines if line}
     valid = [line for line in lines if line[0] == "VALIDSIG"]
     for keyword, why in _BAD_SIGNATURES.items():
@@ -479,10 +569,10 @@ def _status(stderr: str) -> list[list[str]]:
     return [line.split()[1:] for line in stderr.splitlines() if line.startswith("[GNUPG:] ")]
 
 
-def _check_sealed(result: Any, signer: str, recipient: str) -> None:
-    lines = _status(result.stderr or "")
+def _check_sealed(result: Run, signer: str, recipient: str) -> None:
+    lines = _status(result.stderr)
     keywords = {line[0] for line in lines if line}
-    if "No space left on device" in (result.stderr or ""):
+    if "No space left on device" in result.stderr:
         raise HostTrouble(
             "no space left on the spool's disk: GnuPG could not write the sealed package; "
             "it will be tried again"
@@ -509,7 +599,7 @@ def _check_sealed(result: Any, signer: str, recipient: str) -> None:
         and any(line[0] == "KEY_CONSIDERED" and line[1] == recipient for line in lines)
     )
     if not ok:
-        said = [line for line in (result.stderr or "").splitlines() if line.startswith("gpg: ")]
+        said = [line for line in result.stderr.splitlines() if line.startswith("gpg: ")]
         raise CryptoFailed(
             f"GnuPG did not sign with {signer} and encrypt to {recipient} as required "
             f"(return code {result.returncode}{', ' + said[-1] if said else ''}); nothing was sent"

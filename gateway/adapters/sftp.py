@@ -236,7 +236,11 @@ class SftpPartner:
 
         Idempotent: if the target is already there with the same content (a delivery
         cut off after the rename), nothing is sent again; if it is there with other
-        content, nothing is overwritten and `RemoteConflict` says so.
+        content, nothing is overwritten and `RemoteConflict` says so. The target is looked
+        for first, at a round trip per file, although `place` would find it when its rename
+        is refused: some servers' rename replaces an existing file (SFTPv3 says it must
+        not), and a package sealed again (after a restore) must never replace the one the
+        partner already has.
         """
         final, size = self._upload_path(name), local.stat().st_size
         with _translated(f"upload of {name} to {self._name}"):

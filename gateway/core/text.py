@@ -19,6 +19,8 @@ _ESCAPED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 def shown(text: str) -> str:
     """`text` with every control, format and line-separator character escaped (`\\x1b`,
     `\\u202e`); everything else as it is."""
+    if text.isascii() and text.isprintable():  # the usual log line: nothing to escape, and
+        return text  # looking each character up cost 0.3 ms of a small package's CPU
     return "".join(
         (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
         if unicodedata.category(c) in _ESCAPED

@@ -166,7 +166,8 @@ class Sealer:
                 "be sealed; cancel it and send the original again"
             ) from None
         follower = Follower(tmp, tee)
-        follower.start()
+        if tee is not None:
+            follower.start()
         try:
             with payload:
                 plaintext = ChunkReader(tar_chunks(manifest, payload, mtime))
@@ -182,7 +183,10 @@ class Sealer:
             raise
         finally:
             follower.done.set()
-            follower.join()
+            if tee is not None:
+                follower.join()
+        if tee is None:
+            follower.run()  # nothing to hand on: gpg's file is hashed here, no thread needed
         if follower.error is not None or follower.size != tmp.stat().st_size:
             tmp.unlink(missing_ok=True)
             raise HostTrouble(

@@ -1098,3 +1098,33 @@ def test_a_pull_partners_visits_are_its_health_and_its_sessions_are_counted(drop
     record = drop.gw.ledger.contacts()[PULL_ID]
     assert (record.status, record.failures) == ("ok", 0)
     assert json.loads(cli(drop.home, "partner", "show", PULL_ID, "--json").stdout)["health"] == "ok"
+
+
+def test_openssh_sftp_is_offered_aead_and_etm_first_and_gets_gcm_when_it_asks(drop: Drop) -> None:
+    """What OpenSSH's own client sees of the drop server (`sftp -vv`): the server's
+    proposal puts AES-GCM then the ETM MACs first; the client's own order picks (SSH lets
+    the client choose), so a partner preferring AES-GCM gets it, and one with OpenSSH's
+    defaults gets an ETM MAC."""
+
+    def session(*options: str) -> str:
+        argv = ["sftp", "-vv", "-b", "-", "-P", str(drop.server.port), *drop.ssh_options(drop.key),
+                *options, f"{PULL_ID}@127.0.0.1"]  # fmt: skip
+        done = run_group(argv, "ls\n", cwd=drop.local)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    def chosen(log: str) -> tuple[str, str]:
+        [line] = [t for t in log.splitlines() if "kex: server->client cipher:" in t]
+        words = line.split()
+        return words[words.index("cipher:") + 1], words[words.index("MAC:") + 1]
+
+    default = session()
+    proposal = default.split("peer server KEXINIT proposal", 1)[1]
+    ciphers = next(t for t in proposal.splitlines() if "ciphers stoc:" in t).split(": ")[-1]
+    macs = next(t for t in proposal.splitlines() if "MACs stoc:" in t).split(": ")[-1]
+    assert ciphers.split(",")[:2] == ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
+    assert macs.split(",")[:2] == ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+    assert chosen(default)[1].endswith("-etm@openssh.com")
+    assert chosen(session("-o", "Ciphers=aes256-gcm@openssh.com,aes128-ctr"))[0] == (
+        "aes256-gcm@openssh.com"
+    )

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -349,3 +350,82 @@ def test_a_hanging_gpg_is_killed_at_the_deadline(
     assert 1 <= elapsed < 5
     [pid] = pids.read_text().split()
     assert not Path(f"/proc/{pid}").exists(), "the hung gpg was killed and reaped"
+
+
+def test_a_hanging_seal_is_killed_at_the_deadline_and_leaves_no_file(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, partner_pgp: PartnerPgp
+) -> None:
+    """Sealing drives gpg itself: its deadline, its `Timeout` and its clean-up must hold too."""
+    real_gpg = shutil.which("gpg")
+    stub_dir = short_tmp / "bin"
+    stub_dir.mkdir()
+    pids = short_tmp / "stub-pids"
+    stub = stub_dir / "gpg"
+    stub.write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do\n'
+        f'  case "$arg" in --encrypt) echo $$ >> {pids}; exec sleep 600;; esac\n'
+        "done\n"
+        f'exec {real_gpg} "$@"\n'
+    )
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub_dir}:{os.environ['PATH']}")
+    keyring = Keyring.create(short_tmp / "ring", timeout=1, clock=SystemClock())
+    out = short_tmp / "p.pgp"
+    try:
+        own = keyring.generate(GATEWAY_ID, days=30)
+        keyring.import_pinned(partner_pgp.public_key, partner_pgp.fingerprint)
+        with pytest.raises(Timeout, match="seal a package"):
+            keyring.seal(io.BytesIO(b"notice"), out, own, partner_pgp.fingerprint, hide=True)
+    finally:
+        keyring.close()
+        keyring.stop_agent()
+
+    assert not out.exists()
+    [pid] = pids.read_text().split()
+    assert not Path(f"/proc/{pid}").exists(), "the hung gpg was killed and reaped"
+
+
+class _FailingSource(io.RawIOBase):
+    """A plaintext stream that breaks after its first megabyte (as a vanished payload would)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.sent >= 1024 * 1024:
+            raise OSError(5, "Input/output error")
+        buffer[:] = b"x" * len(buffer)
+        self.sent += len(buffer)
+        return len(buffer)
+
+
+def test_a_plaintext_that_fails_midway_seals_nothing(
+    keyring: Keyring, own_key: str, pinned: PartnerPgp, short_tmp: Path
+) -> None:
+    out = short_tmp / "p.pgp"
+
+    with pytest.raises(GatewayError, match="GnuPG stopped before it could seal a package"):
+        keyring.seal(_FailingSource(), out, own_key, pinned.fingerprint, hide=True)
+
+    assert not out.exists()
+
+
+def test_a_large_file_is_opened_from_its_file(
+    keyring: Keyring, own_key: str, pinned: PartnerPgp, short_tmp: Path
+) -> None:
+    """gpg reads the package from its file (no copy through Python) and writes the plaintext."""
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    plain, sealed, out = short_tmp / "plain", short_tmp / "in.pgp", short_tmp / "out"
+    plain.write_bytes(payload)
+    pinned.gpg("--sign", "--encrypt", "--recipient", own_key, "--trust-model", "always",
+               "--output", str(sealed), str(plain))  # fmt: skip
+
+    signer = keyring.open_message(sealed, out, frozenset({pinned.fingerprint}), encrypted=True,
+                                  max_output=4 * 1024 * 1024)  # fmt: skip
+
+    assert signer == pinned.fingerprint
+    assert out.read_bytes() == payload

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.adapters.sftp import SftpPartner
+from gateway.adapters.sftp import Endpoint, SftpPartner
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.pipeline import deliver as delivery
@@ -457,3 +457,19 @@ def test_an_old_server_is_reached_only_once_its_partner_is_set_to_legacy_algorit
     assert [(e.partner, json.loads(e.detail or "{}")["legacy"]) for e in changed] == [
         (PARTNER_ID, True)
     ]
+
+
+def test_the_session_with_openssh_is_aes256_gcm(
+    exchange: tuple[Home, PartnerPgp, SshServer],
+) -> None:
+    """The client offers AEAD first and ETM MACs first; OpenSSH's sshd takes aes256-gcm."""
+    home, _, server = exchange
+    endpoint = Endpoint(server.host, server.port, server.user, "upload", "download")
+    with SftpPartner(endpoint, home.ssh_identity, home.known_hosts, 15, 60) as sftp:
+        assert sftp.list_download() == []
+        transport = sftp.sftp.get_channel().get_transport()
+        offered = transport.get_security_options()
+        assert offered.ciphers[:2] == ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
+        assert all(mac.endswith("-etm@openssh.com") for mac in offered.digests[:2])
+        negotiated = (transport.local_cipher, transport.remote_cipher)
+    assert negotiated == ("aes256-gcm@openssh.com", "aes256-gcm@openssh.com")
