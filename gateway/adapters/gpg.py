@@ -14,18 +14,31 @@ import math
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Final
 
 import gnupg
 
+from gateway.adapters.passphrase import Passphrase
 from gateway.core.clock import Clock
-from gateway.core.errors import CryptoFailed, HostTrouble, KeyProblem, Rejected, Timeout, Transient
+from gateway.core.errors import (
+    CryptoFailed,
+    HostTrouble,
+    KeyProblem,
+    PassphraseMissing,
+    PassphraseWrong,
+    Rejected,
+    Timeout,
+    Transient,
+)
 
-# Options on every run: no network look-ups, no chatter that could hide status lines.
-_OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting"]
+# Options on every run: no network look-ups, no chatter that could hide status lines, and
+# never a pinentry program: a protected key's passphrase comes from gpg's stdin or not at
+# all (a daemon has no one at a terminal to ask).
+_OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting",
+                   "--pinentry-mode", "loopback"]  # fmt: skip
 # SPEC section 4: AES-256, SHA-256, no compression (compression leaks through length
 # and lets inbound archives be bombs: research/domain.md section 5 rule 8).
 _SEAL_ARGS: Final = [
@@ -41,6 +54,12 @@ _AES256: Final = "9"
 _SHA256_OR_BETTER: Final = {"8", "9", "10"}
 _AGENT_CONF: Final = "default-cache-ttl 0\nmax-cache-ttl 0\n"
 LISTING_SECONDS: Final = 10.0
+#: libgpg-error's code for a wrong passphrase, in the low 16 bits of an ERROR or FAILURE line.
+_BAD_PASSPHRASE: Final = 11
+
+
+def _no_passphrase() -> Passphrase | None:
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +189,12 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
 class Keyring:
     """The gateway's OpenPGP keyring: its own key and the pinned partner keys."""
 
-    def __init__(self, home: Path, timeout: float, clock: Clock) -> None:
+    def __init__(self, home: Path, timeout: float, clock: Clock,
+                 passphrase: Callable[[], Passphrase | None] = _no_passphrase) -> None:  # fmt: skip
+        """`passphrase` is asked for each time a secret key is used (None: not protected)."""
         self.home = home
         self.clock = clock
+        self._passphrase = passphrase
         self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=list(_OPTIONS))
         self._gpg.encoding = "utf-8"
         self._gpg.decode_errors = "replace"  # key listings: a user id of any bytes
@@ -214,8 +236,20 @@ class Keyring:
             check=False,
         )
 
-    def generate(self, authority: str, days: int) -> str:
-        """Create the gateway's own key: Ed25519 to certify and sign, Cv25519 to encrypt."""
+    def _secret(self) -> str | None:
+        """The passphrase to hand GnuPG (on its stdin, by python-gnupg), or None."""
+        given = self._passphrase()
+        return given.reveal() if given is not None else None
+
+    def generate(self, authority: str, days: int, passphrase: Passphrase | None = None) -> str:
+        """Create the gateway's own key: Ed25519 to certify and sign, Cv25519 to encrypt.
+
+        With `passphrase`, the secret key is protected by it; python-gnupg writes it in the
+        key parameters on gpg's stdin, never on its command line.
+        """
+        protection: dict[str, Any] = (
+            {"passphrase": passphrase.reveal()} if passphrase else {"no_protection": True}
+        )
         params = self._gpg.gen_key_input(
             key_type="EDDSA",
             key_curve="ed25519",
@@ -226,7 +260,7 @@ class Keyring:
             expire_date=f"{days}d",
             name_real=f"{authority} exchange gateway",
             name_email=f"gateway@{authority.lower()}.invalid",
-            no_protection=True,
+            **protection,
         )
         with self._gpg.deadline("create a key"):
             result = self._gpg.gen_key(params)
@@ -235,6 +269,73 @@ class Keyring:
                 f"GnuPG could not create a key ({result.status}): see `gpg --version`"
             )
         return str(result.fingerprint)
+
+    def _keygrips(self, fingerprint: str) -> list[str]:
+        with self._gpg.deadline("list keys"):
+            found = [k for k in self._gpg.list_keys(True, keys=[fingerprint])
+                     if k["fingerprint"] == fingerprint]  # fmt: skip
+        if len(found) != 1:
+            raise KeyProblem(f"the secret key {fingerprint} is not in the keyring {self.home}: "
+                             "restore keys/ from backup")  # fmt: skip
+        subkeys = found[0].get("subkey_info", {}).values()
+        return [found[0]["keygrip"], *(sub["keygrip"] for sub in subkeys if sub.get("keygrip"))]
+
+    def protected(self, fingerprint: str | None = None) -> bool:
+        """Whether the secret key `fingerprint` (else: any secret key here) needs a passphrase.
+
+        Read from gpg-agent's key files: a protected key is stored as
+        `protected-private-key`, one on a smartcard as a `shadowed-private-key` stub whose
+        PIN the agent asks for the same way.
+        """
+        folder = self.home / "private-keys-v1.d"
+        grips = None if fingerprint is None else self._keygrips(fingerprint)
+        files = (
+            sorted(folder.glob("*.key")) if grips is None else [folder / f"{g}.key" for g in grips]
+        )
+        for path in files:
+            try:
+                data = path.read_bytes()[:4096]
+            except FileNotFoundError:
+                continue
+            if b"(protected-private-key" in data or b"(shadowed-private-key" in data:
+                return True
+        return False
+
+    def protect(self, fingerprint: str, passphrase: Passphrase) -> None:
+        """Put `passphrase` on the unprotected secret key `fingerprint` (all its subkeys).
+
+        gpg asks gpg-agent to re-protect each part; with loopback pinentry the agent's
+        question goes back to gpg, which answers from fd 0: the passphrase is written to
+        its stdin, never on its command line or in its environment.
+        """
+        self._start_agent()
+        args = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", "--status-fd", "2",
+                "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--passwd", fingerprint]  # fmt: skip
+        try:
+            done = subprocess.run(args, input=(passphrase.reveal() + "\n").encode(),
+                                  capture_output=True, timeout=self._gpg.timeout, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise Timeout(f"GnuPG took longer than {self._gpg.timeout:.0f} s to protect "
+                          f"{fingerprint} and was stopped; run the command again") from None  # fmt: skip
+        _passphrase_trouble(_status(done.stderr.decode(errors="replace")))
+        if done.returncode != 0 or not self.protected(fingerprint):
+            raise CryptoFailed(
+                f"GnuPG did not protect the key {fingerprint} (return code {done.returncode}); "
+                "run the command again, and check `gpg --version`"
+            )
+
+    def check_passphrase(self, fingerprint: str) -> None:
+        """Sign a few bytes with `fingerprint`: `PassphraseWrong` if its passphrase fails."""
+        self._start_agent()
+        with self._gpg.deadline("check the passphrase"):
+            result = self._gpg.sign(b"passphrase check", keyid=fingerprint, passphrase=self._secret(),
+                                    detach=True, extra_args=["--digest-algo", "SHA256"])  # fmt: skip
+        _passphrase_trouble(_status(result.stderr or ""))
+        if result.returncode != 0:
+            raise CryptoFailed(
+                f"GnuPG could not sign with the gateway's key {fingerprint} (return code "
+                f"{result.returncode}): see `gateway doctor`"
+            )
 
     def scan(self, key_file: Path) -> list[KeyInfo]:
         """The public keys a file holds, without importing them; secret keys are refused."""
@@ -330,6 +431,7 @@ class Keyring:
                     armor=False,
                     output=str(out),
                     extra_args=args,
+                    passphrase=self._secret(),
                 )
             _check_sealed(result, signer, recipient)
         except Transient:
@@ -349,7 +451,9 @@ class Keyring:
         try:
             with self._gpg.deadline("sign"):
                 result = self._gpg.sign_file(text, keyid=signer, clearsign=True, output=str(out),
-                                             extra_args=["--digest-algo", "SHA256"])  # fmt: skip
+                                             extra_args=["--digest-algo", "SHA256"],
+                                             passphrase=self._secret())  # fmt: skip
+            _passphrase_trouble(_status(result.stderr or ""))
             created = [line for line in _status(result.stderr or "") if line[0] == "SIG_CREATED"]
             if result.returncode != 0 or len(created) != 1 or created[0][-1] != signer:
                 raise CryptoFailed(
@@ -360,14 +464,15 @@ class Keyring:
             raise
 
     def open_message(self, source: Path, out: Path, signers: frozenset[str], *,
-                     encrypted: bool, max_output: int) -> str:  # fmt: skip
+                     encrypted: bool, max_output: int, decrypts: bool = True) -> str:  # fmt: skip
         """Decrypt (where encrypted) and verify `source` into `out`; return the signer.
 
         Accepted only with exactly one good signature whose primary key is one of
         `signers` (pinned fingerprints) and no bad, expired or revoked one; with
         `encrypted`, only if it was encrypted to us and its integrity check passed.
         `max_output` caps the plaintext, so a compressed bomb cannot fill the disk.
-        Anything else raises `Rejected` and leaves no `out`.
+        Anything else raises `Rejected` and leaves no `out`. Without `decrypts` (a message
+        that is only ever signed, such as a checkpoint) no passphrase is asked for.
         """
         self._start_agent()
         try:
@@ -375,6 +480,7 @@ class Keyring:
                 result = self._gpg.decrypt_file(
                     f, always_trust=True, output=str(out),
                     extra_args=["--max-output", str(max_output)],
+                    passphrase=self._secret() if decrypts else None,
                 )  # fmt: skip
             return _check_opened(result, signers, encrypted)
         except BaseException:
@@ -394,7 +500,29 @@ _BAD_SIGNATURES: Final = {
 }
 
 
+def _passphrase_trouble(lines: list[list[str]]) -> None:
+    """Raise if gpg-agent could not use the gateway's secret key for want of its passphrase.
+
+    Checked before anything else: a package that could not be opened because the
+    passphrase was wrong is the host's trouble, never the sender's, and is not refused.
+    """
+    keywords = {line[0] for line in lines if line}
+    codes = {int(line[-1]) & 0xFFFF for line in lines
+             if line and line[0] in ("ERROR", "FAILURE") and line[-1].isdigit()}  # fmt: skip
+    if "BAD_PASSPHRASE" in keywords or _BAD_PASSPHRASE in codes:
+        raise PassphraseWrong(
+            "the passphrase given does not open the gateway's OpenPGP key; nothing was signed "
+            "or decrypted: give the one the keys were protected with"
+        )
+    if keywords & {"PINENTRY_LAUNCHED", "INQUIRE_MAXLEN", "MISSING_PASSPHRASE"}:
+        raise PassphraseMissing(
+            "the gateway's OpenPGP key asks for a passphrase and none was given: see "
+            "`gateway doctor`, and give it as the operator guide says"
+        )
+
+
 def _check_opened(result: Any, signers: frozenset[str], encrypted: bool) -> str:
+    _passphrase_trouble(_status(result.stderr or ""))
     if "exceeded --max-output limit" in (result.stderr or ""):
         raise Rejected(
             "it unpacks to more than the size limit (daemon.max_package_bytes): a compression bomb?"
@@ -429,6 +557,7 @@ def _status(stderr: str) -> list[list[str]]:
 
 def _check_sealed(result: Any, signer: str, recipient: str) -> None:
     lines = _status(result.stderr or "")
+    _passphrase_trouble(lines)
     keywords = {line[0] for line in lines if line}
     if "No space left on device" in (result.stderr or ""):
         raise HostTrouble(

@@ -165,6 +165,22 @@ class CryptoFailed(Permanent):
     exit_code = 25
 
 
+class PassphraseMissing(Permanent):
+    """The gateway's keys are protected by a passphrase and none could be read: give it as
+    the systemd credential `gateway-passphrase` (LoadCredentialEncrypted=), or name a file
+    of mode 0400 owned by the gateway's user in passphrase.file; nothing was signed,
+    decrypted or sent."""
+
+    exit_code = 26
+
+
+class PassphraseWrong(Permanent):
+    """The passphrase given does not open the gateway's keys; nothing was signed, decrypted
+    or sent: give the passphrase the keys were protected with (`gateway keys protect`)."""
+
+    exit_code = 27
+
+
 # -- 30-39: packages, the ledger and the spool -------------------------------------------
 
 

@@ -110,6 +110,18 @@ SETTINGS: Final = (
         "Most bytes one read request is answered with (as OpenSSH's server).",
     ),
     Setting("serve.max_sessions_per_partner", 4, "Sessions one partner may have open at once."),
+    Setting(
+        "passphrase.credential",
+        "gateway-passphrase",
+        "Name of the systemd credential holding the keys' passphrase, read from "
+        "$CREDENTIALS_DIRECTORY (LoadCredentialEncrypted=); tried first.",
+    ),
+    Setting(
+        "passphrase.file",
+        "",
+        "File holding the keys' passphrase when no credential is given: mode 0400, owned "
+        "by the gateway's user; empty: none.",
+    ),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
@@ -149,6 +161,8 @@ class Settings:
     serve_max_open_handles: int = 64
     serve_max_read_bytes: int = 261120
     serve_max_sessions_per_partner: int = 4
+    passphrase_credential: str = "gateway-passphrase"  # noqa: S105 (a name, not a secret)
+    passphrase_file: str = ""
 
 
 def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
@@ -183,8 +197,10 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def render(gateway_id: str) -> str:
-    """The text of a new `gateway.toml`: every setting, its default and its meaning."""
+def render(gateway_id: str, chosen: dict[str, int | str] | None = None) -> str:
+    """The text of a new `gateway.toml`: every setting, its default (or the value
+    `chosen` for it) and its meaning."""
+    chosen = {"gateway.id": gateway_id, **(chosen or {})}
     out: list[str] = ["# Exchange gateway settings. Every setting is shown with its default.\n"]
     sections = dict.fromkeys(s.name.split(".")[0] for s in SETTINGS)
     for section in sections:
@@ -192,6 +208,6 @@ def render(gateway_id: str) -> str:
         for s in SETTINGS:
             head, key = s.name.split(".")
             if head == section:
-                value = gateway_id if s.name == "gateway.id" else s.default
+                value = chosen.get(s.name, s.default)
                 out.append(f"# {s.doc}\n{key} = {json.dumps(value)}\n")
     return "".join(out)

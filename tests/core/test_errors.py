@@ -34,6 +34,8 @@ RANGE_OF = {
     "KeyProblem": 20,
     "HostKeyMismatch": 20,
     "CryptoFailed": 20,
+    "PassphraseMissing": 20,
+    "PassphraseWrong": 20,
     "NoSuchPackage": 30,
     "IllegalTransition": 30,
     "LedgerUnavailable": 30,
