@@ -241,34 +241,51 @@ class Keyring:
         given = self._passphrase()
         return given.reveal() if given is not None else None
 
+    def _loopback(
+        self, args: list[str], passphrase: Passphrase | None, what: str
+    ) -> list[list[str]]:
+        """Run gpg with `args`, answering every passphrase question from its stdin; its
+        status lines. The passphrase (none: empty) is written to gpg's stdin (fd 0) and
+        loopback pinentry sends gpg-agent's questions back to gpg: it is never on a command
+        line or in an environment. Raises `CryptoFailed` if gpg fails."""
+        self._start_agent()
+        command = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", "--yes",
+                   "--status-fd", "2", *_OPTIONS, "--passphrase-fd", "0", *args]  # fmt: skip
+        secret = passphrase.reveal() if passphrase else ""
+        try:
+            done = subprocess.run(command, input=(secret + "\n").encode(), capture_output=True,
+                                  timeout=self._gpg.timeout, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise Timeout(f"GnuPG took longer than {self._gpg.timeout:.0f} s to {what} and "
+                          "was stopped; run the command again") from None  # fmt: skip
+        lines = _status(done.stderr.decode(errors="replace"))
+        _passphrase_trouble(lines)
+        if done.returncode != 0:
+            raise CryptoFailed(f"GnuPG could not {what} (return code {done.returncode}): "
+                               "run the command again, and check `gpg --version`")  # fmt: skip
+        with self._listing_lock:
+            self._listings.clear()
+        return lines
+
     def generate(self, authority: str, days: int, passphrase: Passphrase | None = None) -> str:
         """Create the gateway's own key: Ed25519 to certify and sign, Cv25519 to encrypt.
 
-        With `passphrase`, the secret key is protected by it; python-gnupg writes it in the
-        key parameters on gpg's stdin, never on its command line.
+        With `passphrase`, both are protected by it from the start. (GnuPG's batch key
+        parameters with a `Passphrase:` line failed about one time in two here: gpg-agent
+        forgets the new passphrase at once with a cache time of 0, before the subkey is
+        bound; `--quick-add-key` is given it again.)
         """
-        protection: dict[str, Any] = (
-            {"passphrase": passphrase.reveal()} if passphrase else {"no_protection": True}
-        )
-        params = self._gpg.gen_key_input(
-            key_type="EDDSA",
-            key_curve="ed25519",
-            key_usage="sign,cert",
-            subkey_type="ECDH",
-            subkey_curve="cv25519",
-            subkey_usage="encrypt",
-            expire_date=f"{days}d",
-            name_real=f"{authority} exchange gateway",
-            name_email=f"gateway@{authority.lower()}.invalid",
-            **protection,
-        )
-        with self._gpg.deadline("create a key"):
-            result = self._gpg.gen_key(params)
-        if result.returncode != 0 or not result.fingerprint:
-            raise CryptoFailed(
-                f"GnuPG could not create a key ({result.status}): see `gpg --version`"
-            )
-        return str(result.fingerprint)
+        uid = f"{authority} exchange gateway <gateway@{authority.lower()}.invalid>"
+        lines = self._loopback(["--quick-gen-key", uid, "ed25519", "sign,cert", f"{days}d"],
+                               passphrase, "create a key")  # fmt: skip
+        made = [line[2] for line in lines if line[0] == "KEY_CREATED" and line[1] in ("P", "B")]
+        if len(made) != 1:
+            raise CryptoFailed("GnuPG did not report the key it created: see `gpg --version`")
+        lines = self._loopback(["--quick-add-key", made[0], "cv25519", "encr", f"{days}d"],
+                               passphrase, "add an encryption subkey")  # fmt: skip
+        if not any(line[0] == "KEY_CREATED" and line[1] == "S" for line in lines):
+            raise CryptoFailed("GnuPG did not report the subkey it created: see `gpg --version`")
+        return made[0]
 
     def _keygrips(self, fingerprint: str) -> list[str]:
         with self._gpg.deadline("list keys"):
@@ -302,27 +319,11 @@ class Keyring:
         return False
 
     def protect(self, fingerprint: str, passphrase: Passphrase) -> None:
-        """Put `passphrase` on the unprotected secret key `fingerprint` (all its subkeys).
-
-        gpg asks gpg-agent to re-protect each part; with loopback pinentry the agent's
-        question goes back to gpg, which answers from fd 0: the passphrase is written to
-        its stdin, never on its command line or in its environment.
-        """
-        self._start_agent()
-        args = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", "--status-fd", "2",
-                "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--passwd", fingerprint]  # fmt: skip
-        try:
-            done = subprocess.run(args, input=(passphrase.reveal() + "\n").encode(),
-                                  capture_output=True, timeout=self._gpg.timeout, check=False)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise Timeout(f"GnuPG took longer than {self._gpg.timeout:.0f} s to protect "
-                          f"{fingerprint} and was stopped; run the command again") from None  # fmt: skip
-        _passphrase_trouble(_status(done.stderr.decode(errors="replace")))
-        if done.returncode != 0 or not self.protected(fingerprint):
-            raise CryptoFailed(
-                f"GnuPG did not protect the key {fingerprint} (return code {done.returncode}); "
-                "run the command again, and check `gpg --version`"
-            )
+        """Put `passphrase` on the unprotected secret key `fingerprint` (all its subkeys)."""
+        self._loopback(["--passwd", fingerprint], passphrase, f"protect the key {fingerprint}")
+        if not self.protected(fingerprint):
+            raise CryptoFailed(f"GnuPG did not protect the key {fingerprint}: run the command "
+                               "again, and check `gpg --version`")  # fmt: skip
 
     def check_passphrase(self, fingerprint: str) -> None:
         """Sign a few bytes with `fingerprint`: `PassphraseWrong` if its passphrase fails."""
