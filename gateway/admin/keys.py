@@ -7,6 +7,7 @@ from gateway.adapters.clock import SystemClock
 from gateway.adapters.files import write_atomic
 from gateway.adapters.gpg import KeyInfo, Keyring
 from gateway.adapters.home import Home
+from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import exclusive
 from gateway.adapters.passphrase import read_passphrase
 from gateway.app.gateway import Gateway
@@ -27,6 +28,7 @@ def init(home: Home, gateway_id: str, actor: str, clock: Clock | None = None, *,
     clock = clock or SystemClock()
     if home.settings.exists() or home.ledger.exists() or home.gnupg.exists():
         raise HomeExists(f"{home.root} is already a gateway home; nothing was changed")
+    home.check_user()
     chosen: dict[str, int | str] = {"passphrase.file": passphrase_file} if passphrase_file else {}
     settings = settings_mod.parse(
         {"gateway": {"id": gateway_id}, "passphrase": {"file": passphrase_file}}
@@ -43,6 +45,7 @@ def init(home: Home, gateway_id: str, actor: str, clock: Clock | None = None, *,
         ssh_line = sshkeys.generate(home.ssh_identity, f"{gateway_id} gateway", given)
         sshkeys.generate(home.host_key, f"{gateway_id} drop server", given)
         home.known_hosts.touch(mode=0o600)
+        Ledger(home.ledger, actor, clock, create=True).close()  # the one place a ledger is made
         # gateway.toml last: its presence is what makes the folder a home.
         text = settings_mod.render(gateway_id, chosen)
         write_atomic(home.settings, text.encode(), mode=0o640)

@@ -116,6 +116,14 @@ class SettingsInvalid(HomeError):
     exit_code = 14
 
 
+class WrongUser(HomeError):
+    """The command runs as root in a home that belongs to another user: files it wrote would
+    be root's, and the gateway's user could no longer use them; nothing was changed: run it
+    as the home's owner (`sudo -u OWNER gateway ...`)."""
+
+    exit_code = 15
+
+
 # -- 20-29: partners, keys and cryptography ----------------------------------------------
 
 
@@ -198,17 +206,26 @@ class IllegalTransition(Permanent):
 
 
 class LedgerUnavailable(Permanent):
-    """The ledger (ledger.db) cannot be opened: check its owner, its permissions and the
-    free space of its disk."""
+    """The ledger (ledger.db) cannot be opened or written: check its owner, its permissions
+    and the free space of its disk."""
 
     exit_code = 32
 
 
 class LedgerDamaged(Permanent):
-    """The ledger lacks what the gateway wrote into it (its own key's record): restore
-    ledger.db from backup."""
+    """The ledger is damaged (SQLite finds it is no database, or malformed) or lacks what the
+    gateway wrote into it (its own key's record): stop the daemon, keep the damaged file
+    aside, and restore ledger.db from backup."""
 
     exit_code = 33
+
+
+class LedgerMissing(Permanent):
+    """ledger.db is missing from a home that has one (its gateway.toml says it was made by
+    `gateway init`); no new, empty ledger was made in its place: restore ledger.db from
+    backup."""
+
+    exit_code = 36
 
 
 class SpoolDamaged(Permanent):

@@ -35,6 +35,8 @@ RANGE_OF = {
     "HostKeyMismatch": 20,
     "CryptoFailed": 20,
     "PassphraseMissing": 20,
+    "WrongUser": 10,
+    "LedgerMissing": 30,
     "PassphraseWrong": 20,
     "NoSuchPackage": 30,
     "IllegalTransition": 30,
