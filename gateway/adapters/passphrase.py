@@ -22,6 +22,9 @@ from gateway.core.errors import PassphraseMissing, SettingsInvalid
 from gateway.core.settings import Settings
 
 MAX_BYTES: Final = 4096
+#: gpg-agent's key derivation is kept cheap (every signature runs it; gateway.adapters.gpg),
+#: so the passphrase itself must be strong: at least this long, and meant to be random.
+MIN_CHARACTERS: Final = 20
 REQUIRED_MODE: Final = 0o400
 HOW: Final = (
     "give it as the systemd credential {credential} (LoadCredentialEncrypted= in the unit), "
@@ -139,5 +142,10 @@ def _parse(data: bytes, path: Path) -> Passphrase:
     if not text or any(c in text for c in "\r\n\0"):
         raise PassphraseMissing(
             f"{path} must hold the passphrase on one line, not empty and without NUL: rewrite it"
+        )
+    if len(text) < MIN_CHARACTERS:
+        raise PassphraseMissing(
+            f"the passphrase in {path} is shorter than {MIN_CHARACTERS} characters: use a random "
+            "one, e.g. `head -c 32 /dev/urandom | base64`"
         )
     return Passphrase(text)

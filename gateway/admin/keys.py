@@ -70,6 +70,7 @@ def protect(gw: Gateway, reason: str) -> list[str]:
     with exclusive(gw.home.lock):
         try:
             given = read_passphrase(gw.settings)
+            gw.keyring.prepare_protection()
             done: list[str] = []
             for fpr in sorted(gw.ledger.own_keys()):
                 if not gw.keyring.protected(fpr):

@@ -54,6 +54,8 @@ def credentials(short_tmp: Path, passphrase: str, monkeypatch: pytest.MonkeyPatc
 def protected(exchange: Exchange, credentials: Path) -> Exchange:
     """The exchange, its gateway's keys protected with `keys protect` from the credential."""
     home = exchange[0]
+    conf = home.gnupg / "gpg-agent.conf"  # as a home made before keys could be protected
+    conf.write_text("default-cache-ttl 0\nmax-cache-ttl 0\n")
     result = cli(home, "keys", "protect", "--reason", "keys at rest")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.count("protected ") == 3  # the OpenPGP key and both SSH keys
@@ -79,6 +81,9 @@ def test_keys_protect_then_run_once_delivers_with_the_credential(
 ) -> None:
     home, pgp, server = protected
     assert keys_protected(home)
+    key_files = list((home.gnupg / "private-keys-v1.d").glob("*.key"))
+    assert len(key_files) == 2  # the key derivation the gateway set, not the agent's own
+    assert all(b'"1048576")' in f.read_bytes() for f in key_files)
     with gateway(home) as gw:
         fpr = gw.own_key
         assert [e.action for e in gw.ledger.events()][-1] == "keys.protect"
@@ -125,13 +130,20 @@ def test_a_wrong_passphrase_is_refused_before_anything_is_done(
     pid = send_one(home, short_tmp)
     credential = credentials / "gateway-passphrase"
     credential.chmod(0o600)
-    credential.write_text("not-the-passphrase\n")
+    credential.write_text("not-the-passphrase-of-these-keys\n")
 
     result = cli(home, "run", "--once")
 
     assert result.exit_code == PassphraseWrong.exit_code == 27
     assert result.stderr.startswith("error: the passphrase given does not open the gateway's")
     assert "not-the-passphrase" not in result.stderr
+    credential.write_text("short\n")
+    short = cli(home, "run", "--once")
+    assert short.exit_code == 26
+    assert short.stderr == (
+        f"error: the passphrase in {credential} is shorter than 20 characters: use a random "
+        "one, e.g. `head -c 32 /dev/urandom | base64`\n"
+    )
     assert state(home, pid) is State.RECEIVED
     assert os.listdir(server.upload) == []
 
@@ -254,6 +266,11 @@ class ProcessWatch:
             tree.update(processes_under(root))
         return tree
 
+    def gpg_runs(self, given: bool) -> list[bytes]:
+        """Command lines of the gpg runs seen (`given`: those told to read a passphrase)."""
+        runs = [cmd for cmd, _ in list(self.seen.values()) if cmd.split(b"\0")[0].endswith(b"gpg")]
+        return [cmd for cmd in runs if not given or b"--passphrase-fd\x000" in cmd]
+
     def _run(self) -> None:
         while not self._stop.is_set():
             for pid in self._tree():
@@ -283,14 +300,14 @@ def test_the_passphrase_is_never_on_a_command_line_in_an_environment_or_a_log(
         try:
             wait_for(lambda: all(state(home, p) is State.DELIVERED for p in pids), 120,
                      "the packages delivered")  # fmt: skip
+            # A checkpoint is signed every second: go on until a gpg run was caught.
+            wait_for(lambda: bool(watch.gpg_runs(given=True)), 60, "a gpg run to be seen")
         finally:
             daemon.terminate()
             assert daemon.wait(30) == 0
 
     secret = passphrase.encode()
-    runs = [cmd for cmd, _ in watch.seen.values() if cmd.split(b"\0")[0].endswith(b"gpg")]
-    given = [cmd for cmd in runs if b"--passphrase-fd\x000" in cmd]
-    assert given, f"no gpg run given the passphrase was seen: {runs}"
+    assert watch.gpg_runs(given=True), f"no gpg run given the passphrase was seen: {watch.seen}"
     assert any(b"gpg-agent" in cmd for cmd, _ in watch.seen.values()), "the agent was seen"
     for pid, (cmdline, environ) in watch.seen.items():
         assert secret not in cmdline, f"process {pid}'s command line holds the passphrase"
