@@ -12,12 +12,12 @@ variable, a log line or an error message: GnuPG reads it from a pipe (python-gnu
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from gateway.adapters.home import user_name
 from gateway.core.errors import PassphraseMissing, SettingsInvalid
 from gateway.core.settings import Settings
 
@@ -52,10 +52,7 @@ class Passphrase:
 
 def user() -> str:
     """The name of the user this process runs as (who must own the passphrase file)."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return f"uid {os.geteuid()}"
+    return user_name(os.geteuid())
 
 
 def how(settings: Settings) -> str:
@@ -114,10 +111,7 @@ def _read(path: Path, settings: Settings, check_owner: bool) -> bytes:
                     f"read: `chmod 0400 {path}`"
                 )
             if info.st_uid != os.geteuid():
-                try:
-                    owner = pwd.getpwuid(info.st_uid).pw_name
-                except KeyError:
-                    owner = f"uid {info.st_uid}"
+                owner = user_name(info.st_uid)
                 raise PassphraseMissing(
                     f"the passphrase file {path} is owned by {owner}, not by {user()} who runs the "
                     f"gateway, so it was not read: `chown {user()} {path}`"

@@ -18,10 +18,20 @@ from gateway.adapters.home import Home
 from gateway.core.errors import HomeLocked, PassphraseMissing, PassphraseWrong
 from gateway.core.lifecycle import State
 from tests.helpers import (
+    PARTNER_ID,
+    PAYLOAD,
+    PAYLOAD_NAME,
+    Desk,
     PartnerPgp,
     cli,
+    envelope,
     gateway,
+    leave,
+    manifest,
+    open_our_receipt,
+    partner_pid,
     processes_under,
+    seal,
     send,
     set_setting,
     state,
@@ -96,6 +106,22 @@ def test_keys_protect_then_run_once_delivers_with_the_credential(
     plain, status = pgp.decrypt(server.upload / f"{pid}.pgp")
     assert any(line.startswith("VALIDSIG ") and line.endswith(fpr) for line in status)
     assert b"<conviction>fictional</conviction>" in plain
+
+
+def test_an_inbound_package_opens_and_is_receipted_with_protected_keys(
+    desk: Desk, credentials: Path
+) -> None:
+    """Decryption and the signed receipt need the secret key too."""
+    assert cli(desk.home, "keys", "protect", "--reason", "keys at rest").exit_code == 0
+    pid = partner_pid()
+    leave(desk, f"{pid}.pgp", seal(desk, envelope(manifest(desk, pid))))
+
+    result = cli(desk.home, "run", "--once")
+
+    assert result.exit_code == 0, result.stderr
+    assert (desk.home.inbound / PARTNER_ID / pid / PAYLOAD_NAME).read_bytes() == PAYLOAD
+    assert state(desk.home, pid) is State.ACCEPTED
+    assert open_our_receipt(desk, pid)["disposition"] == "accepted"
 
 
 def test_without_the_passphrase_run_refuses_and_says_how_to_give_it(
