@@ -344,3 +344,17 @@ def test_the_passphrase_is_never_on_a_command_line_in_an_environment_or_a_log(
     for path in home.root.rglob("*"):  # the ledger, its WAL, the logs, checkpoints, settings
         if path.is_file() and not path.is_relative_to(home.gnupg):
             assert secret not in path.read_bytes(), f"{path} holds the passphrase"
+
+
+def test_the_drop_server_opens_its_protected_host_key_only_with_the_passphrase(
+    protected: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = protected[0]
+    shown = sshkeys.fingerprint(home.host_key_pub.read_text())
+    with gateway(home) as gw:
+        server = gw.drop_server("127.0.0.1:0")  # built, not started
+        assert server.host_key.fingerprint == shown
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with gateway(home) as gw, pytest.raises(PassphraseMissing):
+        gw.drop_server("127.0.0.1:0")
+    assert cli(home, "serve", "--listen", "127.0.0.1:0").exit_code == 26
