@@ -15,6 +15,7 @@ import pytest
 
 from gateway.adapters import sshkeys
 from gateway.adapters.home import Home
+from gateway.adapters.passphrase import Passphrase
 from gateway.core.errors import HomeLocked, PassphraseMissing, PassphraseWrong
 from gateway.core.lifecycle import State
 from tests.helpers import (
@@ -358,3 +359,40 @@ def test_the_drop_server_opens_its_protected_host_key_only_with_the_passphrase(
     with gateway(home) as gw, pytest.raises(PassphraseMissing):
         gw.drop_server("127.0.0.1:0")
     assert cli(home, "serve", "--listen", "127.0.0.1:0").exit_code == 26
+
+
+def test_doctor_tells_and_keys_protect_finishes_what_an_interrupted_run_left(
+    exchange: Exchange, credentials: Path, passphrase: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = exchange[0]
+    found = cli(home, "doctor", "--offline").stdout.splitlines()
+    assert (
+        "warn the gateway's secret keys have no passphrase: a copy of keys/ can sign as this "
+        "office: `gateway keys protect` (operator guide, section 8)"
+    ) in found
+    sshkeys.protect(home.ssh_identity, Passphrase(passphrase))  # as an interrupted run left it
+    with gateway(home) as gw:
+        fpr = gw.own_key
+
+    result = cli(home, "keys", "protect", "--reason", "keys at rest")
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"protected OpenPGP key {fpr}",
+        "protected SSH key host_ed25519",
+    ]
+    assert keys_protected(home)
+    doctor = cli(home, "doctor", "--offline")
+    assert doctor.exit_code == 0, doctor.stdout
+    assert (
+        "ok   the keys are protected, and the passphrase given opens them"
+        in doctor.stdout.splitlines()
+    )
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    doctor = cli(home, "doctor", "--offline")
+    assert doctor.exit_code == 1
+    [failing] = [line for line in doctor.stdout.splitlines() if line.startswith("fail")]
+    assert failing.startswith(
+        "fail the keys are protected: the gateway's keys are protected by a passphrase and none "
+        "was given: give it as the systemd credential gateway-passphrase"
+    )
