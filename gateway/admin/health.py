@@ -89,8 +89,12 @@ def permissions(gw: Gateway) -> Iterator[Finding]:
             yield _foreign(path, info.st_uid, owner)
         else:
             yield Finding("ok", f"{path} mode {mode:o}, owner {user_name(owner)}")
+    secret_keys = home.gnupg / "private-keys-v1.d"
     extra = [home.settings, home.ledger.with_name("ledger.db-wal"), home.ledger.with_name("ledger.db-shm"),
-             audit, *sorted(audit.glob("*.checkpoint"))]  # fmt: skip
+             home.gnupg / "pubring.kbx", home.gnupg / "trustdb.gpg", secret_keys,
+             *sorted(secret_keys.glob("*.key")), home.known_hosts, home.ssh_identity_pub,
+             *sorted(p for p in home.spool.iterdir() if p.is_dir()),
+             *sorted(audit.glob("*.checkpoint"))]  # fmt: skip
     foreign = []
     for path in extra:
         try:
@@ -101,7 +105,10 @@ def permissions(gw: Gateway) -> Iterator[Finding]:
             foreign.append(_foreign(path, uid, owner))
     yield from foreign[:5]  # the first few: one `chown -R` fixes them all
     if not foreign:
-        yield Finding("ok", f"settings, ledger files and checkpoints owned by {user_name(owner)}")
+        yield Finding(
+            "ok",
+            f"settings, ledger, keyring, spool folders and checkpoints owned by {user_name(owner)}",
+        )
 
 
 def _foreign(path: object, uid: int, owner: int) -> Finding:

@@ -193,3 +193,23 @@ def test_a_checkpoint_that_cannot_be_written_is_an_error_and_logged_as_one(home:
         f"(`chown -R root {audit}`)",
     ]
     assert list(audit.iterdir()) == []
+
+
+@as_root
+def test_doctor_names_each_file_of_the_home_owned_by_someone_else(home: Home) -> None:
+    nobody = pwd.getpwnam("nobody").pw_uid
+    [secret] = sorted((home.gnupg / "private-keys-v1.d").glob("*.key"))[:1]
+    for path in (secret, home.sealed, home.ledger):
+        os.chown(path, nobody, -1)
+
+    code, found = lines(home, "doctor", "--offline")
+
+    assert code == 1
+    # SQLite, run as root, gives the ledger's -wal and -shm to the ledger's owner: named too.
+    named = [home.ledger, home.ledger.with_name("ledger.db-wal"), home.ledger.with_name("ledger.db-shm"),
+             secret, home.sealed]  # fmt: skip
+    expected = [f"fail {p} is owned by nobody, not by root who owns the home: chown -R root {p}"
+                for p in named]  # fmt: skip
+    failing = [line for line in found if line.startswith("fail")]
+    assert set(expected) - set(failing) <= set(expected[1:3]), failing
+    assert set(failing) <= set(expected), failing
