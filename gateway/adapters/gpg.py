@@ -540,6 +540,11 @@ def _passphrase_trouble(lines: list[list[str]]) -> None:
 
 
 def _check_opened(result: Any, signers: frozenset[str], encrypted: bool) -> str:
+    if any(line[0] == "NEED_PASSPHRASE_SYM" for line in _status(result.stderr or "") if line):
+        # Encrypted with a passphrase, not to our key: the sender's fault, refused first,
+        # whatever gpg made of it (with protected keys it tried our passphrase on it and
+        # must not be told whether that worked).
+        raise Rejected("it is encrypted with a passphrase, not to this gateway's key")
     _passphrase_trouble(_status(result.stderr or ""))
     if "exceeded --max-output limit" in (result.stderr or ""):
         raise Rejected(

@@ -29,6 +29,7 @@ from tests.helpers import (
     gateway,
     leave,
     manifest,
+    only_quarantined,
     open_our_receipt,
     partner_pid,
     processes_under,
@@ -123,6 +124,28 @@ def test_an_inbound_package_opens_and_is_receipted_with_protected_keys(
     assert (desk.home.inbound / PARTNER_ID / pid / PAYLOAD_NAME).read_bytes() == PAYLOAD
     assert state(desk.home, pid) is State.ACCEPTED
     assert open_our_receipt(desk, pid)["disposition"] == "accepted"
+
+
+@pytest.mark.parametrize("protect", [False, True], ids=["plain-keys", "protected-keys"])
+def test_a_package_encrypted_with_a_passphrase_is_refused_not_taken_for_the_hosts_trouble(
+    desk: Desk, credentials: Path, protect: bool
+) -> None:
+    """gpg asks for a passphrase for it too: that must not read as our key wanting one."""
+    if protect:
+        assert cli(desk.home, "keys", "protect", "--reason", "keys at rest").exit_code == 0
+    pid = partner_pid()
+    plain = envelope(manifest(desk, pid))
+    wire = desk.pgp.gpg("--symmetric", "--passphrase", "a-guess-at-anything-at-all",
+                        "--output", "-", input=plain).stdout  # fmt: skip
+    leave(desk, f"{pid}.pgp", wire)
+
+    result = cli(desk.home, "run", "--once")
+
+    assert result.exit_code == 0, result.stderr
+    report, kept = only_quarantined(desk.home)
+    assert "encrypted with a passphrase, not to this gateway's key" in report["reason"], report
+    assert kept == wire
+    assert not (desk.home.inbound / PARTNER_ID / pid).exists()
 
 
 def test_without_the_passphrase_run_refuses_and_says_how_to_give_it(
