@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import subprocess
@@ -251,3 +252,32 @@ def test_a_dead_watcher_is_restarted_and_the_scan_covers_the_gap(
             stop.set()
             thread.join(15)
         assert [p.payload_name for p in gw.ledger.packages()] == ["after.xml"]
+
+
+def test_the_daemon_takes_a_sidecar_with_its_file_and_quarantines_a_bad_pair(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    """The producer renames the sidecar into place first, then the file: one package,
+    whose manifest carries what the sidecar said; a bad sidecar takes its file with it."""
+    home, pgp, server = fast
+    folder = home.outbound / PARTNER_ID / "conviction"
+    daemon.start()
+    for name, data in (("good.xml.meta.json", b'{"reference": "CASE-77", "regime": "CoE-1959-Art22"}'),
+                       ("good.xml", b"<good/>"), ("bad.xml.meta.json", b'{"reference": 7}'),
+                       ("bad.xml", b"<bad/>")):  # fmt: skip
+        (folder / f"{name}.part").write_bytes(data)
+        os.rename(folder / f"{name}.part", folder / name)
+
+    wait_for(lambda: delivered(home) == 1, what="the good package delivered")
+    wait_for(lambda: len(list(home.quarantine.glob("*.reason.json"))) == 2, 30, "the bad pair")
+    assert daemon.terminate() == 0
+    assert sorted(os.listdir(folder)) == []
+    with gateway(home) as gw:
+        [good] = gw.ledger.packages(state="delivered")
+        [bad] = gw.ledger.packages(state="rejected")
+    assert (good.reference, good.legal_basis) == ("CASE-77", "CoE-1959-Art22")
+    assert bad.last_error == "bad.xml.meta.json: sidecar field 'reference' must be a string"
+    plaintext, _ = pgp.decrypt(server.upload / f"{good.package_id}.pgp")
+    with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
+        sent = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert (sent["reference"], sent["legal_basis"]) == ("CASE-77", "CoE-1959-Art22")

@@ -137,18 +137,18 @@ def test_root_is_refused_in_a_home_that_belongs_to_another_user(home: Home) -> N
 
     result = cli(home, "audit", "checkpoint")
 
-    assert result.exit_code == WrongUser.exit_code == 15
+    assert result.exit_code == WrongUser.exit_code == 16
     assert result.stderr == (
         f"error: {home.root} belongs to nobody, and this command runs as root: files it wrote "
         "would be root's and nobody could no longer use them; nothing was changed: run it as "
         "nobody (`sudo -u nobody gateway ...`)\n"
     )
     assert sorted(str(p) for p in home.root.rglob("*")) == before
-    assert cli(home, "status").exit_code == 15
+    assert cli(home, "status").exit_code == 16
     fresh = Home(home.root / "nested")
     fresh.root.mkdir()
     os.chown(fresh.root, nobody, -1)
-    assert cli(fresh, "init", "--id", "GB-ACRO").exit_code == 15
+    assert cli(fresh, "init", "--id", "GB-ACRO").exit_code == 16
     assert list(fresh.root.iterdir()) == []
 
 
