@@ -23,7 +23,7 @@ from gateway.pipeline.duties import Duties
 def main(n: int) -> None:
     """Build the ledger and print the timings."""
     root = Path(tempfile.mkdtemp(prefix="duties-"))
-    ledger = Ledger(root / "ledger.db", "bench", SystemClock())
+    ledger = Ledger(root / "ledger.db", "bench", SystemClock(), create=True)
     now = time.time()
     with ledger.transaction():
         ledger.db.table("partners").insert({"id": "US-NCB", "transport": "pull",

@@ -33,7 +33,7 @@ from bench.measure import (
 )
 from bench.rig import PARTNER_ID, Rig
 from gateway.adapters.sessions import KEEP_SECONDS
-from gateway.adapters.sftp import FALLBACK_WRITE_BYTES, Endpoint, SftpPartner
+from gateway.adapters.sftp import FALLBACK_WRITE_BYTES, Endpoint, SftpPartner, load_key
 
 Say = Callable[[str], None]
 SMALL = 4096
@@ -236,7 +236,9 @@ def sftp_leg(rig: Rig, size: int, repeats: int, say: Say) -> list[Row]:
     def put(request: int | None) -> float:
         name = "gateway" if request is None else "gateway-32k"
         start, client = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
-        with SftpPartner(endpoint, rig.home.ssh_identity, rig.home.known_hosts, 15, 60) as sftp:
+        with SftpPartner(
+            endpoint, load_key(rig.home.ssh_identity, None), rig.home.known_hosts, 15, 60
+        ) as sftp:
             if request is not None:
                 sftp._write_bytes = request  # as before gateway/adapters/sftp.py asked the server
             sftp.put_atomic(source, "leg.bin", "unused: the target is not there yet")

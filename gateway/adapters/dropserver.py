@@ -29,7 +29,8 @@ import paramiko
 from paramiko import sftp as codes
 
 from gateway.adapters.files import fsync_dir
-from gateway.adapters.sftp import modern
+from gateway.adapters.passphrase import Passphrase
+from gateway.adapters.sftp import load_key, modern
 from gateway.core.clock import Clock
 from gateway.core.jail import Jail, Location, OutsideJail, resolve
 from gateway.core.names import is_temporary
@@ -73,11 +74,18 @@ class DropServer:
     """An SFTP server on `address` for pull partners; `start()`, then `stop()`."""
 
     def __init__(
-        self, address: tuple[str, int], host_key: Path, hooks: Hooks, limits: Limits, clock: Clock
+        self,
+        address: tuple[str, int],
+        host_key: Path,
+        hooks: Hooks,
+        limits: Limits,
+        clock: Clock,
+        passphrase: Passphrase | None = None,
     ) -> None:
+        """`passphrase` decrypts `host_key` when it is protected."""
         self.address = address
         self.clock = clock
-        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(host_key))
+        self.host_key = load_key(host_key, passphrase)
         self.hooks = hooks
         self.limits = limits
         self._sock: socket.socket | None = None

@@ -17,11 +17,12 @@ spool/receipts/{in,out}/           signed receipts received and sent: the eviden
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import tomllib
 from pathlib import Path
 
-from gateway.core.errors import HomeMissing, SettingsInvalid
+from gateway.core.errors import HomeMissing, SettingsInvalid, WrongUser
 from gateway.core.names import KINDS
 from gateway.core.settings import Settings, parse
 
@@ -69,12 +70,35 @@ class Home:
         return self.receipts_out / f"{package_id}.receipt"
 
     def require(self) -> None:
-        """Refuse to work in a folder that is not an initialised home."""
+        """Refuse to work in a folder that is not an initialised home, or as root in one
+        that belongs to another user."""
         if not self.settings.is_file():
             raise HomeMissing(
                 f"{self.root} is not a gateway home (no gateway.toml): run "
                 "`gateway init --id ID` there, or pass --home or set GATEWAY_HOME"
             )
+        self.check_user()
+
+    def owner(self) -> int:
+        """The uid that owns the home folder: the gateway's user."""
+        return self.root.stat().st_uid
+
+    def check_user(self) -> None:
+        """Refuse to run as root in a home owned by another user.
+
+        Everything root writes there (a checkpoint, the ledger's -wal, a spool folder)
+        would be root's, and the gateway's user could then no longer write beside it: the
+        daemon's checkpoints failed that way. Refusing is simpler and clearer than
+        changing user, which would leave gpg-agent and $HOME half-switched.
+        """
+        if os.geteuid() != 0 or not self.root.exists() or (uid := self.owner()) == 0:
+            return
+        name = user_name(uid)
+        raise WrongUser(
+            f"{self.root} belongs to {name}, and this command runs as root: files it wrote "
+            f"would be root's and {name} could no longer use them; nothing was changed: run it "
+            f"as {name} (`sudo -u {name} gateway ...`)"
+        )
 
     def create_folders(self) -> None:
         """Make the folders of a new home; keys and spool are for the gateway's user alone."""
@@ -111,6 +135,14 @@ class Home:
             (base / kind).mkdir(mode=0o700, exist_ok=True)
         for folder in (self.inbound / partner, self.incoming / partner):
             folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def user_name(uid: int) -> str:
+    """The name of user `uid`, or `uid N` when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def load_settings(path: Path) -> Settings:

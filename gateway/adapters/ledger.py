@@ -27,8 +27,11 @@ from sqlite_utils.migrations import Migrations
 from gateway.core import lifecycle
 from gateway.core.clock import Clock
 from gateway.core.errors import (
+    GatewayError,
     IllegalTransition,
     LedgerBusy,
+    LedgerDamaged,
+    LedgerMissing,
     LedgerUnavailable,
     NoSuchPackage,
     PartnerError,
@@ -215,6 +218,33 @@ def m007_ssh_legacy(db: sqlite_utils.Database) -> None:
     db.table("partners").add_column("ssh_legacy", int, not_null_default=0)
 
 
+def translated(err: BaseException, path: Path) -> GatewayError:
+    """What an error SQLite raised about the ledger at `path` means to an operator.
+
+    A file that is no database, or a malformed one, is damage: no change of permissions
+    helps, restoring does. Anything else (cannot open, read-only, I/O) is about the file's
+    access or its disk.
+    """
+    if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
+        return LedgerDamaged(
+            f"the ledger {path} is damaged ({err}): stop the daemon, keep the file aside, and "
+            "restore ledger.db from backup"
+        )
+    return LedgerUnavailable(
+        f"cannot open the ledger {path} ({err}): check its owner, its permissions and free disk space"
+    )
+
+
+def trouble(err: BaseException, path: Path) -> GatewayError | None:
+    """`err` as the ledger's trouble, for the places that meet SQLite's errors unwrapped
+    (a malformed page is found by whichever query reads it); None if it is not."""
+    if isinstance(err, (LedgerMissing, LedgerDamaged, LedgerUnavailable)):
+        return err
+    if isinstance(err, sqlite3.DatabaseError):
+        return translated(err, path)
+    return None
+
+
 class _Slot:
     """One thread's connection, in a value its thread alone refers to."""
 
@@ -228,8 +258,19 @@ class Ledger:
     Safe to share between threads: each thread gets its own SQLite connection.
     """
 
-    def __init__(self, path: Path, actor: str, clock: Clock) -> None:
-        if not path.exists():  # it names partners and packages: owner only, whatever the umask
+    def __init__(self, path: Path, actor: str, clock: Clock, create: bool = False) -> None:
+        """Open the ledger at `path`; only with `create` (`gateway init`) is a new one made.
+
+        A home that lost its ledger gets `LedgerMissing`, never a new empty ledger that
+        would forget every package and restart the audit trail.
+        """
+        if not path.exists():
+            if not create:
+                raise LedgerMissing(
+                    f"the ledger {path} is missing, though this home was initialised; no new "
+                    "ledger was made: restore ledger.db from backup"
+                )
+            # It names partners and packages: owner only, whatever the umask.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.path = path
         self.actor = actor
@@ -237,7 +278,11 @@ class Ledger:
         self._local = threading.local()
         self._closers: list[weakref.finalize[[], _Slot]] = []
         self._lock = threading.Lock()
-        if MIGRATIONS.pending(self.db):
+        try:
+            pending = MIGRATIONS.pending(self.db)
+        except sqlite3.DatabaseError as err:
+            raise translated(err, path) from None
+        if pending:
             with self.transaction():
                 MIGRATIONS.apply(self.db)
 
@@ -277,10 +322,16 @@ class Ledger:
             ):
                 conn.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as e:
-            raise LedgerUnavailable(
-                f"cannot open the ledger {self.path} ({e}): check its permissions"
-            ) from None
+            raise translated(e, self.path) from None
         return sqlite_utils.Database(conn)
+
+    def quick_check(self) -> list[str]:
+        """SQLite's `PRAGMA quick_check`: what it finds wrong in the file (empty: nothing)."""
+        try:
+            rows = [str(row[0]) for row in self.db.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as err:
+            return [str(err)]
+        return [] if rows == ["ok"] else rows
 
     def snapshot(self, target: Path) -> None:
         """Copy the ledger as it is at one instant into `target`, a new file, while others write.

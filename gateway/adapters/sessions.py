@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from gateway.adapters.sftp import Endpoint, SftpPartner
+from gateway.adapters.passphrase import Passphrase
+from gateway.adapters.sftp import Endpoint, Identity, SftpPartner, load_key
 from gateway.core.clock import Clock
 
 KEEP_SECONDS: Final = 5.0
@@ -25,8 +26,12 @@ class SessionPool:
     """Opens, lends and keeps SFTP sessions with push partners; safe across threads."""
 
     def __init__(self, identity: Path, known_hosts: Path, connect_timeout: float,
-                 io_timeout: float, clock: Clock) -> None:  # fmt: skip
+                 io_timeout: float, clock: Clock,
+                 passphrase: Callable[[], Passphrase | None] = lambda: None) -> None:  # fmt: skip
+        """`passphrase` is asked for once, when the identity is first loaded."""
         self.identity = identity
+        self._passphrase = passphrase
+        self._key: Identity | None = None
         self.known_hosts = known_hosts
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
@@ -35,9 +40,16 @@ class SessionPool:
         self._kept: dict[Endpoint, tuple[SftpPartner, float]] = {}  # endpoint: (session, since)
         self._lock = threading.Lock()
 
+    def key(self) -> Identity:
+        """The gateway's SSH identity, loaded (and decrypted) the first time it is needed."""
+        with self._lock:
+            if self._key is None:
+                self._key = load_key(self.identity, self._passphrase())
+            return self._key
+
     def session(self, endpoint: Endpoint) -> SftpPartner:
         """A new session with `endpoint`, not yet open."""
-        return SftpPartner(endpoint, self.identity, self.known_hosts, self.connect_timeout,
+        return SftpPartner(endpoint, self.key(), self.known_hosts, self.connect_timeout,
                            self.io_timeout)  # fmt: skip
 
     @contextlib.contextmanager

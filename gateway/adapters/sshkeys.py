@@ -15,7 +15,9 @@ import struct
 from pathlib import Path
 from typing import Final
 
-from gateway.core.errors import KeyProblem
+from gateway.adapters.files import write_atomic
+from gateway.adapters.passphrase import Passphrase
+from gateway.core.errors import KeyProblem, PassphraseWrong
 
 KEY_TYPES: Final = (
     "ssh-ed25519",
@@ -27,19 +29,16 @@ KEY_TYPES: Final = (
 _LINE = re.compile(r"(?P<type>[a-z0-9-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})(?: .*)?")
 
 
-def generate(path: Path, comment: str) -> str:
-    """Write a new Ed25519 private key (0600) and its `.pub`; return the public line."""
+def generate(path: Path, comment: str, passphrase: Passphrase | None = None) -> str:
+    """Write a new Ed25519 private key (0600), encrypted with `passphrase` if given, and its
+    `.pub`; return the public line."""
     # Imported here: only `init` makes keys, and `cryptography` took 0.03 s of the
     # start-up of every command that reads key lines (python -X importtime).
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
+    private = _private_bytes(key, passphrase)
     public = (
         key.public_key()
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
@@ -51,6 +50,55 @@ def generate(path: Path, comment: str) -> str:
     line = f"{public} {comment}"
     path.with_name(path.name + ".pub").write_text(line + "\n")
     return line
+
+
+def _private_bytes(key: object, passphrase: Passphrase | None) -> bytes:
+    """The key in OpenSSH's format; with a passphrase, encrypted (aes256-ctr, bcrypt KDF),
+    which paramiko and OpenSSH both read."""
+    from cryptography.hazmat.primitives import serialization
+
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase.reveal().encode())
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    data: bytes = key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption
+    )
+    return data
+
+
+_MAGIC: Final = b"openssh-key-v1\0"
+
+
+def encrypted(path: Path) -> bool:
+    """Whether the OpenSSH private key at `path` is encrypted (its cipher is not `none`)."""
+    lines = path.read_text(errors="replace").splitlines()
+    body = "".join(line for line in lines if not line.startswith("-----"))
+    try:
+        blob = base64.b64decode(body)
+        if not blob.startswith(_MAGIC):
+            raise ValueError
+        (length,) = struct.unpack(">I", blob[len(_MAGIC) : len(_MAGIC) + 4])
+        cipher = blob[len(_MAGIC) + 4 : len(_MAGIC) + 4 + length]
+    except (ValueError, binascii.Error, struct.error):
+        raise KeyProblem(
+            f"{path} is not an OpenSSH private key: restore keys/ssh from backup"
+        ) from None
+    return cipher != b"none"
+
+
+def protect(path: Path, passphrase: Passphrase) -> None:
+    """Encrypt the (unencrypted) private key at `path` with `passphrase`, in place, atomically."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise PassphraseWrong(
+            f"{path} is already encrypted, or damaged: it was left as it is"
+        ) from None
+    write_atomic(path, _private_bytes(key, passphrase), mode=0o600)
 
 
 def parse_public(text: str, what: str = "the SSH key") -> tuple[str, str]:

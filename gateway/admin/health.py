@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pwd
 import shutil
 import stat
 from collections.abc import Iterator
 from typing import Literal
 
 from gateway.adapters.gpg import KeyInfo
+from gateway.adapters.home import user_name
 from gateway.app.gateway import Gateway
 from gateway.core.errors import GatewayError
 from gateway.core.model import Contact, Partner, utc
@@ -83,27 +83,65 @@ def owner(gw: Gateway) -> Iterator[Finding]:
 
 
 def permissions(gw: Gateway) -> Iterator[Finding]:
-    """Keys and spool for the gateway's user alone."""
+    """Keys, ledger and spool for the gateway's user alone: each path's mode, and its owner
+    the home's owner (a command once run as root left root's files the daemon could not
+    write beside)."""
     home = gw.home
+    owner = home.owner()
+    audit = home.spool / "audit"
     for path, most in ((home.keys, 0o700), (home.gnupg, 0o700), (home.ssh, 0o700), (home.spool, 0o700),
                        (home.ssh_identity, 0o600), (home.host_key, 0o600), (home.ledger, 0o660)):  # fmt: skip
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
+            info = os.stat(path)
         except FileNotFoundError:
             yield Finding("fail", f"{path} is missing", "restore it from backup")
             continue
+        mode = stat.S_IMODE(info.st_mode)
         if mode & ~most:
             yield Finding("fail", f"{path} has mode {mode:o}", f"chmod {most:o} {path}")
+        elif info.st_uid != owner:
+            yield _foreign(path, info.st_uid, owner)
         else:
-            yield Finding("ok", f"{path} mode {mode:o}")
+            yield Finding("ok", f"{path} mode {mode:o}, owner {user_name(owner)}")
+    secret_keys = home.gnupg / "private-keys-v1.d"
+    extra = [home.settings, home.ledger.with_name("ledger.db-wal"), home.ledger.with_name("ledger.db-shm"),
+             home.gnupg / "pubring.kbx", home.gnupg / "trustdb.gpg", secret_keys,
+             *sorted(secret_keys.glob("*.key")), home.known_hosts, home.ssh_identity_pub,
+             *sorted(p for p in home.spool.iterdir() if p.is_dir()),
+             *sorted(audit.glob("*.checkpoint"))]  # fmt: skip
+    foreign = []
+    for path in extra:
+        try:
+            uid = os.stat(path).st_uid
+        except FileNotFoundError:
+            continue
+        if uid != owner:
+            foreign.append(_foreign(path, uid, owner))
+    yield from foreign[:5]  # the first few: one `chown -R` fixes them all
+    if not foreign:
+        yield Finding(
+            "ok",
+            f"settings, ledger, keyring, spool folders and checkpoints owned by {user_name(owner)}",
+        )
 
 
-def user_name(uid: int) -> str:
-    """The account name of `uid`, or `uid N` when it has none."""
+def _foreign(path: object, uid: int, owner: int) -> Finding:
+    return Finding("fail", f"{path} is owned by {user_name(uid)}, not by {user_name(owner)} who owns the home",
+                   f"chown -R {user_name(owner)} {path}")  # fmt: skip
+
+
+def protection(gw: Gateway) -> Iterator[Finding]:
+    """Whether the keys are protected by a passphrase, and whether the one given opens them."""
+    if not gw.protected:
+        yield Finding("warn", "the gateway's secret keys have no passphrase: a copy of keys/ "
+                      "can sign as this office", "`gateway keys protect` (operator guide, section 8)")  # fmt: skip
+        return
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
+        gw.unlock()
+    except GatewayError as err:
+        yield Finding("fail", f"the keys are protected: {err}")
+    else:
+        yield Finding("ok", "the keys are protected, and the passphrase given opens them")
 
 
 def disk(gw: Gateway) -> Iterator[Finding]:
@@ -120,13 +158,18 @@ def disk(gw: Gateway) -> Iterator[Finding]:
 
 
 def ledger(gw: Gateway) -> Iterator[Finding]:
-    """The audit trail's chain and checkpoints."""
+    """The ledger file (SQLite's quick_check), then the audit trail's chain and checkpoints."""
+    if damage := gw.ledger.quick_check():
+        yield Finding("fail", f"ledger.db is damaged: SQLite's quick_check found {'; '.join(damage[:3])}",
+                      "stop the daemon, keep the file aside, restore ledger.db from backup")  # fmt: skip
+        return
+    yield Finding("ok", "ledger.db passes SQLite's quick_check")
     verdict = gw.audit.verify()
     if verdict.problem:
         yield Finding(
             "fail",
             f"audit trail: {verdict.problem}",
-            "restore ledger.db from backup and investigate",
+            verdict.todo,
         )
     else:
         yield Finding(

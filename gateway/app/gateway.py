@@ -18,11 +18,13 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from gateway.adapters import sshkeys
 from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import KeyInfo, Keyring
 from gateway.adapters.home import Home, load_settings
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import held
+from gateway.adapters.passphrase import Passphrase, read_passphrase
 from gateway.core.clock import Clock
 from gateway.core.errors import LedgerDamaged, SettingsInvalid
 from gateway.core.model import Partner, Progress
@@ -72,7 +74,7 @@ class Gateway:
             owner = os.geteuid()
         autostart = os.geteuid() == owner and not held(home.lock)
         self.keyring = Keyring(home.gnupg, self.settings.gnupg_timeout_seconds, self.clock,
-                               autostart)  # fmt: skip
+                               autostart, self.passphrase)  # fmt: skip
         self.ledger = Ledger(home.ledger, actor, self.clock)
         self.audit = AuditTrail(home, self.ledger, self.keyring, self.settings.gateway_id)
         #: Wakes the daemon's main loop (a worker finished, a partner uploaded).
@@ -111,6 +113,40 @@ class Gateway:
         """The gateway's current OpenPGP key, as the keyring knows it."""
         return self.keyring.key(self.own_key)
 
+    # -- protected keys ----------------------------------------------------------------------
+
+    @functools.cached_property
+    def protected(self) -> bool:
+        """Whether the gateway's keys are protected by a passphrase (any of them: the
+        OpenPGP secret keys, the SSH identity, the drop server's host key)."""
+        return (self.keyring.protected()
+                or any(sshkeys.encrypted(p) for p in (self.home.ssh_identity, self.home.host_key)
+                       if p.exists()))  # fmt: skip
+
+    def passphrase(self) -> Passphrase | None:
+        """The keys' passphrase if they are protected (read once), else None."""
+        if not self.protected:
+            return None
+        if "_passphrase" not in self.__dict__:
+            self._passphrase = read_passphrase(self.settings)
+        return self._passphrase
+
+    def unlock(self) -> None:
+        """Before the daemon starts: check the passphrase is given and opens every key.
+
+        Raises `PassphraseMissing` (saying how to give it) or `PassphraseWrong`, so a
+        service with no passphrase stops at once rather than holding every package.
+        """
+        if not self.protected or "_unlocked" in self.__dict__:
+            return
+        from gateway.adapters.sftp import load_key
+
+        given = self.passphrase()
+        self.keyring.check_passphrase(self.own_key)
+        self.sessions.key()
+        load_key(self.home.host_key, given)
+        self._unlocked = True
+
     # -- the pipeline, built on first use ---------------------------------------------------
 
     @functools.cached_property
@@ -120,7 +156,8 @@ class Gateway:
 
         s = self.settings
         return SessionPool(self.home.ssh_identity, self.home.known_hosts,
-                           s.sftp_connect_timeout_seconds, s.sftp_io_timeout_seconds, self.clock)  # fmt: skip
+                           s.sftp_connect_timeout_seconds, s.sftp_io_timeout_seconds, self.clock,
+                           self.passphrase)  # fmt: skip
 
     @functools.cached_property
     def reads(self) -> Reads:
@@ -173,6 +210,7 @@ class Gateway:
         warnings of duties and overdue receipts, and the erasures retention says are due;
         with `progress`, each delivery made while its package is sealed is shown as it goes."""
         self.steps.delivery.progress = progress
+        self.unlock()
         try:
             self.scheduler(once=True).drain()
             self.steps.overdue()
@@ -198,9 +236,10 @@ class Gateway:
                         max_handles=s.serve_max_open_handles, max_read_bytes=s.serve_max_read_bytes,
                         max_sessions_per_partner=s.serve_max_sessions_per_partner)  # fmt: skip
         wake: Hint = WAKE
+        self.unlock()
         return DropServer((host.strip("[]"), int(port)), self.home.host_key,
                           hooks(self.home, self.ledger, self.reads, lambda: self.hints.put(wake)),
-                          limits, self.clock)  # fmt: skip
+                          limits, self.clock, self.passphrase())  # fmt: skip
 
     def daemon(self, stop: threading.Event, reload: threading.Event | None = None) -> Daemon:
         """`gateway run`: the service, with the drop server when `serve.listen` is set; it
@@ -209,6 +248,7 @@ class Gateway:
         from gateway.pipeline.daemon import Daemon
         from gateway.pipeline.metrics import Publisher
 
+        self.unlock()
         listen = self.settings.serve_listen
         drop_server = self.drop_server(listen) if listen else None
         publisher = Publisher(self.metrics(drop_server), self.settings, self.clock)

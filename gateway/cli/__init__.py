@@ -21,6 +21,7 @@ import click
 
 from gateway.adapters import logs
 from gateway.adapters.home import Home
+from gateway.adapters.ledger import trouble
 from gateway.app.gateway import Gateway, actor
 from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
@@ -85,6 +86,8 @@ class Group(click.Group):
                 raise
             if isinstance(err, GatewayError):
                 fail(str(err), err.exit_code)
+            if state is not None and (found := trouble(err, state.home.ledger)) is not None:
+                fail(str(found), found.exit_code)  # SQLite found the ledger damaged
             if isinstance(err, OSError):
                 where = f" ({err.filename})" if err.filename else ""
                 fail(

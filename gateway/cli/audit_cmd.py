@@ -30,7 +30,7 @@ def verify(gw: Gateway) -> None:
     verdict = gw.audit.verify()
     if verdict.problem:
         fail(
-            f"{verdict.problem}; the trail after it cannot be trusted: restore ledger.db from backup and investigate"
+            f"{verdict.problem}; the trail cannot be trusted until this is explained: {verdict.todo}"
         )
     click.echo(
         f"audit trail intact: {verdict.events} events, {verdict.checkpoints} signed checkpoints"

@@ -93,3 +93,24 @@ def rotate(gw: Gateway, reason: str) -> None:
     click.echo(
         f"new OpenPGP key {key.fingerprint}: send `gateway keys export --openpgp` to every partner"
     )
+
+
+@command.command("protect")
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def protect(gw: Gateway, reason: str) -> None:
+    """Protect the gateway's secret keys with a passphrase (those that have none yet).
+
+    The passphrase is read as the daemon reads it: the systemd credential named by
+    passphrase.credential, else the file named by passphrase.file (mode 0400, owned by
+    the gateway's user). Stop the daemon first; start it again with the passphrase given.
+
+    \b
+    Example:
+      gateway keys protect --reason 'keys at rest: accreditation'
+    """
+    done = keys.protect(gw, reason)
+    if not done:
+        click.echo("every key of the gateway was already protected by this passphrase")
+    for what in done:
+        click.echo(f"protected {what}")

@@ -123,6 +123,14 @@ class RestoreRefused(HomeError):
     exit_code = 15
 
 
+class WrongUser(HomeError):
+    """The command runs as root in a home that belongs to another user: files it wrote would
+    be root's, and the gateway's user could no longer use them; nothing was changed: run it
+    as the home's owner (`sudo -u OWNER gateway ...`)."""
+
+    exit_code = 16
+
+
 class RegimesInvalid(HomeError):
     """A regimes file (the shipped one, or the home's regimes.toml) is not valid: an
     unknown field, a value of the wrong type, an id used twice or taken from the shipped
@@ -189,6 +197,22 @@ class CryptoFailed(Permanent):
     exit_code = 25
 
 
+class PassphraseMissing(Permanent):
+    """The gateway's keys are protected by a passphrase and none could be read: give it as
+    the systemd credential `gateway-passphrase` (LoadCredentialEncrypted=), or name a file
+    of mode 0400 owned by the gateway's user in passphrase.file; nothing was signed,
+    decrypted or sent."""
+
+    exit_code = 26
+
+
+class PassphraseWrong(Permanent):
+    """The passphrase given does not open the gateway's keys; nothing was signed, decrypted
+    or sent: give the passphrase the keys were protected with (`gateway keys protect`)."""
+
+    exit_code = 27
+
+
 # -- 30-39: packages, the ledger and the spool -------------------------------------------
 
 
@@ -206,17 +230,26 @@ class IllegalTransition(Permanent):
 
 
 class LedgerUnavailable(Permanent):
-    """The ledger (ledger.db) cannot be opened: check its owner, its permissions and the
-    free space of its disk."""
+    """The ledger (ledger.db) cannot be opened or written: check its owner, its permissions
+    and the free space of its disk."""
 
     exit_code = 32
 
 
 class LedgerDamaged(Permanent):
-    """The ledger lacks what the gateway wrote into it (its own key's record): restore
-    ledger.db from backup."""
+    """The ledger is damaged (SQLite finds it is no database, or malformed) or lacks what the
+    gateway wrote into it (its own key's record): stop the daemon, keep the damaged file
+    aside, and restore ledger.db from backup."""
 
     exit_code = 33
+
+
+class LedgerMissing(Permanent):
+    """ledger.db is missing from a home that has one (its gateway.toml says it was made by
+    `gateway init`); no new, empty ledger was made in its place: restore ledger.db from
+    backup."""
+
+    exit_code = 36
 
 
 class SpoolDamaged(Permanent):

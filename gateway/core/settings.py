@@ -116,6 +116,18 @@ SETTINGS: Final = (
     ),
     Setting("serve.max_sessions_per_partner", 4, "Sessions one partner may have open at once."),
     Setting(
+        "passphrase.credential",
+        "gateway-passphrase",
+        "Name of the systemd credential holding the keys' passphrase, read from "
+        "$CREDENTIALS_DIRECTORY (LoadCredentialEncrypted=); tried first.",
+    ),
+    Setting(
+        "passphrase.file",
+        "",
+        "File holding the keys' passphrase when no credential is given: mode 0400, owned "
+        "by the gateway's user; empty: none.",
+    ),
+    Setting(
         "duties.calendar",
         "GB-ENG",
         "Working-day calendar of answer periods (holidays library name): GB-ENG is England and Wales.",
@@ -268,6 +280,8 @@ class Settings:
     serve_max_open_handles: int = 64
     serve_max_read_bytes: int = 261120
     serve_max_sessions_per_partner: int = 4
+    passphrase_credential: str = "gateway-passphrase"  # noqa: S105 (a name, not a secret)
+    passphrase_file: str = ""
     duties_calendar: str = "GB-ENG"
     duties_warn_days: int = 3
     duties_lone_sidecar_seconds: int = 3600
@@ -348,8 +362,10 @@ def reloaded(old: Settings, new: Settings) -> tuple[Settings, list[str], list[st
     return merged, applied, kept
 
 
-def render(gateway_id: str) -> str:
-    """The text of a new `gateway.toml`: every setting, its default and its meaning."""
+def render(gateway_id: str, chosen: dict[str, int | str] | None = None) -> str:
+    """The text of a new `gateway.toml`: every setting, its default (or the value
+    `chosen` for it) and its meaning."""
+    chosen = {"gateway.id": gateway_id, **(chosen or {})}
     out: list[str] = ["# Exchange gateway settings. Every setting is shown with its default.\n"]
     sections = dict.fromkeys(s.name.split(".")[0] for s in SETTINGS)
     for section in sections:
@@ -357,6 +373,6 @@ def render(gateway_id: str) -> str:
         for s in SETTINGS:
             head, key = s.name.split(".")
             if head == section:
-                value = gateway_id if s.name == "gateway.id" else s.default
+                value = chosen.get(s.name, s.default)
                 out.append(f"# {s.doc}\n{key} = {json.dumps(value)}\n")
     return "".join(out)

@@ -4,7 +4,9 @@ The chain (each event hashes the one before) shows an edited, removed or reorder
 event. It cannot show a trail rewritten from some point on, or cut short, by someone
 with write access to ledger.db: for that, a checkpoint names the head event's id and
 hash, signed with the gateway's own key, and is kept outside the database in
-`spool/audit/`. `verify()` checks the chain and every checkpoint against it.
+`spool/audit/`. `verify()` checks the chain and every checkpoint against it, and that
+every checkpoint the ledger records as written is still there to be checked: deleting
+the checkpoints that would show a rewrite is noticed too.
 
 A home restored from a backup (`gateway restore`) carries on from the backup's last
 event N: event N+1 is `restore`, naming N and its hash, and restore signs a checkpoint
@@ -22,15 +24,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from gateway.adapters.files import publish
 from gateway.adapters.gpg import Keyring
-from gateway.adapters.home import Home
+from gateway.adapters.home import Home, user_name
 from gateway.adapters.ledger import Ledger
-from gateway.core.errors import LedgerDamaged, Rejected, UsageError
+from gateway.core.errors import LedgerDamaged, Rejected, SpoolDamaged, UsageError
 from gateway.core.model import Event, utc
 
 SCHEMA: Final = "gateway-checkpoint/1"
@@ -38,12 +41,14 @@ SCHEMA: Final = "gateway-checkpoint/1"
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """What `verify` found: events checked, checkpoints checked, and the first problem."""
+    """What `verify` found: events checked, checkpoints checked, the first problem and what
+    to do about it."""
 
     events: int
     checkpoints: int
     broken: Event | None = None
     problem: str | None = None
+    todo: str = "restore ledger.db from backup and investigate"
     restores: tuple[Restore, ...] = ()
     lost: tuple[int, ...] = ()  # event ids seen by checkpoints of a lost home, not required
 
@@ -74,12 +79,29 @@ class AuditTrail:
         path.mkdir(mode=0o700, exist_ok=True)
         return path
 
+    def _writable(self) -> Path:
+        """The checkpoints' folder, if this process can write its own files there."""
+        folder = self.folder
+        owner = folder.stat().st_uid
+        if owner != os.geteuid() or not os.access(folder, os.W_OK | os.X_OK):
+            raise SpoolDamaged(
+                f"no audit checkpoint can be written in {folder}: it is owned by {user_name(owner)}"
+                f" and this process runs as {user_name(os.geteuid())}; give it back to the "
+                f"gateway's user (`chown -R {user_name(os.geteuid())} {folder}`)"
+            )
+        return folder
+
     def checkpoint(self) -> Path:
-        """Sign the chain's head with the gateway's key and keep it; return the file."""
+        """Sign the chain's head with the gateway's key and keep it; return the file.
+
+        Raises `SpoolDamaged` when the folder is not the gateway's to write: a checkpoint
+        that cannot be written is an error, never skipped in silence.
+        """
+        folder = self._writable()
         event_id, head = self.ledger.head()
         doc = {"schema": SCHEMA, "gateway": self.gateway_id, "event_id": event_id,
                "hash": head, "at": utc(self.ledger.clock.now())}  # fmt: skip
-        final = self.folder / f"{event_id:012d}.checkpoint"
+        final = folder / f"{event_id:012d}.checkpoint"
         tmp = final.with_name(f".{final.name}.tmp")
         own = self.ledger.own_key()
         if own is None:
@@ -103,11 +125,21 @@ class AuditTrail:
         restores = tuple(Restore(e.id, e.at, int(d["last_event"]), str(d["backup"]))
                          for e in self.ledger.events_of("restore")
                          if (d := json.loads(e.detail or "{}")))  # fmt: skip
+        folder = self.home.spool / "audit"
+        found = set(folder.glob("*.checkpoint"))
         checked, good, lost = 0, [], []
-        for path in sorted(self.folder.glob("*.checkpoint")):
+        for path in sorted(found):
             plain = path.with_name(f".{path.name}.plain")
             try:
-                self.keyring.open_message(path, plain, own, encrypted=False, max_output=64 * 1024)
+                with path.open("rb"):  # unreadable: say so, not "not signed"
+                    pass
+            except OSError as err:
+                return Verdict(events, checked, None,
+                               f"checkpoint {path.name} cannot be read ({err.strerror})",
+                               todo=f"check the owner and permissions of {folder}")  # fmt: skip
+            try:
+                self.keyring.open_message(path, plain, own, encrypted=False, max_output=64 * 1024,
+                                          decrypts=False)  # fmt: skip
                 doc = json.loads(plain.read_text())
             except (Rejected, ValueError) as problem:
                 return Verdict(events, checked, None,
@@ -138,6 +170,14 @@ class AuditTrail:
                                f"checkpoint {name} saw event {event_id}, after the backup restored at event "
                                f"{gap.event_id}, but no checkpoint signs that restore: the trail may have been "
                                "cut short")  # fmt: skip
+        for event in self.ledger.events_of("audit.checkpoint"):  # last: what is there holds
+            signed = json.loads(event.detail or "{}").get("event_id")  # None: detail erased
+            kept = folder / f"{signed:012d}.checkpoint" if isinstance(signed, int) else None
+            if kept is not None and kept not in found:
+                return Verdict(events, checked, None,
+                               f"checkpoint {kept.name}, which the ledger records as written, is "
+                               f"missing from {folder}",
+                               todo="restore spool/audit from backup and investigate who removed it")  # fmt: skip
         return Verdict(events, checked, restores=restores, lost=tuple(e for _, e, _ in lost))
 
     def export(self, since: str | None) -> list[dict[str, object]]:

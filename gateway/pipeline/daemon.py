@@ -118,7 +118,7 @@ class Daemon:
                     self.recheck_unsettled()
                     self.close_idle(None)
                     if self.clock.monotonic() >= next_checkpoint:
-                        self._submit("audit", self.audit.checkpoint)
+                        self._submit("audit", self._checkpoint)
                         next_checkpoint = (
                             self.clock.monotonic() + self.settings.audit_checkpoint_seconds
                         )
@@ -232,6 +232,13 @@ class Daemon:
         for key, job in self.scheduler.due(busy, len(self.workers) - self.jobs.qsize()):
             self._submit(key, job)
 
+    def _checkpoint(self) -> None:
+        """Sign a checkpoint of the audit trail; one that cannot be written is logged as an error."""
+        try:
+            self.audit.checkpoint()
+        except (GatewayError, OSError) as err:
+            log.error("audit checkpoint NOT written: %s", err)
+
     def _submit(self, key: str, job: Callable[[], object]) -> bool:
         """Queue `job` unless a worker already has work under `key`; say whether queued."""
         with self.busy_lock:
@@ -294,10 +301,7 @@ class Daemon:
                 "abandoning steps in hand (%s); the next start carries on", ", ".join(abandoned)
             )
         else:
-            try:
-                self.audit.checkpoint()
-            except (GatewayError, OSError) as err:
-                log.warning("no audit checkpoint at shutdown: %s", err)
+            self._checkpoint()
         log.info("daemon stopped")
         return not abandoned
 

@@ -47,7 +47,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def ledger(path: Path, clock: ManualClock) -> Iterator[Ledger]:
-    ledger = Ledger(path, "alice", clock)
+    ledger = Ledger(path, "alice", clock, create=True)
     yield ledger
     ledger.close()
 
@@ -420,8 +420,8 @@ def test_writers_are_not_blocked_by_an_open_read_transaction(ledger: Ledger, pat
 @pytest.mark.parametrize("opened", ["new", "existing"])
 def test_every_connection_has_the_pragmas_in_force(path: Path, opened: str) -> None:
     if opened == "existing":
-        Ledger(path, "setup", SystemClock()).close()
-    ledger = Ledger(path, "alice", SystemClock())
+        Ledger(path, "setup", SystemClock(), create=True).close()
+    ledger = Ledger(path, "alice", SystemClock(), create=opened == "new")
     try:
         pragma = lambda name: ledger.db.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
         assert pragma("journal_mode") == "wal"
@@ -456,7 +456,7 @@ def migrations(path: Path) -> list[tuple[str, str, str]]:
 
 
 def test_migrations_run_once(path: Path) -> None:
-    Ledger(path, "first", SystemClock()).close()
+    Ledger(path, "first", SystemClock(), create=True).close()
     applied = migrations(path)
     Ledger(path, "second", SystemClock()).close()
     Ledger(path, "third", SystemClock()).close()

@@ -205,7 +205,10 @@ def test_partner_settings_for_approval(guarded: tuple[Home, PartnerPgp, SshServe
     assert "give --needs-approval KIND or --no-approval, not both" in both.stderr
     nothing = cli(home, "partner", "set", PARTNER_ID, "--reason", "x")
     assert nothing.exit_code == 2
-    assert "give --regime, --channel-for, --needs-approval or --no-approval" in nothing.stderr
+    assert (
+        "give --regime, --channel-for, --needs-approval, --no-approval or --ssh-algorithms"
+        in nothing.stderr
+    )
     off = cli(home, "partner", "set", PARTNER_ID, "--no-approval", "--reason", "policy withdrawn")
     assert off.exit_code == 0 and off.stdout.endswith("; serves US; no approval needed\n")
     with gateway(home) as gw:

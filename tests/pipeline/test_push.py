@@ -19,7 +19,7 @@ import pytest
 
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
-from gateway.adapters.sftp import Endpoint, SftpPartner
+from gateway.adapters.sftp import Endpoint, SftpPartner, load_key
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.pipeline import deliver as delivery
@@ -465,7 +465,7 @@ def test_the_session_with_openssh_is_aes256_gcm(
     """The client offers AEAD first and ETM MACs first; OpenSSH's sshd takes aes256-gcm."""
     home, _, server = exchange
     endpoint = Endpoint(server.host, server.port, server.user, "upload", "download")
-    with SftpPartner(endpoint, home.ssh_identity, home.known_hosts, 15, 60) as sftp:
+    with SftpPartner(endpoint, load_key(home.ssh_identity, None), home.known_hosts, 15, 60) as sftp:
         assert sftp.list_download() == []
         transport = sftp.sftp.get_channel().get_transport()
         offered = transport.get_security_options()
