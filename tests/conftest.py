@@ -31,6 +31,18 @@ from tests.helpers import (
 from tests.sshd import SshServer
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The full torture run takes minutes: it runs only when asked for with `-m torture`."""
+    if "torture" in str(config.getoption("markexpr") or ""):
+        return
+    wait = pytest.mark.skip(
+        reason="the full torture run: pytest -m torture, or scripts/faults --torture"
+    )
+    for item in items:
+        if item.get_closest_marker("torture"):
+            item.add_marker(wait)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves a thread running (an SFTP transport, a gpg reader...)."""
