@@ -482,6 +482,18 @@ def tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
     return out.getvalue()
 
 
+def sparse_tar() -> bytes:
+    """A tar whose PAX header `GNU.sparse.map` makes Python's tarfile raise ValueError."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = 2
+        info.pax_headers = {"GNU.sparse.map": "1,x", "GNU.sparse.major": "0",
+                            "GNU.sparse.minor": "1"}  # fmt: skip
+        archive.addfile(info, io.BytesIO(b"{}"))
+    return buf.getvalue()
+
+
 def seal(desk: Desk, plain: bytes, signer: PartnerPgp | None = None, encrypt: bool = True) -> bytes:
     """Sign (as the partner, unless `signer`) and encrypt to the gateway, as docs/partners.md 5."""
     pgp = signer or desk.pgp
