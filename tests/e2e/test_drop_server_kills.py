@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,6 +167,63 @@ def test_killed_with_the_part_whole_before_the_rename_takes_it_once(
         daemon.start()
         upload_again(desk.home, key, port, f"{pid}.pgp", wire)
 
+        accepted_once(desk, pid, daemon)
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.kill()
+
+
+#: `gateway ARGV` that SIGKILLs itself when it removes a file whose path ends with SUFFIX:
+#: the drop server's rename has linked the partner's part under its final name, and dies
+#: before removing the part.
+KILLED_IN_RENAME = """
+import os, signal, sys
+suffix, *argv = sys.argv[1:]
+unlink = os.unlink
+def dies(path, *args, **kwargs):
+    if os.fspath(path).endswith(suffix):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return unlink(path, *args, **kwargs)
+os.unlink = dies
+from gateway.cli import main
+main(argv, prog_name="gateway")
+"""
+
+
+def test_killed_inside_the_rename_takes_the_file_once_and_a_second_upload_is_a_replay(
+    pulled: tuple[Desk, Path, int],
+) -> None:
+    desk, key, port = pulled
+    home = desk.home
+    pid = partner_pid()
+    wire = seal(desk, envelope(manifest(desk, pid)))
+    log = home.root / "daemon.log"
+    with log.open("ab") as out:
+        doomed = subprocess.Popen([sys.executable, "-c", KILLED_IN_RENAME, f"/.{pid}.pgp.part",
+                                   "--home", str(home.root), "run"],
+                                  stdout=out, stderr=out, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: "daemon started" in log.read_text(), 30, "the daemon to start")
+        with (
+            contextlib.suppress(paramiko.SSHException, EOFError, OSError),
+            partner_session(home, key, port) as sftp,
+        ):
+            with sftp.open(f"/upload/.{pid}.pgp.part", "wb") as f:
+                f.write(wire)
+            sftp.rename(f"/upload/.{pid}.pgp.part", f"/upload/{pid}.pgp")
+        assert doomed.wait(10) == -signal.SIGKILL
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
+    assert sorted(os.listdir(upload(home))) == [f".{pid}.pgp.part", f"{pid}.pgp"], "killed in it"
+
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: state(home, pid) is State.ACCEPTED, 60, "the package accepted")
+        # The client never heard back from its rename: it does its whole upload again.
+        upload_again(home, key, port, f"{pid}.pgp", wire)
+        wait_for(lambda: "replay" in actions(home, pid), 30, "the second upload seen as a replay")
         accepted_once(desk, pid, daemon)
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
