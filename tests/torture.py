@@ -458,8 +458,10 @@ class Torture:
             t.problems.append(f"left behind: {path.relative_to(self.root)}")
 
     def leftovers(self) -> Iterator[Path]:
-        """Plaintext, parts and unhandled files anywhere once everything settled."""
+        """Plaintext, parts, unhandled files and quarantine entries (nothing sent here is
+        bad input) anywhere once everything settled."""
         for home in self.homes.values():
+            yield from home.quarantine.iterdir()
             yield from (p for p in home.work.rglob("*") if p.is_file())
             yield from (p for p in home.incoming.rglob("*") if p.is_file())
             yield from (p for p in home.outbound.rglob("*") if p.is_file())
