@@ -25,6 +25,7 @@ FLOORS = (
     "sqlite-utils==4.0",
     "watchdog==4.0.0",
     "click==8.3.1",
+    "holidays==0.40",
 )
 
 
@@ -34,4 +35,4 @@ def floors(session: nox.Session) -> None:
     session.install("-e", ".[dev]", *FLOORS)
     session.run("python", "-m", "pip", "check")
     session.run("python", "-m", "pip", "freeze")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", "auto", *session.posargs)

@@ -8,7 +8,6 @@ Test modules import from here (and from the harnesses `tests.sshd` and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import io
 import json
@@ -22,11 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from click.testing import CliRunner, Result
 
-import gateway.cli as gateway_cli
 from gateway.adapters.home import Home
 from gateway.admin import keys
 from gateway.app.gateway import Gateway
@@ -249,14 +246,12 @@ def cli(home: Home | Path, *args: str, clock: Clock | None = None) -> Result:
     reads that one instead, so a test that moves time can still use the commands.
     """
     root = home.root if isinstance(home, Home) else home
-    run = functools.partial(
-        CliRunner().invoke, main, ["--home", str(root), *args], catch_exceptions=False
-    )
-    if clock is None:
-        return run()
-    with mock.patch.object(gateway_cli, "Gateway", functools.partial(Gateway, clock=clock)):
-        return run()
+    return CliRunner().invoke(main, ["--home", str(root), *args], obj=clock, catch_exceptions=False)
 
+
+#: The regimes test partners are registered for: every kind, under the shipped template
+#: memorandum first (the default), and convictions under the 1959 Convention too.
+TEST_REGIMES = ("--regime", "MOU-TEMPLATE", "--regime", "CoE-1959-Art22")
 
 #: A well-formed SSH host key for a push partner that is never reached.
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN7qlhZ8Npb6Y/RTteraNzlFqfcjGYSG9hQDIU3Fcdjk"
@@ -267,7 +262,7 @@ def partner_add(home: Home, key_file: Path, fingerprint: str, host_key: str = HO
     """`partner add` with a push endpoint; return the exit code and stderr."""
     result = cli(home, "partner", "add", partner, "--openpgp-key", str(key_file),
                  "--fingerprint", fingerprint, "--push", "sftp://gbacro@127.0.0.1:2222",
-                 "--host-key", host_key, "--reason", "MoU 2026")  # fmt: skip
+                 "--host-key", host_key, *TEST_REGIMES, "--reason", "MoU 2026")  # fmt: skip
     return result.exit_code, result.stderr
 
 
@@ -277,7 +272,8 @@ def add_partner(
     """Register the partner and let the gateway's SSH key in on its server."""
     result = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(pgp.public_key),
                  "--fingerprint", pgp.fingerprint, "--push", server.url,
-                 "--host-key", host_key or server.host_key_line, "--reason", "test partner")  # fmt: skip
+                 "--host-key", host_key or server.host_key_line, *TEST_REGIMES,
+                 "--reason", "test partner")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     server.authorize(home.ssh_identity_pub.read_text())
     pgp.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)

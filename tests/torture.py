@@ -47,6 +47,7 @@ from pathlib import Path
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
 from tests.helpers import (
+    TEST_REGIMES,
     DaemonProcess,
     PartnerPgp,
     Templates,
@@ -201,7 +202,7 @@ class Torture:
 
         def add(home: Home, partner: str, key: Path, fpr: str, *how: str) -> None:
             result = cli(home, "partner", "add", partner, "--openpgp-key", str(key),
-                         "--fingerprint", fpr, *how, "--reason", "torture run")  # fmt: skip
+                         "--fingerprint", fpr, *how, *TEST_REGIMES, "--reason", "torture run")  # fmt: skip
             assert result.exit_code == 0, result.stderr
 
         for pid in PLAIN:

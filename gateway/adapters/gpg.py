@@ -343,6 +343,29 @@ class Keyring:
             out.unlink(missing_ok=True)
             raise
 
+    def encrypt(self, source: Path, out: Path, recipient: str) -> None:
+        """Encrypt the file `source` to `recipient` alone (AES-256, no signature) into `out`.
+
+        For backups sent to an offline key: `out` is written in full or not at all.
+        """
+        if problem := self.key(recipient).problem():
+            raise KeyProblem(f"the key {recipient}: {problem}; use a current key")
+        try:
+            with self._gpg.deadline("encrypt a backup"), source.open("rb") as f:
+                result = self._gpg.encrypt_file(f, [recipient], always_trust=True, armor=False,
+                                                output=str(out), extra_args=list(_SEAL_ARGS))  # fmt: skip
+            lines = _status(result.stderr or "")
+            if result.returncode != 0 or not any(
+                line[:1] == ["BEGIN_ENCRYPTION"] and line[-1] == _AES256 for line in lines
+            ):
+                raise CryptoFailed(
+                    f"GnuPG did not encrypt to {recipient} (return code {result.returncode}); "
+                    "no backup was written"
+                )
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+
     def sign_clear(self, text: io.BytesIO, out: Path, signer: str) -> None:
         """Clearsign `text` with `signer` into `out`, checking GnuPG said it signed with it."""
         self._start_agent()

@@ -32,6 +32,7 @@ class Home:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.settings = root / "gateway.toml"
+        self.regimes = root / "regimes.toml"  # the operator's own regimes, besides the shipped
         self.ledger = root / "ledger.db"
         self.lock = root / "gateway.lock"
         self.keys = root / "keys"

@@ -35,9 +35,11 @@ from gateway.core.errors import (
     UnknownPartner,
 )
 from gateway.core.lifecycle import State
-from gateway.core.model import Event, Package, Partner, chain_hash, utc
+from gateway.core.model import Event, Package, Partner, chain_hash, chained, detail_digest, utc
 
 GENESIS: Final = "0" * 64
+#: The `what` of the `erase` event by which retention erases a package's ledger details.
+ERASED_DETAILS: Final = "ledger details"
 log = logging.getLogger("gateway")
 MIGRATIONS: Final = Migrations("gateway")
 
@@ -139,6 +141,31 @@ def m002_overdue_index(db: sqlite_utils.Database) -> None:
     db.table("packages").create_index(["state", "partner", "delivered_at"])
 
 
+@MIGRATIONS()
+def m003_obligations(db: sqlite_utils.Database) -> None:
+    """Partner policy (regimes per kind, countries served) and each package's duty
+    (adapters/obligations.py reads and writes them)."""
+    db.table("partner_regimes").create({"partner": str, "kind": str, "regime": str, "position": int,
+                                        "added_at": str}, pk=("partner", "kind", "regime"))  # fmt: skip
+    db.table("partner_countries").create(
+        {"partner": str, "country": str}, pk=("partner", "country")
+    )
+    db.table("obligations").create({"package_id": str, "duty": str, "due_at": str, "recorded_on": str,
+                                    "nationalities": str, "supersedes": str, "warned": str,
+                                    "met_at": str, "met_by": str}, pk="package_id")  # fmt: skip
+    db.table("obligations").create_index(["met_at", "duty"])  # the open duties: met_at NULL
+    db.table("obligations").create_index(["supersedes"])
+    db.table("packages").create_index(["in_reply_to"])  # what answers a request
+
+
+@MIGRATIONS()
+def m004_erasable_details(db: sqlite_utils.Database) -> None:
+    """The SHA-256 of each new event's detail, chained in the detail's place, so retention
+    can erase a detail without breaking the chain; and what was erased of each package."""
+    db.table("events").add_column("detail_sha256", str)
+    db.table("packages").add_column("erased", str)
+
+
 class _Slot:
     """One thread's connection, in a value its thread alone refers to."""
 
@@ -206,6 +233,26 @@ class Ledger:
             ) from None
         return sqlite_utils.Database(conn)
 
+    def snapshot(self, target: Path) -> None:
+        """Copy the ledger as it is at one instant into `target`, a new file, while others write.
+
+        SQLite's online backup API, all pages in one step: it reads under one read
+        transaction, so the copy is one committed state, and no writer waits for it (WAL).
+        """
+        try:
+            source = sqlite3.connect(self.path, timeout=30)
+            copy = sqlite3.connect(target)
+            try:
+                source.backup(copy, pages=0)
+                copy.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
+            finally:
+                copy.close()
+                source.close()
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(
+                f"cannot copy the ledger {self.path} ({e}): check its permissions and free disk space"
+            ) from None
+
     def close(self) -> None:
         """Close every thread's connection."""
         with self._lock:
@@ -264,6 +311,7 @@ class Ledger:
         Its DPA 2018 s.62 category is the action's, from the lifecycle.
         """
         last = self.db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        text = json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None
         event = Event(
             id=(last[0] + 1) if last else 1,
             at=utc(self.clock.now()),
@@ -275,7 +323,8 @@ class Ledger:
             state=state,
             prev_hash=last[1] if last else GENESIS,
             hash="",
-            detail=json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None,
+            detail=text,
+            detail_sha256=detail_digest(text) if text is not None else None,
         )
         event = dataclasses.replace(event, hash=event.expected_hash())
         self.db.table("events").insert(dataclasses.asdict(event))
@@ -295,19 +344,38 @@ class Ledger:
         for row in self.db.table("events").rows_where(where, args, order_by="id"):
             yield Event(**row)
 
+    def events_of(self, action: str) -> list[Event]:
+        """Every event of one action, in order."""
+        return [
+            Event(**row)
+            for row in self.db.table("events").rows_where("action = ?", [action], order_by="id")
+        ]
+
     def verify_chain(self) -> tuple[int, Event | None]:
         """Recompute the chain; return (events checked, the first broken event or None).
 
-        An edited row fails its own hash; a removed or reordered one breaks the id
-        sequence or the next row's link. Works on raw rows: a million took about 14 s here (bench.run).
+        An edited row fails its own hash (or its detail its digest); a removed or
+        reordered one breaks the id sequence or the next row's link. A detail may be
+        missing only where a chained `erase` event says retention erased that package's
+        details. Works on raw rows: a million took about 14 s here (bench.run).
         """
+        erased = {row[0] for row in self.db.execute(
+            "SELECT package_id FROM events WHERE action = 'erase' AND json_extract(detail, '$.what') = ?",
+            [ERASED_DETAILS])}  # fmt: skip
         prev, count = GENESIS, 0
         cursor = self.db.execute(
             "SELECT id, at, actor, action, category, partner, package_id, state, detail, "
-            "prev_hash, hash FROM events ORDER BY id"
+            "prev_hash, hash, detail_sha256 FROM events ORDER BY id"
         )
         for row in cursor:
-            if row[0] != count + 1 or row[9] != prev or row[10] != chain_hash(row[:10]):
+            digest, detail = row[11], row[8]
+            if (
+                row[0] != count + 1
+                or row[9] != prev
+                or row[10] != chain_hash(chained(row[:10], digest))
+                or (digest is not None and detail is not None and detail_digest(detail) != digest)
+                or (digest is not None and detail is None and row[6] not in erased)
+            ):
                 return count, Event(*row)
             prev, count = row[10], count + 1
         return count, None
@@ -505,9 +573,11 @@ class Ledger:
         direction: str | None = None,
         delivered_before: str | None = None,
         limit: int | None = None,
+        erased: bool = False,
     ) -> list[Package]:
-        """Packages, oldest first, filtered by state, partner, direction and delivery time."""
-        where, args = [], []
+        """Packages, oldest first, filtered by state, partner, direction and delivery time;
+        with `erased`, only those of which retention erased something."""
+        where, args = ["erased IS NOT NULL"] if erased else [], []
         if delivered_before is not None:
             where.append("delivered_at < ?")
             args.append(delivered_before)
@@ -542,6 +612,49 @@ class Ledger:
             [*args, limit],
         )
         return [Package.from_row(row) for row in rows]
+
+    def erasable(self, states: frozenset[State], before: str, what: str, direction: str | None = None,
+                 limit: int = -1) -> list[Package]:  # fmt: skip
+        """Packages in `states`, last changed before `before`, of which `what` was not erased yet."""
+        marks = ", ".join("?" * len(states))
+        where = (f"state IN ({marks}) AND updated_at < ? "
+                 "AND (erased IS NULL OR json_extract(erased, '$.' || ?) IS NULL)")  # fmt: skip
+        args: list[object] = [*sorted(states), before, what]
+        if direction is not None:
+            where, args = where + " AND direction = ?", [*args, direction]
+        rows = self.db.query(
+            f"SELECT * FROM packages WHERE {where} ORDER BY updated_at LIMIT ?",  # noqa: S608 - placeholders only
+            [*args, limit],
+        )
+        return [Package.from_row(row) for row in rows]
+
+    def erased(self, package_id: str | None, what: str, detail: dict[str, Any],
+               partner: str | None = None) -> Event:  # fmt: skip
+        """Record an erasure (DPA 2018 s.62: `erase`, category erasure) and mark the package.
+
+        With `what` = "details", the package's details are erased here too, in the same
+        transaction: its file name, reference, reply-to and last error, and the detail of
+        each of its events written since details are chained by their SHA-256 (never those
+        of `erase` events, which say what was erased). The chain still verifies.
+        """
+        with self.transaction():
+            package = self.find(package_id) if package_id else None
+            if package is not None:
+                self.db.execute(
+                    "UPDATE packages SET erased = json_set(coalesce(erased, '{}'), '$.' || ?, ?) "
+                    "WHERE package_id = ?",
+                    [what, utc(self.clock.now()), package.package_id],
+                )
+            if what == "details" and package is not None:
+                self.db.execute(
+                    "UPDATE packages SET payload_name = NULL, reference = NULL, in_reply_to = NULL, "
+                    "last_error = NULL WHERE package_id = ?", [package.package_id])  # fmt: skip
+                cursor = self.db.execute(
+                    "UPDATE events SET detail = NULL WHERE package_id = ? AND action != 'erase' "
+                    "AND detail IS NOT NULL AND detail_sha256 IS NOT NULL", [package.package_id])  # fmt: skip
+                detail = {**detail, "what": ERASED_DETAILS, "events": cursor.rowcount}
+            return self._append("erase", package_id=package.package_id if package else None,
+                                partner=package.partner if package else partner, detail=detail)  # fmt: skip
 
     def receipts_due(self, partner: str) -> list[Package]:
         """Inbound packages from `partner` whose receipt has not been uploaded yet."""

@@ -7,12 +7,14 @@ not a regular file, is still listed, so that intake quarantines it with its reas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from gateway.core.duties import SIDECAR
 from gateway.core.names import is_temporary
 
 
@@ -30,9 +32,26 @@ class Entry:
         """A regular file (not a link, folder, FIFO, socket or device)."""
         return stat.S_ISREG(self.stat.st_mode)
 
-    def settled(self, now: float, settle_seconds: float) -> bool:
-        """Unchanged for `settle_seconds`: its writer is done with it."""
-        return now - self.stat.st_mtime >= settle_seconds
+    def settled(self, now: float, settle_seconds: float, renamed: bool = False) -> bool:
+        """It and its sidecar, if any, unchanged for `settle_seconds`: their writer is done.
+
+        `renamed`: the file itself was renamed into place, so it is whole; its sidecar
+        must still be settled (a sidecar is taken with its file, never after it).
+        """
+        mtimes = [] if renamed else [self.stat.st_mtime]
+        with contextlib.suppress(FileNotFoundError):
+            mtimes.append(os.lstat(self.path.with_name(self.path.name + SIDECAR)).st_mtime)
+        return all(now - mtime >= settle_seconds for mtime in mtimes)
+
+    def owner(self) -> Entry:
+        """For a sidecar whose file is there, the file's entry (the two are taken together)."""
+        if not self.path.name.endswith(SIDECAR):
+            return self
+        path = self.path.with_name(self.path.name.removesuffix(SIDECAR))
+        try:
+            return Entry(path, self.partner, self.kind, os.lstat(path))
+        except FileNotFoundError:
+            return self
 
 
 def _children(folder: Path) -> Iterator[tuple[Path, os.stat_result]]:

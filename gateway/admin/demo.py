@@ -20,10 +20,12 @@ from gateway.adapters.home import Home
 from gateway.admin import keys, partners
 from gateway.app.gateway import Gateway
 from gateway.core.clock import Clock
+from gateway.core.duties import Declared
 from gateway.core.errors import GatewayError
 from gateway.core.lifecycle import FINAL, State
 from gateway.core.model import Package
-from gateway.pipeline.intake import Intake, Labels
+from gateway.core.names import KINDS
+from gateway.pipeline.intake import Intake
 
 OFFICE: Final = "XA-RECORDS"
 AGENCY: Final = "XB-AGENCY"
@@ -33,7 +35,10 @@ _NOTICES: Final = {
                    "<conviction><person>EXAMPLE, Fictional</person><offence>0301</offence></conviction>\n"),
     "extradition": ("notice-of-surrender.xml",
                     "<extradition><person>SAMPLE, Invented</person><surrender>2026-11-28</surrender></extradition>\n"),
+    "request": ("request.xml", "<request><person>SPECIMEN, Made-Up</person><purpose>criminal proceedings</purpose></request>\n"),
 }  # fmt: skip
+#: The regime both sides register for each other: the shipped template memorandum.
+REGIME: Final = "MOU-TEMPLATE"
 _RESPONSE: Final = ("response.xml", "<response><code>RRT-00-00</code><convictions/></response>\n")
 
 
@@ -56,6 +61,9 @@ def _setup(root: Path, clock: Clock) -> tuple[Gateway, Gateway]:
         (root / f"{name}.asc").write_text(gw.keyring.export_public(gw.own_key))
     partners.add_pull(agency, OFFICE, root / f"{OFFICE}.asc", office.own_key,
                       office.home.ssh_identity_pub, "demo: keys exchanged by hand")  # fmt: skip
+    agency.duties.obligations.set_policy(
+        OFFICE, [(k, REGIME) for k in KINDS], None, "demo memorandum"
+    )
     return office, agency
 
 
@@ -70,11 +78,13 @@ def run(keep: bool, out: TextIO) -> bool:
         try:
             partners.add_push(office, AGENCY, root / f"{AGENCY}.asc", agency.own_key, f"sftp://{OFFICE}@127.0.0.1:{server.port}",
                               agency.home.host_key_pub.read_text(), "demo: host key read from `keys show`")  # fmt: skip
+            office.duties.obligations.set_policy(AGENCY, [(k, REGIME) for k in KINDS], None,
+                                                 "demo memorandum")  # fmt: skip
             out.write(f"Exchange gateway demo in {root}\n"
                       f"  {OFFICE:<11} records office, pushes to the partner's drop server\n"
                       f"  {AGENCY:<11} partner agency, drop server on 127.0.0.1:{server.port}\n\n")  # fmt: skip
             sent = [_send(office, root, AGENCY, kind, *_NOTICES[kind]) for kind in _NOTICES]
-            sent.append(_send(agency, root, OFFICE, "response", *_RESPONSE, reference=sent[0]))
+            sent.append(_send(agency, root, OFFICE, "response", *_RESPONSE, reference=sent[-1]))
             done = _exchange(office, agency, sent)
             _account(out, office, agency, sent)
         finally:
@@ -103,10 +113,8 @@ def _send(
     path = root / name
     path.write_text(text)
     return (
-        Intake(gw.home, gw.ledger, gw.settings)
-        .copy_in(
-            path, to, kind, Labels(legal_basis="demo", marking="OFFICIAL", in_reply_to=reference)
-        )
+        Intake(gw.home, gw.ledger, gw.settings, gw.duties)
+        .copy_in(path, to, kind, Declared(marking="OFFICIAL", in_reply_to=reference))
         .package_id
     )
 
@@ -145,6 +153,18 @@ def _account(out: TextIO, office: Gateway, agency: Gateway, sent: list[str]) -> 
             )
         except GatewayError:
             out.write(f"  at {receiver.settings.gateway_id}: not received\n")
+    out.write("\n")
+    for gw in (agency, office):  # the request's answer: owed by the agency, awaited by the office
+        requests = [p.package_id for p in gw.ledger.packages() if p.kind == "request"]
+        for s in (s for pid in requests for s in gw.duties.standings(pid)):
+            d = s.duty
+            if d.duty in ("answer", "await"):
+                said = {"met": "answered in time", "met-late": "answered late"}.get(
+                    s.state, s.state
+                )
+                out.write(f"{gw.settings.gateway_id:<11} {d.duty} {d.package_id} under {d.regime}, due by "
+                          f"{d.due_at[:10] if d.due_at else '-'}: {said}"
+                          + (f" by {d.met_by}" if d.met_by and d.met_at else "") + "\n")  # fmt: skip
     out.write("\n")
     for gw in (office, agency):
         verdict = gw.audit.verify()

@@ -26,12 +26,14 @@ from gateway.core.clock import Clock
 from gateway.core.errors import LedgerDamaged, SettingsInvalid
 from gateway.core.model import Partner
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.duties import Duties
 
 if TYPE_CHECKING:  # built on first use, imported then
     from gateway.adapters.dropserver import DropServer
     from gateway.adapters.sessions import SessionPool
     from gateway.adapters.watch import Hint
     from gateway.pipeline.daemon import Daemon
+    from gateway.pipeline.retention import Retention
     from gateway.pipeline.schedule import Scheduler
     from gateway.pipeline.steps import Steps
     from gateway.transports.base import Transport
@@ -128,12 +130,26 @@ class Gateway:
                              self.home.incoming / partner.id, self.reads)  # fmt: skip
 
     @functools.cached_property
+    def duties(self) -> Duties:
+        """Partner policy, routing and deadlines, under the shipped regimes and the home's own."""
+        from gateway.adapters import regimes
+
+        return Duties(self.ledger, lambda: regimes.load(self.home.regimes), self.settings)
+
+    @functools.cached_property
     def steps(self) -> Steps:
         """The daemon's units of work."""
         from gateway.pipeline.steps import Steps
 
         return Steps(self.home, self.ledger, self.keyring, self.settings, self.clock,
-                     self.transport)  # fmt: skip
+                     self.transport, self.duties)  # fmt: skip
+
+    @functools.cached_property
+    def retention(self) -> Retention:
+        """What the daemon erases when its time is up (the `[retention]` settings)."""
+        from gateway.pipeline.retention import Retention
+
+        return Retention(self.home, self.ledger, self.settings, self.clock)
 
     def scheduler(self, once: bool) -> Scheduler:
         """What is due: for the daemon, or for one pass (`once`)."""
@@ -142,9 +158,12 @@ class Gateway:
         return Scheduler(self.steps, self.ledger, self.settings, self.clock, self.transport, once)
 
     def run_once(self) -> None:
-        """`gateway run --once`: all work that is due, one poll of every partner."""
+        """`gateway run --once`: all work that is due, one poll of every partner, and the
+        erasures retention says are due."""
         try:
             self.scheduler(once=True).drain()
+            self.duties.warn()
+            self.retention.run()
         finally:
             self.sessions.close_idle(0)
 
@@ -175,5 +194,5 @@ class Gateway:
 
         listen = self.settings.serve_listen
         return Daemon(self.home, self.settings, self.clock, self.steps, self.scheduler(once=False),
-                      self.audit, self.hints, self.sessions.close_idle,
+                      self.audit, self.retention, self.hints, self.sessions.close_idle,
                       self.drop_server(listen) if listen else None, stop)  # fmt: skip

@@ -22,6 +22,7 @@ import click
 from gateway.adapters import logs
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway, actor
+from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,21 +30,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Every command of `gateway`, each defined as `command` in `gateway/cli/NAME_cmd.py`.
 #: Loaded on use: importing all of them up front took 0.45 s of every run, most of it
 #: paramiko (0.13 s), which only the daemon and the transports need (python -X importtime).
-COMMANDS: Final = ("audit", "cancel", "demo", "doctor", "init", "keys", "ledger", "partner",
-                   "retry", "run", "send", "serve", "status")  # fmt: skip
+COMMANDS: Final = ("audit", "backup", "cancel", "demo", "doctor", "init", "keys", "ledger",
+                   "partner", "regimes", "restore", "retry", "run", "send", "serve",
+                   "status")  # fmt: skip
 
 
 class State:
     """What the group's options chose, handed to each command."""
 
-    def __init__(self, home: Home, debug: bool) -> None:
+    def __init__(self, home: Home, debug: bool, clock: Clock | None = None) -> None:
         self.home = home
         self.debug = debug
+        self.clock = clock
 
     @contextmanager
     def gateway(self, as_actor: str | None = None) -> Iterator[Gateway]:
         """The gateway of the chosen home, acting as the OS user unless told; closed afterwards."""
-        with Gateway(self.home, as_actor or actor()) as gw:
+        with Gateway(self.home, as_actor or actor(), self.clock) as gw:
             yield gw
 
 
@@ -133,4 +136,6 @@ def main(ctx: click.Context, home: str | None, debug: bool, log_format: str) -> 
     """
     os.umask(0o077)  # keys, ledger, spool and sealed files: for the gateway's user alone
     logs.setup(debug, log_format)
-    ctx.obj = State(Home.locate(home), debug)
+    # A caller running the commands in-process (the tests) may hand in the clock they read
+    # as click's `obj`; from a shell it is None and the gateway reads the system's.
+    ctx.obj = State(Home.locate(home), debug, clock=ctx.obj)

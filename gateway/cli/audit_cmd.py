@@ -8,6 +8,7 @@ import click
 
 from gateway.app.gateway import Gateway
 from gateway.cli import fail, with_gateway
+from gateway.core.text import shown
 
 
 @click.group("audit")
@@ -32,6 +33,12 @@ def verify(gw: Gateway) -> None:
     click.echo(
         f"audit trail intact: {verdict.events} events, {verdict.checkpoints} signed checkpoints"
     )
+    for r in verdict.restores:
+        click.echo(f"restored at event {r.event_id} ({r.at}) from {shown(r.backup)}, which held "
+                   f"events up to {r.last_event}: what the lost home did after that is not in this trail")  # fmt: skip
+    if verdict.lost:
+        click.echo(f"{len(verdict.lost)} checkpoints of the lost home, up to event {max(verdict.lost)}, "
+                   "were not required: they sign events after its backup")  # fmt: skip
 
 
 @command.command("checkpoint")

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from gateway.adapters import sshkeys
-from gateway.admin import partners
+from gateway.admin import partners, policy
 from gateway.app.gateway import Gateway
 from gateway.cli import emit, json_option, with_gateway
 from gateway.core.model import Partner, utc
+
+
+def regime_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--regime` and `--channel-for`, shared by `partner add` and `partner set`."""
+    f = click.option(
+        "--channel-for",
+        "channels",
+        metavar="CC",
+        multiple=True,
+        help="A country the partner also serves, as a channel (e.g. an Interpol NCB); repeatable.",
+    )(f)
+    return click.option(
+        "--regime",
+        "specs",
+        metavar="[KIND=]REGIME",
+        multiple=True,
+        help="A regime the partner may receive under: every kind it covers, or KIND only; repeatable.",
+    )(f)
 
 
 @click.group("partner")
@@ -68,15 +87,19 @@ def command() -> None:
     is_flag=True,
     help="Leave the recipient key id visible in packages (hidden by default).",
 )
+@regime_options
 @click.option("--reason", required=True, help="Why: recorded in the audit trail.")
 @with_gateway
 def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: str | None,
         host_key: str | None, pull: bool, ssh_key: Path | None, upload_dir: str, download_dir: str,
-        show_recipient: bool, reason: str) -> None:  # fmt: skip
+        show_recipient: bool, specs: tuple[str, ...], channels: tuple[str, ...],
+        reason: str) -> None:  # fmt: skip
     """Register a partner, pinning its OpenPGP key and its SSH key.
 
     The key file must hold exactly the key with FINGERPRINT, valid and not revoked.
     A push partner needs --push and --host-key; a pull partner --pull and --ssh-key.
+    Nothing is sent to it until it has a regime for the package's kind (--regime, or
+    `gateway partner set` later).
 
     \b
     Examples:
@@ -84,20 +107,50 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
         --fingerprint 0123...CDEF --push sftp://gbacro@sftp.ncb.example:22 \\
         --host-key 'ssh-ed25519 AAAAC3Nz...' --reason 'MoU 2026, key checked by phone'
       gateway partner add AU-AFP --openpgp-key au-afp.asc --fingerprint 4567...89AB \\
-        --pull --ssh-key au-afp.pub --reason 'MoU 2026, keys checked by phone'
+        --pull --ssh-key au-afp.pub --regime MOU-AU-2026 --reason 'MoU 2026, keys checked by phone'
     """
+    if specs or channels:
+        policy.rules(gw, specs)  # a bad --regime is refused before anything is registered
     if pull and not url and ssh_key and not host_key:
         partner = partners.add_pull(
             gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient
         )
-        click.echo(f"added {partner.id}: it logs in to the drop server as {partner.id}")
-        return
-    if not pull and url and host_key and not ssh_key:
+        said = f"added {partner.id}: it logs in to the drop server as {partner.id}"
+    elif not pull and url and host_key and not ssh_key:
         partner = partners.add_push(gw, partner_id, openpgp_key, fingerprint, url, host_key, reason,
                                       upload_dir, download_dir, not show_recipient)  # fmt: skip
-        click.echo(f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/")
-        return
-    raise click.UsageError("give either --push URL --host-key KEY, or --pull --ssh-key FILE")
+        said = f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/"
+    else:
+        raise click.UsageError("give either --push URL --host-key KEY, or --pull --ssh-key FILE")
+    if specs or channels:
+        policy.set_policy(gw, partner.id, specs, channels, reason)
+    click.echo(said)
+
+
+@command.command("set")
+@click.argument("partner_id", metavar="ID")
+@regime_options
+@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@with_gateway
+def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[str, ...],
+         reason: str) -> None:  # fmt: skip
+    """Set the regimes a partner may receive each kind under, and the countries it serves.
+
+    Each option given replaces what was registered before: all --regime values together,
+    all --channel-for values together (`--channel-for none` clears them). For each kind,
+    the first regime given is the default of packages that name none.
+
+    \b
+    Examples:
+      gateway partner set FR-CJN --regime EUFRA-2020-s1 --regime EUFRA-2020-s5 \\
+        --reason 'TCA Title IX exchange'
+      gateway partner set XX-NCB --regime request=MOU-XX-2026 --channel-for YY \\
+        --reason 'Interpol NCB relays requests for YY'
+    """
+    policy.set_policy(gw, partner_id, specs, channels, reason)
+    row = policy.describe(gw, partner_id)
+    click.echo(f"{partner_id}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items())
+               + f"; serves {', '.join(row['serves'])}")  # fmt: skip
 
 
 def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
@@ -122,6 +175,7 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "host_key": sshkeys.fingerprint(host_key) if host_key else None,
         "ssh_key": sshkeys.fingerprint(partner.ssh_key) if partner.ssh_key else None,
         "added_at": partner.added_at,
+        **policy.describe(gw, partner.id),
         "health": "disabled" if not partner.enabled else ("failing" if problems else "ok"),
         "last_problem": problems[-1] if problems else None,
     }

@@ -59,6 +59,8 @@ class Manifest:
     legal_basis: str | None = None
     marking: str | None = None
     in_reply_to: str | None = None
+    supersedes: str | None = None  # the package this one amends (EUFRA 2020 s.1(7))
+    use_restrictions: tuple[str, ...] | None = None  # of the regime named in legal_basis
 
     def to_json(self) -> bytes:
         """The manifest as UTF-8 JSON, optional fields left out when empty."""
@@ -129,6 +131,14 @@ def _manifest(data: bytes) -> Manifest:
     if not valid:
         raise InputRefused("manifest field 'created_at' must be UTC time as 2026-11-28T18:00:00Z")
     in_reply_to = _text(doc, "in_reply_to", optional=True)
+    supersedes = _text(doc, "supersedes", optional=True)
+    restrictions = doc.get("use_restrictions")
+    if restrictions is not None and (
+        not isinstance(restrictions, list)
+        or not 0 < len(restrictions) <= 32
+        or not all(isinstance(r, str) and 0 < len(r) <= 1024 for r in restrictions)
+    ):
+        raise InputRefused("manifest field 'use_restrictions' must be a list of 1 to 32 strings")
     return Manifest(
         package_id=package_id(str(_text(doc, "package_id"))),
         kind=kind(str(_text(doc, "kind"))),
@@ -140,6 +150,8 @@ def _manifest(data: bytes) -> Manifest:
         legal_basis=_text(doc, "legal_basis", optional=True),
         marking=_text(doc, "marking", optional=True),
         in_reply_to=None if in_reply_to is None else package_id(in_reply_to),
+        supersedes=None if supersedes is None else package_id(supersedes),
+        use_restrictions=None if restrictions is None else tuple(restrictions),
     )
 
 

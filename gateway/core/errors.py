@@ -116,6 +116,21 @@ class SettingsInvalid(HomeError):
     exit_code = 14
 
 
+class RestoreRefused(HomeError):
+    """`gateway restore` was pointed at a folder that is not empty; nothing was changed:
+    restore into a new, empty folder (a home is never overwritten by a backup)."""
+
+    exit_code = 15
+
+
+class RegimesInvalid(HomeError):
+    """A regimes file (the shipped one, or the home's regimes.toml) is not valid: an
+    unknown field, a value of the wrong type, an id used twice or taken from the shipped
+    file: fix the entry the `error:` line names."""
+
+    exit_code = 17
+
+
 # -- 20-29: partners, keys and cryptography ----------------------------------------------
 
 
@@ -210,6 +225,14 @@ class RemoteConflict(Permanent):
     exit_code = 35
 
 
+class BackupDamaged(Permanent):
+    """A backup is not whole or not ours (a file missing, changed or not listed in its
+    manifest, or no manifest); nothing was restored: take another backup, or check how
+    this one was copied."""
+
+    exit_code = 38
+
+
 # -- 40-49: input the gateway refused ----------------------------------------------------
 
 
@@ -234,6 +257,23 @@ class Rejected(Permanent):
     def __init__(self, message: str, signer: str | None = None) -> None:
         super().__init__(message)
         self.signer = signer
+
+
+class NoLegalBasis(InputRefused):
+    """No regime is registered under which the partner may receive that kind of package,
+    or not the one asked for; nothing was queued (a spooled file is quarantined): register
+    one with `gateway partner set ID --regime KIND=REGIME --reason R`, or name another."""
+
+    exit_code = 44
+
+
+class Misrouted(InputRefused):
+    """The package concerns a person of other nationalities than the partner's country
+    (or the countries it is a channel for); nothing was queued (a spooled file is
+    quarantined): send it to the right partner, or register the channel with
+    `gateway partner set ID --channel-for CC --reason R` if it is one."""
+
+    exit_code = 45
 
 
 # -- 50-59: transient trouble ------------------------------------------------------------

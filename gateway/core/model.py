@@ -71,6 +71,8 @@ class Package:
     failures: int = 0  # failed attempts so far
     next_attempt_at: float | None = None
     last_error: str | None = None
+    #: What retention erased of it, and when: JSON, e.g. {"inbound": "2026-12-06T..."}.
+    erased: str | None = None
 
     @staticmethod
     def from_row(row: dict[str, Any]) -> Package:
@@ -93,6 +95,10 @@ class Event:
     detail: str | None
     prev_hash: str
     hash: str
+    #: SHA-256 of `detail`, chained in its place, so that retention can erase a detail
+    #: and the chain still verifies. None on events written before it existed: their
+    #: chain covers the detail itself, and their details are never erased.
+    detail_sha256: str | None = None
 
     def summary(self) -> str:
         """One log line: what happened to what, and why if it went wrong. No payload, no keys."""
@@ -103,7 +109,20 @@ class Event:
 
     def expected_hash(self) -> str:
         """The hash this event must carry, given its content and the hash before it."""
-        return chain_hash(dataclasses.astuple(self)[:10])
+        return chain_hash(chained(dataclasses.astuple(self)[:10], self.detail_sha256))
+
+
+def detail_digest(detail: str) -> str:
+    """The SHA-256 of an event's detail, as chained."""
+    return hashlib.sha256(detail.encode()).hexdigest()
+
+
+def chained(fields: Sequence[object], detail_sha256: str | None) -> Sequence[object]:
+    """An event's first ten fields as the chain covers them: the detail's digest in place
+    of the detail, where the event has one."""
+    if detail_sha256 is None:
+        return fields
+    return [*fields[:8], f"sha256:{detail_sha256}", fields[9]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,10 +110,51 @@ SETTINGS: Final = (
         "Most bytes one read request is answered with (as OpenSSH's server).",
     ),
     Setting("serve.max_sessions_per_partner", 4, "Sessions one partner may have open at once."),
+    Setting(
+        "duties.calendar",
+        "GB-ENG",
+        "Working-day calendar of answer periods (holidays library name): GB-ENG is England and Wales.",
+    ),
+    Setting("duties.warn_days", 3, "Warn this many days before a notification or answer is due."),
+    Setting(
+        "duties.lone_sidecar_seconds",
+        3600,
+        "A x.meta.json sidecar with no file x beside it this long is quarantined.",
+    ),
+    Setting(
+        "retention.inbound_days",
+        30,
+        "Days an accepted inbound delivery may wait in spool/inbound for the upstream system; "
+        "then it is erased. 0: kept until taken.",
+    ),
+    Setting(
+        "retention.quarantine_days",
+        90,
+        "Days a quarantined file and its reason are kept, then erased. 0: kept for ever.",
+    ),
+    Setting(
+        "retention.sealed_days",
+        30,
+        "Days a sealed file is kept once its package is final (acknowledged, refused, "
+        "cancelled), then erased. 0: kept for ever.",
+    ),
+    Setting(
+        "retention.details_days",
+        0,
+        "Days a final package's ledger details (file name, reference, errors, event details) "
+        "are kept, then erased; ids, states, times and hashes stay. 0: kept for ever.",
+    ),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
-_ZERO_ALLOWED: Final = {"daemon.settle_seconds", "keys.overlap_days"}
+_ZERO_ALLOWED: Final = {
+    "daemon.settle_seconds",
+    "keys.overlap_days",
+    "retention.inbound_days",
+    "retention.quarantine_days",
+    "retention.sealed_days",
+    "retention.details_days",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +190,13 @@ class Settings:
     serve_max_open_handles: int = 64
     serve_max_read_bytes: int = 261120
     serve_max_sessions_per_partner: int = 4
+    duties_calendar: str = "GB-ENG"
+    duties_warn_days: int = 3
+    duties_lone_sidecar_seconds: int = 3600
+    retention_inbound_days: int = 30
+    retention_quarantine_days: int = 90
+    retention_sealed_days: int = 30
+    retention_details_days: int = 0
 
 
 def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:

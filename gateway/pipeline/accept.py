@@ -30,6 +30,7 @@ from gateway.core.model import Package, Partner, utc
 from gateway.core.names import MANIFEST, new_package_id, package_sender
 from gateway.core.receipts import Receipt
 from gateway.core.settings import Settings
+from gateway.pipeline.duties import Duties
 
 log = logging.getLogger("gateway")
 ENVELOPE_OVERHEAD: Final = 1024 * 1024  # manifest, tar headers and OpenPGP framing, generously
@@ -38,7 +39,9 @@ ENVELOPE_OVERHEAD: Final = 1024 * 1024  # manifest, tar headers and OpenPGP fram
 class Accept:
     """Verifies, delivers and answers packages from partners."""
 
-    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, settings: Settings) -> None:
+    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, settings: Settings,
+                 duties: Duties) -> None:  # fmt: skip
+        self.duties = duties
         self.home = home
         self.ledger = ledger
         self.keyring = keyring
@@ -86,13 +89,9 @@ class Accept:
             self._check(manifest, partner, pid, signer)
             self._deliver(partner, manifest, work / "payload")
             self._receipt_out(pid, partner, digest, None)
-            self.ledger.transition(pid, State.ACCEPTED, "accept", {"kind": manifest.kind, "signer": signer,
-                                   "payload_sha256": manifest.payload.sha256}, receipt_state="due",
-                                   kind=manifest.kind, payload_name=manifest.payload.name,
-                                   payload_size=manifest.payload.size, payload_sha256=manifest.payload.sha256,
-                                   reference=manifest.reference, legal_basis=manifest.legal_basis,
-                                   marking=manifest.marking, in_reply_to=manifest.in_reply_to,
-                                   sender_key=signer, recipient_key=manifest.recipient.key)  # fmt: skip
+            with self.ledger.transaction():  # accepted, and the answer clock it starts, together
+                self.duties.accepted(pid, partner.id, manifest)
+                self._accepted(pid, manifest, signer)
             path.unlink()
         except Rejected as problem:
             self._reject(partner, path, pid, digest, problem, signer or problem.signer)
@@ -104,6 +103,15 @@ class Accept:
             self._reject(partner, path, pid, digest, poison, signer)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _accepted(self, pid: str, manifest: Manifest, signer: str) -> None:
+        self.ledger.transition(pid, State.ACCEPTED, "accept", {"kind": manifest.kind, "signer": signer,
+                               "payload_sha256": manifest.payload.sha256, "legal_basis": manifest.legal_basis},
+                               receipt_state="due", kind=manifest.kind, payload_name=manifest.payload.name,
+                               payload_size=manifest.payload.size, payload_sha256=manifest.payload.sha256,
+                               reference=manifest.reference, legal_basis=manifest.legal_basis,
+                               marking=manifest.marking, in_reply_to=manifest.in_reply_to,
+                               sender_key=signer, recipient_key=manifest.recipient.key)  # fmt: skip
 
     def _reject(self, partner: Partner, path: Path, pid: str, digest: str, problem: Rejected,
                 signer: str | None) -> None:  # fmt: skip

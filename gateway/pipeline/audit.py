@@ -5,6 +5,16 @@ event. It cannot show a trail rewritten from some point on, or cut short, by som
 with write access to ledger.db: for that, a checkpoint names the head event's id and
 hash, signed with the gateway's own key, and is kept outside the database in
 `spool/audit/`. `verify()` checks the chain and every checkpoint against it.
+
+A home restored from a backup (`gateway restore`) carries on from the backup's last
+event N: event N+1 is `restore`, naming N and its hash, and restore signs a checkpoint
+over it at once. Events the lost home wrote after N are gone, and checkpoints it signed
+of them no longer match. Such a checkpoint (of an event after N, signed before the
+restore) is not required, but counted as lost, and only when a checkpoint signed after
+the restore vouches for the restore event: without the gateway's key, no one who can
+write ledger.db can excuse a trail cut short by adding a `restore` row. What the chain
+still proves: events 1..N are the lost home's own, unaltered; the restore happened after
+them; nothing after it was altered. It cannot prove what the lost home did after N.
 """
 
 from __future__ import annotations
@@ -34,6 +44,18 @@ class Verdict:
     checkpoints: int
     broken: Event | None = None
     problem: str | None = None
+    restores: tuple[Restore, ...] = ()
+    lost: tuple[int, ...] = ()  # event ids seen by checkpoints of a lost home, not required
+
+
+@dataclasses.dataclass(frozen=True)
+class Restore:
+    """A `restore` event: its id, when, and the last event the backup held."""
+
+    event_id: int
+    at: str
+    last_event: int
+    backup: str
 
 
 class AuditTrail:
@@ -72,12 +94,16 @@ class AuditTrail:
         return final
 
     def verify(self) -> Verdict:
-        """Check the chain, then each checkpoint's signature and that the chain still holds it."""
+        """Check the chain, then each checkpoint's signature and that the chain still holds
+        it, excusing those a vouched restore explains (see the module's text)."""
         events, broken = self.ledger.verify_chain()
         if broken is not None:
             return Verdict(events, 0, broken, f"event {broken.id} was edited, removed or reordered")
         own = self.ledger.own_keys()
-        checked = 0
+        restores = tuple(Restore(e.id, e.at, int(d["last_event"]), str(d["backup"]))
+                         for e in self.ledger.events_of("restore")
+                         if (d := json.loads(e.detail or "{}")))  # fmt: skip
+        checked, good, lost = 0, [], []
         for path in sorted(self.folder.glob("*.checkpoint")):
             plain = path.with_name(f".{path.name}.plain")
             try:
@@ -89,15 +115,30 @@ class AuditTrail:
             finally:
                 plain.unlink(missing_ok=True)
             event_id, expected = int(doc["event_id"]), str(doc["hash"])
+            if event_id <= events and (
+                not event_id or self.ledger.event_hash(event_id) == expected
+            ):
+                checked += 1
+                good.append(event_id)
+                continue
+            gap = next((r for r in restores
+                        if r.last_event < event_id and str(doc.get("at", "")) <= r.at), None)  # fmt: skip
+            if gap is not None:
+                lost.append((path.name, event_id, gap))
+                continue
             if event_id > events:
                 return Verdict(events, checked, None,
                                f"the trail ends at event {events}, but checkpoint {path.name} saw event {event_id}: "
                                "events were removed from its end")  # fmt: skip
-            if event_id and self.ledger.event_hash(event_id) != expected:
+            return Verdict(events, checked, None,
+                           f"event {event_id} is not the one checkpoint {path.name} signed: the trail was rewritten")  # fmt: skip
+        for name, event_id, gap in lost:
+            if not any(g >= gap.event_id for g in good):
                 return Verdict(events, checked, None,
-                               f"event {event_id} is not the one checkpoint {path.name} signed: the trail was rewritten")  # fmt: skip
-            checked += 1
-        return Verdict(events, checked)
+                               f"checkpoint {name} saw event {event_id}, after the backup restored at event "
+                               f"{gap.event_id}, but no checkpoint signs that restore: the trail may have been "
+                               "cut short")  # fmt: skip
+        return Verdict(events, checked, restores=restores, lost=tuple(e for _, e, _ in lost))
 
     def export(self, since: str | None) -> list[dict[str, object]]:
         """The events at or after `since` (ISO 8601 time), as plain values; the read is logged."""

@@ -25,6 +25,7 @@ from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
 from gateway.core.settings import Settings
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.retention import Retention
 from gateway.pipeline.schedule import Scheduler
 from gateway.pipeline.steps import Steps
 
@@ -40,7 +41,7 @@ class Daemon:
     """Watch, take in, and keep the workers busy until `stop` is set."""
 
     def __init__(self, home: Home, settings: Settings, clock: Clock, steps: Steps,
-                 scheduler: Scheduler, audit: AuditTrail, hints: queue.Queue[Hint],
+                 scheduler: Scheduler, audit: AuditTrail, retention: Retention, hints: queue.Queue[Hint],
                  close_idle: Callable[[float | None], None], drop_server: DropServer | None,
                  stop: threading.Event) -> None:  # fmt: skip
         self.home = home
@@ -49,6 +50,7 @@ class Daemon:
         self.steps = steps
         self.scheduler = scheduler
         self.audit = audit
+        self.retention = retention
         self.hints = hints
         self.close_idle = close_idle
         self.drop_server = drop_server
@@ -72,7 +74,7 @@ class Daemon:
         self.watcher.start()
         for worker in self.workers:
             worker.start()
-        next_scan = -1.0
+        next_scan = next_duties = -1.0
         next_checkpoint = self.clock.monotonic() + self.settings.audit_checkpoint_seconds
         try:
             while not self.stop.is_set():
@@ -82,9 +84,10 @@ class Daemon:
                             "the spool watcher stopped; restarting it, and scanning to cover the gap"
                         )
                         self.watcher.start()
-                        next_scan = -1.0
+                        next_scan = next_duties = -1.0
                     if self.clock.monotonic() >= next_scan:
                         self.scan()
+                        self._submit("retention", self.retention.run)  # with each full scan
                         next_scan = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.recheck_unsettled()
                     self.close_idle(None)
@@ -93,6 +96,9 @@ class Daemon:
                         next_checkpoint = (
                             self.clock.monotonic() + self.settings.audit_checkpoint_seconds
                         )
+                    if self.clock.monotonic() >= next_duties:  # the log warns before and at expiry
+                        self._submit("duties", self.steps.duties.warn)
+                        next_duties = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.dispatch()
                     self.wait()
                 except Exception as err:  # a full disk, a locked ledger: the service keeps going
@@ -113,7 +119,9 @@ class Daemon:
     def consider(self, entry: Entry, renamed: bool) -> None:
         """Take an entry in now, or note when to look at it again if it may still grow."""
         settle = self.settings.daemon_settle_seconds
-        if entry.regular and not renamed and not entry.settled(self.clock.now(), settle):
+        if (owner := entry.owner()) is not entry:  # a sidecar: its file decides, and takes both
+            entry, renamed = owner, False
+        if entry.regular and not entry.settled(self.clock.now(), settle, renamed):
             self.unsettled[entry.path] = self.clock.monotonic() + settle
             return
         self.unsettled.pop(entry.path, None)

@@ -133,6 +133,7 @@ class Delivery:
 
     def _record(self, state: State, package: Package, put: Placed, where: str) -> None:
         detail = {"endpoint": where, "path": put.path, "already_there": put.already_there,
+                  "recipient": package.partner, "legal_basis": package.legal_basis,
                   "recipient_key": package.recipient_key, "ciphertext_sha256": package.ciphertext_sha256}  # fmt: skip
         if state is State.DELIVERED:
             self.ledger.transition(package.package_id, state, "deliver", detail, next_attempt_at=None,

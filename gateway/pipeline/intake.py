@@ -8,6 +8,7 @@ read. Where a crash can fall, and what the next start (`recover`) does:
 |---|---|---|---|
 | move | `origin.json` written | `work/<id>/origin.json`, the file still in `outbound/` | removes the folder; the file is taken again |
 | move | the rename | `work/<id>/` with `origin.json` and `payload` | records the package `received` (or quarantines it) |
+| move, with a sidecar | the rename | as above, the sidecar's content in `origin.json`, the sidecar still in `outbound/` | as above, with the sidecar's content; removes the sidecar if it is unchanged |
 | copy (`send`) | the mark, during the copy | `work/.<id>.writing`, `work/<id>/` partly written | removes both once no live `send` holds the mark; `send` printed no id |
 | copy (`send`) | the ledger's `received` | `work/<id>/`, the mark | removes the mark; the package is sealed |
 
@@ -17,30 +18,30 @@ folder exists until the package is in the ledger, so recovery never removes it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from gateway.adapters import quarantine
 from gateway.adapters.files import fsync_dir, open_regular, publish, write_atomic
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import being_written, writing
+from gateway.core.duties import MAX_SIDECAR_BYTES, SIDECAR, Declared, parse_sidecar
 from gateway.core.errors import (
     GatewayError,
     InputRefused,
     UnknownPartner,
-    UsageError,
 )
 from gateway.core.lifecycle import State
 from gateway.core.model import Package, utc
 from gateway.core.names import kind as parse_kind
-from gateway.core.names import new_package_id, package_id, payload_name
+from gateway.core.names import new_package_id, payload_name
 from gateway.core.settings import Settings
+from gateway.pipeline.duties import Duties
 
 PAYLOAD: Final = "payload"
 ORIGIN: Final = "origin.json"
@@ -49,37 +50,21 @@ MARK: Final = ".writing"
 CHUNK: Final = 1024 * 1024
 
 
-@dataclasses.dataclass(frozen=True)
-class Labels:
-    """What a sender may say of a package besides the file; all of it goes in the signed manifest."""
-
-    reference: str | None = None
-    legal_basis: str | None = None
-    marking: str | None = None
-    in_reply_to: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.in_reply_to is not None:
-            package_id(self.in_reply_to)
-        for value in (self.reference, self.legal_basis, self.marking):
-            if value is not None and not 0 < len(value) <= 1024:
-                raise UsageError("--ref, --legal-basis and --marking take 1 to 1024 characters")
-
-
 class Intake:
     """Takes files into the gateway's own area and records them `received`."""
 
-    def __init__(self, home: Home, ledger: Ledger, settings: Settings) -> None:
+    def __init__(self, home: Home, ledger: Ledger, settings: Settings, duties: Duties) -> None:
         self.home = home
         self.ledger = ledger
         self.settings = settings
+        self.duties = duties
 
     def copy_in(
         self,
         source: Path,
         partner: str,
         kind: str,
-        labels: Labels | None = None,
+        declared: Declared | None = None,
     ) -> Package:
         """Take a copy of `source` (`gateway send`); the original is left alone."""
         name = payload_name(source.name)
@@ -104,32 +89,67 @@ class Intake:
                 with (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
                 publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
-                return self._admit(pid, partner, kind, name, labels or Labels())
+                return self._admit(pid, partner, kind, name, declared or Declared())
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
 
-    def move_in(self, path: Path, partner: str, kind: str) -> Package:
-        """Take a file from the outbound spool, or quarantine it with the reason."""
+    def move_in(self, path: Path, partner: str, kind: str) -> Package | None:
+        """Take a file from the outbound spool with its sidecar, or quarantine both with the
+        reason; None for a sidecar, which waits for its file (`lone_sidecar`)."""
+        if path.name.endswith(SIDECAR):
+            return self.lone_sidecar(path, partner, kind)
         pid = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
+        sidecar = path.with_name(path.name + SIDECAR)
+        has_sidecar = os.path.lexists(sidecar)
         try:
             name = payload_name(os.fsencode(path.name))
             self._partner(partner)
             parse_kind(kind)
+            declared = read_sidecar(sidecar) if has_sidecar else {}
         except GatewayError as problem:
-            return self.quarantine(path, pid, partner, kind, str(problem))
+            return self.quarantine(path, pid, partner, kind, str(problem),
+                                   sidecar=sidecar if has_sidecar else None)  # fmt: skip
         folder = self.home.work / pid
         folder.mkdir(mode=0o700)
         try:
-            origin = {"partner": partner, "kind": kind, "name": name}
+            origin = {"partner": partner, "kind": kind, "name": name, "declared": declared,
+                      "sidecar": sidecar.name if has_sidecar else None}  # fmt: skip
             write_atomic(folder / ORIGIN, json.dumps(origin).encode())
             os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)  # nothing was taken: the file stays put
             raise
         fsync_dir(folder)
+        self._drop_sidecar(origin)  # its content is in origin.json: taken with the file
         fsync_dir(path.parent)
         return self._finish(pid)
+
+    def lone_sidecar(self, path: Path, partner: str, kind: str) -> Package | None:
+        """A sidecar is taken with its file; one alone waits duties.lone_sidecar_seconds for
+        it (a producer may write the sidecar first), then is quarantined."""
+        if os.path.lexists(path.with_name(path.name.removesuffix(SIDECAR))):
+            return None
+        age = self.ledger.clock.now() - os.lstat(path).st_mtime
+        if age < self.settings.duties_lone_sidecar_seconds:
+            return None
+        pid = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
+        return self.quarantine(path, pid, partner, kind, (
+            f"a sidecar with no file beside it for {int(age)} s: its file was taken before it "
+            "arrived (drop the sidecar first) or never came; drop both again"))  # fmt: skip
+
+    def _drop_sidecar(self, origin: dict[str, Any]) -> None:
+        """Remove a sidecar whose content was taken with its file (after a crash, only if
+        it is still the same)."""
+        if not origin.get("sidecar"):
+            return
+        path = self.home.outbound / origin["partner"] / origin["kind"] / origin["sidecar"]
+        try:
+            same = read_sidecar(path) == origin["declared"]
+        except (GatewayError, OSError):
+            return
+        if same:
+            path.unlink()
 
     def recover(self) -> list[Package]:
         """Finish what a crash interrupted: work folders with no ledger entry.
@@ -148,6 +168,7 @@ class Intake:
             if self.ledger.find(entry.name) is not None or being_written(self._mark(entry.name)):
                 continue
             if (entry / ORIGIN).is_file() and os.path.lexists(entry / PAYLOAD):
+                self._drop_sidecar(json.loads((entry / ORIGIN).read_text()))
                 done.append(self._finish(entry.name))
             else:  # a copy whose writer died, or a move that never happened
                 shutil.rmtree(entry)
@@ -163,7 +184,8 @@ class Intake:
         folder = self.home.work / pid
         origin = json.loads((folder / ORIGIN).read_text())
         try:
-            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], Labels())
+            declared = Declared.of(origin.get("declared", {}))
+            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], declared)
         except InputRefused as problem:
             package = self.quarantine(
                 folder / PAYLOAD,
@@ -173,6 +195,9 @@ class Intake:
                 str(problem),
                 name=origin["name"],
             )
+            if origin.get("sidecar"):  # taken with the file: kept with it, as it was declared
+                write_atomic(self.home.quarantine / f"{pid}{SIDECAR}",
+                             json.dumps(origin["declared"], indent=2).encode())  # fmt: skip
             shutil.rmtree(folder)
             return package
 
@@ -182,9 +207,10 @@ class Intake:
         partner: str,
         kind: str,
         name: str,
-        labels: Labels,
+        declared: Declared,
     ) -> Package:
-        """Hash a payload already in the work folder and record it `received`."""
+        """Hash a payload already in the work folder and record it `received`, with its
+        legal basis and duty; refused if the partner may not receive it."""
         path = self.home.work / pid / PAYLOAD
         fd = open_regular(path, single_link=True)
         digest, size = hashlib.sha256(), 0
@@ -199,6 +225,7 @@ class Intake:
                     )
         if size == 0:
             raise InputRefused("the file is empty: nothing to send")
+        admitted = self.duties.admit(partner, kind, declared, pid)
         now = utc(self.ledger.clock.now())
         package = Package(
             package_id=pid,
@@ -211,11 +238,18 @@ class Intake:
             payload_name=name,
             payload_size=size,
             payload_sha256=digest.hexdigest(),
-            **dataclasses.asdict(labels),
+            reference=declared.reference,
+            legal_basis=admitted.regime.id,
+            marking=declared.marking,
+            in_reply_to=declared.in_reply_to,
         )
-        return self.ledger.insert(
-            package, "intake", {"name": name, "size": size, "sha256": package.payload_sha256}
-        )
+        detail = {"name": name, "size": size, "sha256": package.payload_sha256,
+                  "legal_basis": admitted.regime.id, "duty": admitted.terms.duty,
+                  "due_at": admitted.terms.due_at, "supersedes": declared.supersedes}  # fmt: skip
+        with self.ledger.transaction():
+            self.ledger.insert(package, "intake", {k: v for k, v in detail.items() if v})
+            self.duties.obligations.add(admitted.terms)
+        return package
 
     def _partner(self, partner: str) -> None:
         try:
@@ -226,8 +260,9 @@ class Intake:
             ) from None
 
     def quarantine(self, path: Path, pid: str, partner: str | None, kind: str | None,
-                   reason: str, name: str | None = None) -> Package:  # fmt: skip
-        """Move a rejected entry to quarantine with `<pid>.reason.json`; record it `rejected`."""
+                   reason: str, name: str | None = None, sidecar: Path | None = None) -> Package:  # fmt: skip
+        """Move a rejected entry to quarantine with `<pid>.reason.json`, and its sidecar
+        as `<pid>.meta.json` beside it; record it `rejected`."""
         original = name or os.fsencode(path.name).decode("utf-8", "backslashreplace")
         now = utc(self.ledger.clock.now())
         report = quarantine.put(self.home.quarantine, path, pid, {
@@ -236,10 +271,18 @@ class Intake:
             "what_to_do": "fix the file as the reason says and drop it again; "
                           "delete this entry and its reason file once dealt with",
         })  # fmt: skip
+        if sidecar is not None:
+            quarantine.put(self.home.quarantine, sidecar, pid + SIDECAR, {
+                "package_id": pid, "original_name": sidecar.name, "partner": partner,
+                "kind": kind, "reason": reason, "at": now,
+                "what_to_do": f"the sidecar of {original}, quarantined with it: fix and drop both again",
+            })  # fmt: skip
         known = partner if partner and self._known(partner) else None
         package = Package(package_id=pid, direction="out", state=State.REJECTED, created_at=now,
                           updated_at=now, partner=known, kind=kind, last_error=reason)  # fmt: skip
         detail = {"name": original, "what": report["what"], "reason": reason, "partner": partner}
+        if sidecar is not None:
+            detail["sidecar"] = sidecar.name
         return self.ledger.insert(package, "quarantine", detail)
 
     def _known(self, partner: str) -> bool:
@@ -248,3 +291,18 @@ class Intake:
         except UnknownPartner:
             return False
         return True
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """A sidecar's declarations, checked, as plain values; InputRefused if it is bad."""
+    try:
+        fd = open_regular(path, single_link=True)
+    except InputRefused as problem:
+        raise InputRefused(f"the sidecar {path.name}: {problem}") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_SIDECAR_BYTES + 1)
+    try:
+        declared = parse_sidecar(data)
+    except InputRefused as problem:
+        raise InputRefused(f"{path.name}: {problem}") from None
+    return declared.plain()

@@ -30,6 +30,7 @@ from gateway.core.envelope import ChunkReader, Manifest, Party, Payload, tar_chu
 from gateway.core.errors import HostTrouble, LedgerDamaged, NoSuchPackage, SpoolDamaged
 from gateway.core.lifecycle import MAY_HOLD_PLAINTEXT, State
 from gateway.core.model import Package
+from gateway.pipeline.duties import Duties
 from gateway.pipeline.intake import PAYLOAD
 
 log = logging.getLogger("gateway")
@@ -106,7 +107,8 @@ class Follower(threading.Thread):
             self.tee_error, self.tee = err, None
 
 
-def manifest_for(package: Package, sender: Party, recipient: Party) -> Manifest:
+def manifest_for(package: Package, sender: Party, recipient: Party, supersedes: str | None = None,
+                 use_restrictions: tuple[str, ...] | None = None) -> Manifest:  # fmt: skip
     """The manifest that describes `package` from `sender` to `recipient`."""
     assert package.payload_name and package.payload_size is not None and package.payload_sha256
     return Manifest(
@@ -120,13 +122,17 @@ def manifest_for(package: Package, sender: Party, recipient: Party) -> Manifest:
         legal_basis=package.legal_basis,
         marking=package.marking,
         in_reply_to=package.in_reply_to,
+        supersedes=supersedes,
+        use_restrictions=use_restrictions,
     )
 
 
 class Sealer:
     """Seals received packages for their partner."""
 
-    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, gateway_id: str) -> None:
+    def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, gateway_id: str,
+                 duties: Duties) -> None:  # fmt: skip
+        self.duties = duties
         self.home = home
         self.ledger = ledger
         self.keyring = keyring
@@ -145,7 +151,9 @@ class Sealer:
                 "the ledger names no key of the gateway's own: restore ledger.db from backup"
             )
         sender = Party(self.gateway_id, own_key)
-        manifest = manifest_for(package, sender, Party(partner.id, partner.openpgp_key))
+        manifest = manifest_for(package, sender, Party(partner.id, partner.openpgp_key),
+                                self.duties.supersedes(package.package_id),
+                                self.duties.restrictions(package))  # fmt: skip
         final = self.home.sealed_file(package.package_id)
         tmp = final.with_name(f".{final.name}.tmp")
         tmp.unlink(missing_ok=True)  # the follower must find gpg's file, not an older one

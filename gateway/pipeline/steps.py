@@ -34,6 +34,7 @@ from gateway.pipeline.accept import Accept
 from gateway.pipeline.acknowledge import Acknowledge
 from gateway.pipeline.collect import Collector
 from gateway.pipeline.deliver import Delivery
+from gateway.pipeline.duties import Duties
 from gateway.pipeline.intake import Intake
 from gateway.pipeline.sealing import Sealer
 from gateway.pipeline.setback import Setback
@@ -56,18 +57,19 @@ class Steps:
     """The daemon's units of work, over one home."""
 
     def __init__(self, home: Home, ledger: Ledger, keyring: Keyring, settings: Settings,
-                 clock: Clock, transport: Callable[[Partner], Transport]) -> None:  # fmt: skip
+                 clock: Clock, transport: Callable[[Partner], Transport], duties: Duties) -> None:  # fmt: skip
         self.home = home
         self.ledger = ledger
         self.keyring = keyring
         self.settings = settings
         self.clock = clock
         self.transport = transport
-        self.intake = Intake(home, ledger, settings)
-        self.sealer = Sealer(home, ledger, keyring, settings.gateway_id)
+        self.duties = duties
+        self.intake = Intake(home, ledger, settings, duties)
+        self.sealer = Sealer(home, ledger, keyring, settings.gateway_id, duties)
         self.setback = Setback(ledger, settings)
         self.delivery = Delivery(home, ledger, self.setback)
-        self.accept = Accept(home, ledger, keyring, settings)
+        self.accept = Accept(home, ledger, keyring, settings, duties)
         self.collector = Collector(
             home,
             ledger,
@@ -107,7 +109,7 @@ class Steps:
                         err.strerror or err)  # fmt: skip
             return None
 
-    def _take(self, entry: Entry) -> Package:
+    def _take(self, entry: Entry) -> Package | None:
         if entry.partner is None or entry.kind is None:
             reason = "found outside spool/outbound/<PARTNER>/<kind>/: drop files in a kind folder"
         elif not entry.regular:

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +31,20 @@ from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.sftp import CIPHERS, MACS
 from gateway.app.gateway import Gateway
+from gateway.core.clock import Clock
 from gateway.core.lifecycle import State
-from tests.helpers import GATEWAY_ID, PartnerPgp, Templates, cli, gateway, seal_due, set_setting
+from tests.helpers import (
+    GATEWAY_ID,
+    TEST_REGIMES,
+    ManualClock,
+    PartnerPgp,
+    Templates,
+    cli,
+    gateway,
+    seal_due,
+    set_setting,
+    wait_for,
+)
 
 PULL_ID = "AU-AFP"
 OTHER_ID = "FR-CJN"
@@ -49,7 +62,7 @@ def register(home: Home, pgp: PartnerPgp, key: Path, partner_id: str) -> None:
     """`gateway partner add ID --pull`: the partner logs in with `key`."""
     result = cli(home, "partner", "add", partner_id, "--openpgp-key", str(pgp.public_key),
                  "--fingerprint", pgp.fingerprint, "--pull", "--ssh-key", f"{key}.pub",
-                 "--reason", "test")  # fmt: skip
+                 *TEST_REGIMES, "--reason", "test")  # fmt: skip
     assert result.exit_code == 0, result.stderr
 
 
@@ -174,9 +187,12 @@ def pull_partner(
 
 
 @contextlib.contextmanager
-def serving(home: Home, short_tmp: Path, pgp: PartnerPgp, key: Path) -> Iterator[Drop]:
-    """Open the gateway, start its drop server on a free loopback port; stop it after."""
-    with gateway(home, "daemon") as gw:
+def serving(
+    home: Home, short_tmp: Path, pgp: PartnerPgp, key: Path, clock: Clock | None = None
+) -> Iterator[Drop]:
+    """Open the gateway (on `clock` if given), start its drop server on a free loopback
+    port; stop it after."""
+    with gateway(home, "daemon", clock) as gw:
         server = gw.drop_server("127.0.0.1:0")
         server.start()
         try:
@@ -771,24 +787,38 @@ def test_repeated_failures_ban_the_address(limited: Drop, short_tmp: Path) -> No
     assert "Permission denied" not in banned.stderr, "cut before authentication"
 
 
-@pytest.mark.parametrize("limited", [{"serve.idle_timeout_seconds": 1}], indirect=True)
-def test_idle_session_is_closed(limited: Drop) -> None:
-    """An SFTP session that does nothing is closed by the server within a few seconds."""
-    with limited.client() as (transport, sftp):
+@pytest.fixture
+def on_clock(
+    home: Home, short_tmp: Path, pull_partner: tuple[PartnerPgp, Path], clock: ManualClock
+) -> Iterator[Drop]:
+    """A drop server whose clock the test moves, idle after 60 s."""
+    set_setting(home, "serve.idle_timeout_seconds", 60)
+    with serving(home, short_tmp, *pull_partner, clock=clock) as drop:
+        yield drop
+
+
+#: Real time for the server's idle watch, which looks twice a second, to have looked.
+WATCHED = 1.5
+
+
+def test_idle_session_is_closed(on_clock: Drop, clock: ManualClock) -> None:
+    """An SFTP session that does nothing past the idle limit is closed by the server."""
+    with on_clock.client() as (transport, sftp):
         assert sftp.listdir("/") == ["download", "upload"]
-        deadline = time.monotonic() + 5
+        clock.advance(61)
+        deadline = time.monotonic() + WATCHED
         while transport.is_active() and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert not transport.is_active()
 
 
-@pytest.mark.parametrize("limited", [{"serve.idle_timeout_seconds": 2}], indirect=True)
-def test_busy_session_is_not_idle(limited: Drop) -> None:
-    """A session that keeps making requests stays open past the idle limit."""
-    with limited.client() as (transport, sftp):
+def test_busy_session_is_not_idle(on_clock: Drop, clock: ManualClock) -> None:
+    """A session that keeps making requests stays open well past the idle limit."""
+    with on_clock.client() as (transport, sftp):
         for _ in range(8):
             sftp.listdir("/upload")
-            time.sleep(0.5)
+            clock.advance(30)
+        time.sleep(WATCHED)
         assert transport.is_active()
 
 
@@ -1013,9 +1043,11 @@ def test_the_descriptors_of_hostile_sessions_are_all_given_back(drop: Drop) -> N
                 for _ in range(10):
                     sftp.open(f"/download/{pid}.pgp", "rb")  # never closed by the client
                 transport.close()
-        deadline = time.monotonic() + 10
-        while drop.server.sessions_of(PULL_ID) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            # Each cut session is let go before the next: serve.max_sessions_per_partner
+            # would otherwise refuse the fifth while the server still counts the others.
+            deadline = time.monotonic() + 10
+            while drop.server.sessions_of(PULL_ID) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     hostile_round()
     before, connections = fds(), drop.gw.ledger.open_connections()
@@ -1025,3 +1057,49 @@ def test_the_descriptors_of_hostile_sessions_are_all_given_back(drop: Drop) -> N
         assert time.monotonic() < deadline, (fds(), before, drop.gw.ledger.open_connections())
         time.sleep(0.05)
     still_serving(drop)
+
+
+def test_out_of_descriptors_the_server_says_so_then_serves_again(
+    home: Home, short_tmp: Path, pull_partner: tuple[PartnerPgp, Path]
+) -> None:
+    """`gateway serve` with its descriptors used up (RLIMIT_NOFILE 64, a hundred idle
+    connections) logs that it cannot accept, and lets the partner in once they are freed."""
+    set_setting(home, "serve.max_connections", 500)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = short_tmp / "serve.log"
+    argv = ["prlimit", "--nofile=64", sys.executable, "-m", "gateway", "--home", str(home.root), "serve", "--listen",
+            f"127.0.0.1:{port}"]  # fmt: skip
+    with log.open("w") as err, subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+    ) as serve:  # fmt: skip
+        try:
+            wait_for(lambda: "listening" in log.read_text(), 30, "the drop server listening")
+            hogs = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
+            wait_for(lambda: "cannot accept a connection" in log.read_text(), 30, "EMFILE")
+            for hog in hogs:
+                hog.close()
+            known_hosts = short_tmp / "known_hosts"
+            kind, blob = home.host_key_pub.read_text().split()[:2]
+            known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+            listed = None
+
+            def lets_in() -> bool:
+                nonlocal listed
+                listed = subprocess.run(
+                    ["sftp", "-b", "-", "-P", str(port), "-F", "/dev/null",
+                     "-o", "IdentityAgent=none", "-o", "BatchMode=yes", "-i", str(pull_partner[1]),
+                     "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                     f"{PULL_ID}@127.0.0.1"],
+                    input="ls /\n", capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                return listed.returncode == 0
+
+            wait_for(lets_in, 30, "a login once descriptors are free")
+            assert listed is not None and "download" in listed.stdout
+            assert serve.poll() is None, "the drop server stopped"
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(15)
+    assert serve.returncode == 0, log.read_text()

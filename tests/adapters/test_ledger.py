@@ -435,7 +435,12 @@ def test_every_connection_has_the_pragmas_in_force(path: Path, opened: str) -> N
 # -- migrations -------------------------------------------------------------------------
 
 
-ALL_MIGRATIONS = [("gateway", "m001_initial"), ("gateway", "m002_overdue_index")]
+ALL_MIGRATIONS = [
+    ("gateway", "m001_initial"),
+    ("gateway", "m002_overdue_index"),
+    ("gateway", "m003_obligations"),
+    ("gateway", "m004_erasable_details"),
+]
 
 
 def migrations(path: Path) -> list[tuple[str, str, str]]:

@@ -123,6 +123,7 @@ OWNERS = {
     "sqlite_utils": {"gateway/adapters/ledger.py"},
     "sqlite3": {"gateway/adapters/ledger.py"},
     "fcntl": {"gateway/adapters/lock.py"},
+    "holidays": {"gateway/adapters/calendar.py"},
     "click": {rel(path) for path in (SOURCE / "cli").glob("*.py")},
 }
 

@@ -151,7 +151,9 @@ def test_parse_refuses_a_text_setting_of_another_type(name: str, value: object) 
 @pytest.mark.parametrize("name", INT_SETTINGS)
 @pytest.mark.parametrize("value", [0, -1, -(2**40)])
 def test_parse_refuses_zero_and_negative_numbers(name: str, value: int) -> None:
-    if name in ("daemon.settle_seconds", "keys.overlap_days") and value == 0:
+    if (
+        name in ("daemon.settle_seconds", "keys.overlap_days") or name.startswith("retention.")
+    ) and value == 0:
         assert getattr(parse(with_setting(name, value)), name.replace(".", "_")) == 0
     else:
         with pytest.raises(SettingsInvalid, match=re.escape(f"{name} must be a positive number")):

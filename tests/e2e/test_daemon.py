@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import subprocess
@@ -21,6 +22,7 @@ from tests.helpers import (
     PARTNER_ID,
     PAYLOAD,
     PAYLOAD_NAME,
+    TEST_REGIMES,
     DaemonProcess,
     Desk,
     PartnerPgp,
@@ -297,7 +299,7 @@ def test_poison_files_under_the_daemon_are_quarantined_once_while_every_partner_
     with SshServer(short_tmp / "au-sshd") as au_server:
         added = cli(home, "partner", "add", "AU-AFP", "--openpgp-key", str(other.public_key),
                     "--fingerprint", other.fingerprint, "--push", au_server.url,
-                    "--host-key", au_server.host_key_line, "--reason", "second partner")  # fmt: skip
+                    "--host-key", au_server.host_key_line, *TEST_REGIMES, "--reason", "second partner")  # fmt: skip
         assert added.exit_code == 0, added.stderr
         au_server.authorize(home.ssh_identity_pub.read_text())
         good, malformed, buggy = partner_pid(), partner_pid(), partner_pid()
@@ -339,3 +341,32 @@ def test_poison_files_under_the_daemon_are_quarantined_once_while_every_partner_
     assert sent.partner == "AU-AFP" and sent.state is State.DELIVERED
     assert remote_files(au_server) == [f"{sent.package_id}.pgp"]
     assert log.read_text().count("Traceback") <= 2, "no traceback storm"
+
+
+def test_the_daemon_takes_a_sidecar_with_its_file_and_quarantines_a_bad_pair(
+    fast: tuple[Home, PartnerPgp, SshServer], daemon: DaemonProcess
+) -> None:
+    """The producer renames the sidecar into place first, then the file: one package,
+    whose manifest carries what the sidecar said; a bad sidecar takes its file with it."""
+    home, pgp, server = fast
+    folder = home.outbound / PARTNER_ID / "conviction"
+    daemon.start()
+    for name, data in (("good.xml.meta.json", b'{"reference": "CASE-77", "regime": "CoE-1959-Art22"}'),
+                       ("good.xml", b"<good/>"), ("bad.xml.meta.json", b'{"reference": 7}'),
+                       ("bad.xml", b"<bad/>")):  # fmt: skip
+        (folder / f"{name}.part").write_bytes(data)
+        os.rename(folder / f"{name}.part", folder / name)
+
+    wait_for(lambda: delivered(home) == 1, what="the good package delivered")
+    wait_for(lambda: len(list(home.quarantine.glob("*.reason.json"))) == 2, 30, "the bad pair")
+    assert daemon.terminate() == 0
+    assert sorted(os.listdir(folder)) == []
+    with gateway(home) as gw:
+        [good] = gw.ledger.packages(state="delivered")
+        [bad] = gw.ledger.packages(state="rejected")
+    assert (good.reference, good.legal_basis) == ("CASE-77", "CoE-1959-Art22")
+    assert bad.last_error == "bad.xml.meta.json: sidecar field 'reference' must be a string"
+    plaintext, _ = pgp.decrypt(server.upload / f"{good.package_id}.pgp")
+    with tarfile.open(fileobj=io.BytesIO(plaintext)) as tar:
+        sent = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert (sent["reference"], sent["legal_basis"]) == ("CASE-77", "CoE-1959-Art22")

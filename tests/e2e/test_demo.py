@@ -26,7 +26,12 @@ def test_demo_acknowledges_everything_and_leaves_nothing_behind() -> None:
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Every package acknowledged" in done.stdout
-    assert done.stdout.count(": acknowledged") == 3
+    assert done.stdout.count(": acknowledged") == 4
+    # The obligation it shows: the office's request answered within its period, on both sides.
+    assert re.search(r"XB-AGENCY +answer XA-RECORDS-\S+ under MOU-TEMPLATE, due by [0-9-]{10}: "
+                     r"answered in time by XB-AGENCY-", done.stdout), done.stdout  # fmt: skip
+    assert re.search(r"XA-RECORDS +await XA-RECORDS-\S+ under MOU-TEMPLATE, due by [0-9-]{10}: "
+                     r"answered in time by XB-AGENCY-", done.stdout), done.stdout  # fmt: skip
     assert done.stdout.count("audit trail intact") == 2
     root = place(done.stdout)
     assert not root.exists(), "the temporary folder is removed"
@@ -43,7 +48,7 @@ def test_demo_keep_leaves_homes_to_explore() -> None:
         assert shown
         listed = subprocess.run([sys.executable, "-m", "gateway", "--home", shown[1], "ledger", "list"],
                                 capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-        assert listed.returncode == 0 and listed.stdout.count("acknowledged") == 2
+        assert listed.returncode == 0 and listed.stdout.count("acknowledged") == 3
     finally:
         for keyring in {p.parent for p in root.rglob("pubring.kbx")}:
             subprocess.run(

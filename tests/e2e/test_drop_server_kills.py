@@ -29,6 +29,7 @@ from tests.helpers import (
     PARTNER_ID,
     PAYLOAD,
     PAYLOAD_NAME,
+    TEST_REGIMES,
     DaemonProcess,
     Desk,
     Templates,
@@ -54,7 +55,7 @@ def pulled(home: Home, short_tmp: Path, templates: Templates) -> Iterator[tuple[
                    check=True, capture_output=True, timeout=30)  # fmt: skip
     added = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(pgp.public_key),
                 "--fingerprint", pgp.fingerprint, "--pull", "--ssh-key", f"{key}.pub",
-                "--reason", "test partner")  # fmt: skip
+                *TEST_REGIMES, "--reason", "test partner")  # fmt: skip
     assert added.exit_code == 0, added.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

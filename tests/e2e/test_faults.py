@@ -45,6 +45,7 @@ from tests.helpers import (
     PARTNER_ID,
     PAYLOAD,
     PAYLOAD_NAME,
+    TEST_REGIMES,
     DaemonProcess,
     Desk,
     ManualClock,
@@ -229,7 +230,7 @@ def register(home: Home, pgp: PartnerPgp, server: SshServer, port: int) -> None:
     url = f"sftp://{server.user}@127.0.0.1:{port}"
     result = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(pgp.public_key),
                  "--fingerprint", pgp.fingerprint, "--push", url,
-                 "--host-key", server.host_key_line, "--reason", "test partner")  # fmt: skip
+                 "--host-key", server.host_key_line, *TEST_REGIMES, "--reason", "test partner")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     server.authorize(home.ssh_identity_pub.read_text())
     pgp.trust_gateway(cli(home, "keys", "export", "--openpgp").stdout)

@@ -30,7 +30,7 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core.names import new_package_id
-from tests.helpers import PARTNER_ID, PartnerPgp, cli, gateway, set_setting, wait_for
+from tests.helpers import PARTNER_ID, TEST_REGIMES, PartnerPgp, cli, gateway, set_setting, wait_for
 from tests.sshd import SshServer
 
 PULL_ID = "AU-AFP"
@@ -142,7 +142,7 @@ def churn_home(
         key = keygen(short_tmp / "au_key")
         added = cli(home, "partner", "add", PULL_ID, "--openpgp-key", str(pull.public_key),
                     "--fingerprint", pull.fingerprint, "--pull", "--ssh-key", f"{key}.pub",
-                    "--reason", "thread churn")  # fmt: skip
+                    *TEST_REGIMES, "--reason", "thread churn")  # fmt: skip
         assert added.exit_code == 0, added.stderr
         port = free_port()
         for name, value in (

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
-from tests.helpers import Templates, cli, gateway, set_setting, wait_for
+from tests.helpers import TEST_REGIMES, Templates, cli, gateway, set_setting, wait_for
 
 
 def free_port() -> int:
@@ -53,11 +53,11 @@ def pair(short_tmp: Path, templates: Templates) -> Iterator[tuple[Home, Home]]:
 
     added = cli(ncb, "partner", "add", "GB-ACRO", "--openpgp-key", str(acro.root / "key.asc"),
                 "--fingerprint", fingerprint(acro), "--pull", "--ssh-key", str(acro.ssh_identity_pub),
-                "--reason", "bilateral test")  # fmt: skip
+                *TEST_REGIMES, "--reason", "bilateral test")  # fmt: skip
     assert added.exit_code == 0, added.stderr
     added = cli(acro, "partner", "add", "US-NCB", "--openpgp-key", str(ncb.root / "key.asc"),
                 "--fingerprint", fingerprint(ncb), "--push", f"sftp://GB-ACRO@127.0.0.1:{port}",
-                "--host-key", ncb.host_key_pub.read_text(), "--reason", "bilateral test")  # fmt: skip
+                "--host-key", ncb.host_key_pub.read_text(), *TEST_REGIMES, "--reason", "bilateral test")  # fmt: skip
     assert added.exit_code == 0, added.stderr
 
     processes = []

@@ -21,7 +21,7 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.app.gateway import actor
 from gateway.core.lifecycle import State
-from gateway.core.model import chain_hash
+from gateway.core.model import chain_hash, chained, detail_digest
 from tests.helpers import (
     GATEWAY_ID,
     PARTNER_ID,
@@ -94,10 +94,12 @@ def rewrite_from(home: Home, first: int, **changes: str) -> None:
             if fields["id"] == first:
                 fields.update(changes)
             fields["prev_hash"] = prev
-            prev = chain_hash([fields[name] for name in FIELDS])
+            digest = detail_digest(fields["detail"]) if fields["detail"] is not None else None
+            prev = chain_hash(chained([fields[name] for name in FIELDS], digest))
             db.execute(
-                "UPDATE events SET at = ?, actor = ?, detail = ?, prev_hash = ?, hash = ? WHERE id = ?",
-                [fields["at"], fields["actor"], fields["detail"], fields["prev_hash"], prev,
+                "UPDATE events SET at = ?, actor = ?, detail = ?, detail_sha256 = ?, prev_hash = ?, "
+                "hash = ? WHERE id = ?",
+                [fields["at"], fields["actor"], fields["detail"], digest, fields["prev_hash"], prev,
                  fields["id"]],
             )  # fmt: skip
         db.commit()

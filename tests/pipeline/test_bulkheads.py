@@ -19,6 +19,7 @@ from gateway.pipeline.steps import Steps
 from tests.helpers import (
     PAYLOAD,
     PAYLOAD_NAME,
+    TEST_REGIMES,
     Desk,
     PartnerPgp,
     cli,
@@ -94,7 +95,7 @@ def test_an_unforeseen_error_in_one_partners_turn_stops_no_other(
     try:
         added = cli(home, "partner", "add", PULL_ID, "--openpgp-key", str(pull.public_key),
                     "--fingerprint", pull.fingerprint, "--pull", "--ssh-key",
-                    f"{server.client_key}.pub", "--reason", "pull partner")  # fmt: skip
+                    f"{server.client_key}.pub", *TEST_REGIMES, "--reason", "pull partner")  # fmt: skip
         assert added.exit_code == 0, added.stderr
     finally:
         pull.close()

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -506,3 +507,51 @@ def test_a_partners_escape_sequences_are_shown_escaped_and_kept_exact_in_json(
         assert not any(line.startswith("error: forged") for line in text.splitlines())
     exact = json.loads(cli(desk.home, "ledger", "show", pid, "--json").stdout)
     assert exact["package"]["last_error"] == f"refused by {PARTNER_ID}: {why}"
+
+
+def on_a_terminal(home: Path, *args: str) -> bytes:
+    """The bytes `gateway --home HOME ARGS` writes to a real terminal (a pty)."""
+    main, child = os.openpty()
+    try:
+        with subprocess.Popen([sys.executable, "-m", "gateway", "--home", str(home), *args],
+                              stdin=child, stdout=child, stderr=child) as process:  # fmt: skip
+            os.close(child)
+            out = b""
+            while True:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the command ended and its terminal closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            assert process.wait(30) == 0, out
+    finally:
+        os.close(main)
+    return out
+
+
+def test_every_partner_field_reaches_a_terminal_escaped(desk: Desk) -> None:
+    """A package whose manifest text fields and a receipt whose reason carry a terminal
+    title sequence, a screen clear and a bidi override: on a real terminal, `ledger list`,
+    `ledger show` and `status` print them escaped, never the raw control bytes."""
+    evil = "a\x1b]0;pwned\x07\x1b[2J\u202eb\rforged"
+    pid = partner_pid()
+    doc = manifest(desk, pid, reference=f"ref-{evil}", legal_basis=f"basis-{evil}",
+                   marking=f"mark-{evil}")  # fmt: skip
+    leave(desk, f"{pid}.pgp", seal(desk, envelope(doc)))
+    ours, digest = delivered(desk)
+    leave(desk, f"{ours}.receipt", sign(desk.pgp, receipt_json(ours, digest, disposition="rejected", reason=f"why-{evil}")))  # fmt: skip
+
+    run_once(desk.home)
+
+    assert package(desk.home, pid).state is State.ACCEPTED
+    shown = b"".join(on_a_terminal(desk.home.root, *args) for args in
+                     (("ledger", "list"), ("ledger", "show", pid), ("ledger", "show", ours),
+                      ("status",)))  # fmt: skip
+    assert b"\x1b" not in shown and b"\x07" not in shown
+    assert "\u202e".encode() not in shown
+    assert b"\rforged" not in shown
+    escaped = b"a\\x1b]0;pwned\\x07\\x1b[2J\\u202eb\\x0dforged"
+    for field in (b"ref-", b"basis-", b"mark-", b"why-"):
+        assert field + escaped in shown, field

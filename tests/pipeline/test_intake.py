@@ -146,7 +146,7 @@ def test_oversized_file_is_quarantined(home: Home, spool: Path) -> None:
 def test_crash_between_move_and_ledger_is_finished_on_restart(home: Home, spool: Path) -> None:
     """A work folder with origin.json and payload but no ledger row: taken in, once."""
     with gateway(home) as gw:
-        intake = Intake(gw.home, gw.ledger, gw.settings)
+        intake = Intake(gw.home, gw.ledger, gw.settings, gw.duties)
         moved = home.work / "GB-ACRO-01JDQ8N5V3K7Q2Y9ZC4T6W8E1M"
         moved.mkdir()
         (moved / ORIGIN).write_text(

@@ -27,6 +27,7 @@ from gateway.core.names import new_ulid
 from tests.helpers import (
     GATEWAY_ID,
     PARTNER_ID,
+    TEST_REGIMES,
     ManualClock,
     PartnerPgp,
     Templates,
@@ -56,7 +57,7 @@ def add_short_lived(
     pgp = PartnerPgp(tmp / "fr-old", SHORT_ID, expire=f"seconds={seconds}")
     added = cli(home, "partner", "add", SHORT_ID, "--openpgp-key", str(pgp.public_key),
                 "--fingerprint", pgp.fingerprint, "--push", server.url,
-                "--host-key", server.host_key_line, "--reason", "short-lived key",
+                "--host-key", server.host_key_line, *TEST_REGIMES, "--reason", "short-lived key",
                 clock=clock)  # fmt: skip
     assert added.exit_code == 0, added.stderr
     pgp.trust_gateway(cli(home, "keys", "export", "--openpgp", clock=clock).stdout)
@@ -386,7 +387,7 @@ def test_disabling_a_pull_partner_holds_a_package_already_sealed(
     try:
         ok(home, "partner", "add", "AU-AFP", "--openpgp-key", str(pull.public_key),
            "--fingerprint", pull.fingerprint, "--pull", "--ssh-key",
-           f"{server.client_key}.pub", "--reason", "pull partner")  # fmt: skip
+           f"{server.client_key}.pub", *TEST_REGIMES, "--reason", "pull partner")  # fmt: skip
         pid = send_to(home, short_tmp, "AU-AFP")
         with gateway(home, "daemon") as gw:
             seal_due(gw)

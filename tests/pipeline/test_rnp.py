@@ -1,6 +1,6 @@
 """Partners using RNP (the `rnp` command line of Debian 12, 0.16) instead of GnuPG.
 
-The commands of docs/partners.md section 6 run as written: the partner's own key,
+The commands of docs/partners.md section 7 run as written: the partner's own key,
 exported from its gpg keyring, goes into an RNP keyring with the gateway's public key;
 RNP opens and verifies our package, signs its receipt, signs and encrypts a package to
 the gateway, and opens our receipt for it. The gateway's side is the real thing.
@@ -25,6 +25,7 @@ from tests.helpers import (
     PARTNER_ID,
     PAYLOAD,
     PAYLOAD_NAME,
+    TEST_REGIMES,
     Desk,
     PartnerPgp,
     actions,
@@ -51,7 +52,7 @@ def shown(home: Home, partner_pgp: PartnerPgp, server: SshServer, short_tmp: Pat
     added = cli(home, "partner", "add", PARTNER_ID, "--openpgp-key", str(partner_pgp.public_key),
                 "--fingerprint", partner_pgp.fingerprint, "--push", server.url,
                 "--host-key", server.host_key_line, "--show-recipient",
-                "--reason", "partner reads with RNP")  # fmt: skip
+                *TEST_REGIMES, "--reason", "partner reads with RNP")  # fmt: skip
     assert added.exit_code == 0, added.stderr
     server.authorize(home.ssh_identity_pub.read_text())
     with gateway(home) as gw:
@@ -82,7 +83,7 @@ def run(script: str, cwd: Path, env: dict[str, str]) -> None:
 def test_the_rnp_commands_of_the_partner_guide_work_both_ways(shown: Desk) -> None:
     home, server, desk = shown.home, shown.server, shown.tmp / "desk"
     desk.mkdir()
-    setup, read_and_answer, seal_one, read_receipt = blocks("6")
+    setup, read_and_answer, seal_one, read_receipt = blocks("7")
     (desk / "my-secret-key.asc").write_bytes(
         shown.pgp.gpg("--export-secret-keys", "--armor", shown.pgp.fingerprint).stdout
     )
@@ -132,7 +133,7 @@ def test_the_guides_signature_check_fails_for_a_receipt_the_gateway_did_not_sign
     """The `grep` after `--decrypt` is what tells a forged file: it must be able to fail."""
     desk = shown.tmp / "desk"
     desk.mkdir()
-    setup, read_and_answer, _, _ = blocks("6")
+    setup, read_and_answer, _, _ = blocks("7")
     (desk / "my-secret-key.asc").write_bytes(
         shown.pgp.gpg("--export-secret-keys", "--armor", shown.pgp.fingerprint).stdout
     )

@@ -32,7 +32,7 @@ from gateway.core.errors import RemoteConflict, TransferFailed
 from gateway.core.lifecycle import State
 from gateway.core.names import is_temporary, new_package_id
 from gateway.transports.base import Link, Transport
-from tests.helpers import GATEWAY_ID, PARTNER_ID, cli, gateway
+from tests.helpers import GATEWAY_ID, PARTNER_ID, TEST_REGIMES, cli, gateway
 
 AGENCY = "XB-AGENCY"
 MAX_BYTES = 64 * 1024 * 1024
@@ -116,7 +116,7 @@ def dropserver(request: pytest.FixtureRequest, short_tmp: Path, home: Home) -> I
         our_fingerprint = gw.own_key
     added = cli(other, "partner", "add", GATEWAY_ID, "--openpgp-key", str(ours),
                 "--fingerprint", our_fingerprint, "--pull", "--ssh-key", str(home.ssh_identity_pub),
-                "--reason", "conformance")  # fmt: skip
+                *TEST_REGIMES, "--reason", "conformance")  # fmt: skip
     assert added.exit_code == 0, added.stderr
     with gateway(other, "daemon") as theirs:
         server = theirs.drop_server("127.0.0.1:0")
@@ -126,7 +126,7 @@ def dropserver(request: pytest.FixtureRequest, short_tmp: Path, home: Home) -> I
             host_key = other.host_key_pub.read_text()
             added = cli(home, "partner", "add", AGENCY, "--openpgp-key", str(exported),
                         "--fingerprint", fingerprint, "--push", url, "--host-key", host_key,
-                        "--reason", "conformance")  # fmt: skip
+                        *TEST_REGIMES, "--reason", "conformance")  # fmt: skip
             assert added.exit_code == 0, added.stderr
             mailbox = other.mailbox / GATEWAY_ID
             with gateway(home, "daemon") as gw:
@@ -143,7 +143,7 @@ def mailbox(request: pytest.FixtureRequest, short_tmp: Path, home: Home) -> Iter
     other, exported, fingerprint = agency(short_tmp)
     added = cli(home, "partner", "add", AGENCY, "--openpgp-key", str(exported),
                 "--fingerprint", fingerprint, "--pull", "--ssh-key", str(other.ssh_identity_pub),
-                "--reason", "conformance")  # fmt: skip
+                *TEST_REGIMES, "--reason", "conformance")  # fmt: skip
     assert added.exit_code == 0, added.stderr
     box = home.mailbox / AGENCY
     with gateway(home, "daemon") as gw:
