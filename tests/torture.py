@@ -18,7 +18,8 @@ reproducible, the plan (sizes, routes, kill kinds, gaps) is.
     python -m tests.torture [--packages 320] [--kills 30] [--seed N]   # or scripts/faults --torture
 
 Exit 0 only when nothing accepted was lost, duplicated or left stuck, nothing was left
-behind, and every gateway's audit trail verifies.
+behind, every `gateway send` that was not killed succeeded, and every gateway's audit
+trail verifies.
 """
 
 from __future__ import annotations
@@ -183,7 +184,6 @@ class Torture:
         self.keyrings: dict[str, PartnerPgp] = {}
         self.drops: list[Drop] = []
         self.feeding_done = threading.Event()
-        self.lock = threading.Lock()  # the daemons are started and killed from two threads
 
     # -- the setting -------------------------------------------------------------------
 
@@ -396,7 +396,11 @@ class Torture:
             for path in sorted(server.upload.iterdir()):
                 if path.name.startswith(".") or not path.name.endswith(".pgp"):
                     continue
-                plain, _ = self.keyrings[pid].decrypt(path)
+                try:
+                    plain, _ = self.keyrings[pid].decrypt(path)
+                except AssertionError as err:  # counted as not arrived intact
+                    self.tally.problems.append(f"{path.name} at {pid}: {err}")
+                    continue
                 with tarfile.open(fileobj=io.BytesIO(plain)) as archive:
                     for member in archive.getmembers():
                         if member.name.startswith("payload/"):
