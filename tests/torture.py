@@ -89,6 +89,7 @@ class Drop:
     size: int
     how: str  # "drop" (into the spool), "send" (`gateway send`), "killed-send" (SIGKILLed)
     sha256: str = ""
+    mid_copy: bool = False  # a killed send: killed while it copies, else at a random moment
     printed: str = ""  # the id `send` printed
     refused: str = ""  # what a failed `send` said
 
@@ -253,9 +254,8 @@ class Torture:
         for n in range(self.killed_sends):
             to = self.rng.choice([*PLAIN, PUSH_PEER, PULL_PEER])
             size = self.rng.randint(8, 24) * 1024 * 1024
-            self.drops.append(
-                Drop(f"k{n:04}-{self.rng.randrange(16**6):06x}.xml", GW, to, size, "killed-send")
-            )
+            name = f"k{n:04}-{self.rng.randrange(16**6):06x}.xml"
+            self.drops.append(Drop(name, GW, to, size, "killed-send", mid_copy=n % 2 == 0))
         self.rng.shuffle(self.drops)
 
     def payload(self, drop: Drop) -> bytes:
@@ -294,7 +294,7 @@ class Torture:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    stdin=subprocess.DEVNULL)  # fmt: skip
         if drop.how == "killed-send":
-            if rng.random() < 0.5:
+            if drop.mid_copy:
                 self.wait_until(lambda: any(home.work.glob(".*.writing")), 10)
                 self.tally.kills["send (mid-copy)"] += 1
             else:
