@@ -38,6 +38,7 @@ from tests.helpers import (
     TEST_REGIMES,
     ManualClock,
     PartnerPgp,
+    Tally,
     Templates,
     cli,
     gateway,
@@ -344,10 +345,11 @@ def test_uploaded_receipt_acknowledges_the_package(drop: Drop) -> None:
 
 
 def test_an_upload_named_outside_the_contract_is_quarantined_and_the_receipt_beside_it_applied(
-    drop: Drop,
+    drop: Drop, tally: Tally
 ) -> None:
     """Nothing is left in a pull partner's upload folder for ever: a finished file of any
     other name goes to quarantine with its reason; parts being written wait."""
+    tally.hostile_input("pull partner upload named outside the contract")
     pid = drop.publish()
     assert drop.sftp(f"get /download/{pid}.pgp").returncode == 0
     drop.exchange()

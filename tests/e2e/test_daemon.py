@@ -26,6 +26,7 @@ from tests.helpers import (
     DaemonProcess,
     Desk,
     PartnerPgp,
+    Tally,
     Templates,
     actions,
     cli,
@@ -290,11 +291,17 @@ def state_or_none(home: Home, pid: str) -> State | None:
 
 
 def test_poison_files_under_the_daemon_are_quarantined_once_while_every_partner_goes_on(
-    fast: tuple[Home, PartnerPgp, SshServer], desk: Desk, short_tmp: Path, templates: Templates
+    fast: tuple[Home, PartnerPgp, SshServer],
+    desk: Desk,
+    short_tmp: Path,
+    templates: Templates,
+    tally: Tally,
 ) -> None:
     """US-NCB leaves a malformed tar and a package that meets a bug, beside a good one;
     AU-AFP, a second partner on its own server, gets its package all the while."""
     home = desk.home
+    tally.hostile_input("malformed tar (GNU.sparse.map) under the daemon")
+    tally.hostile_input("package meeting an unforeseen error under the daemon")
     other = templates.partner(short_tmp / "au-gnupg", "AU-AFP")
     with SshServer(short_tmp / "au-sshd") as au_server:
         added = cli(home, "partner", "add", "AU-AFP", "--openpgp-key", str(other.public_key),
@@ -341,6 +348,7 @@ def test_poison_files_under_the_daemon_are_quarantined_once_while_every_partner_
     assert sent.partner == "AU-AFP" and sent.state is State.DELIVERED
     assert remote_files(au_server) == [f"{sent.package_id}.pgp"]
     assert log.read_text().count("Traceback") <= 2, "no traceback storm"
+    tally.packages_checked(2, lost=0, duplicated=0)  # the good one and AU-AFP's, checked above
 
 
 def test_the_daemon_takes_a_sidecar_with_its_file_and_quarantines_a_bad_pair(

@@ -32,6 +32,7 @@ from tests.helpers import (
     TEST_REGIMES,
     DaemonProcess,
     Desk,
+    Tally,
     Templates,
     actions,
     cli,
@@ -107,14 +108,15 @@ def state(home: Home, pid: str) -> State | None:
     return found.state if found else None
 
 
-def accepted_once(desk: Desk, pid: str, daemon: DaemonProcess) -> None:
+def accepted_once(desk: Desk, pid: str, daemon: DaemonProcess, tally: Tally) -> None:
     """The package accepted once, its receipt published, nothing left behind."""
     home = desk.home
     wait_for(lambda: state(home, pid) is State.ACCEPTED, 60, "the package accepted")
     wait_for(lambda: (home.mailbox / PARTNER_ID / "download" / f"{pid}.receipt").exists(), 30,
              "its receipt published")  # fmt: skip
     assert daemon.terminate() == 0
-    assert actions(home, pid).count("accept") == 1
+    accepts = actions(home, pid).count("accept")
+    tally.packages_checked(1, lost=1 - min(1, accepts), duplicated=max(0, accepts - 1))
     with gateway(home) as gw:
         assert [p.package_id for p in gw.ledger.packages(direction="in")] == [pid]
     assert (home.inbound / PARTNER_ID / pid / PAYLOAD_NAME).read_bytes() == PAYLOAD
@@ -124,9 +126,10 @@ def accepted_once(desk: Desk, pid: str, daemon: DaemonProcess) -> None:
 
 
 def test_killed_while_a_partner_uploads_takes_the_upload_done_again(
-    pulled: tuple[Desk, Path, int],
+    pulled: tuple[Desk, Path, int], tally: Tally
 ) -> None:
     desk, key, port = pulled
+    tally.fault("drop server SIGKILLed while a pull partner uploads")
     pid = partner_pid()
     wire = seal(desk, envelope(manifest(desk, pid)))
     daemon = DaemonProcess(desk.home).start()
@@ -144,16 +147,17 @@ def test_killed_while_a_partner_uploads_takes_the_upload_done_again(
         daemon.start()
         upload_again(desk.home, key, port, f"{pid}.pgp", wire)
 
-        accepted_once(desk, pid, daemon)
+        accepted_once(desk, pid, daemon, tally)
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.kill()
 
 
 def test_killed_with_the_part_whole_before_the_rename_takes_it_once(
-    pulled: tuple[Desk, Path, int],
+    pulled: tuple[Desk, Path, int], tally: Tally
 ) -> None:
     desk, key, port = pulled
+    tally.fault("drop server SIGKILLed with a partner's part whole, before its rename")
     pid = partner_pid()
     wire = seal(desk, envelope(manifest(desk, pid)))
     daemon = DaemonProcess(desk.home).start()
@@ -168,7 +172,7 @@ def test_killed_with_the_part_whole_before_the_rename_takes_it_once(
         daemon.start()
         upload_again(desk.home, key, port, f"{pid}.pgp", wire)
 
-        accepted_once(desk, pid, daemon)
+        accepted_once(desk, pid, daemon, tally)
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.kill()
@@ -192,9 +196,10 @@ main(argv, prog_name="gateway")
 
 
 def test_killed_inside_the_rename_takes_the_file_once_and_a_second_upload_is_a_replay(
-    pulled: tuple[Desk, Path, int],
+    pulled: tuple[Desk, Path, int], tally: Tally
 ) -> None:
     desk, key, port = pulled
+    tally.fault("drop server SIGKILLed inside the rename of a partner's part")
     home = desk.home
     pid = partner_pid()
     wire = seal(desk, envelope(manifest(desk, pid)))
@@ -225,7 +230,7 @@ def test_killed_inside_the_rename_takes_the_file_once_and_a_second_upload_is_a_r
         # The client never heard back from its rename: it does its whole upload again.
         upload_again(home, key, port, f"{pid}.pgp", wire)
         wait_for(lambda: "replay" in actions(home, pid), 30, "the second upload seen as a replay")
-        accepted_once(desk, pid, daemon)
+        accepted_once(desk, pid, daemon, tally)
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.kill()
