@@ -26,6 +26,8 @@ FLOORS = (
     "watchdog==4.0.0",
     "click==8.3.1",
     "holidays==0.40",
+    "python-json-logger==3.1.0",
+    "prometheus-client==0.20.0",
 )
 
 

@@ -8,6 +8,7 @@ Test modules import from here (and from the harnesses `tests.sshd` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -21,9 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from click.testing import CliRunner, Result
 
+import gateway.cli as gateway_cli
 from gateway.adapters.home import Home
 from gateway.admin import keys
 from gateway.app.gateway import Gateway
@@ -239,14 +242,23 @@ def gateway(home: Home, actor: str = "tester", clock: Clock | None = None) -> Ga
     return Gateway(home, actor, clock)
 
 
-def cli(home: Home | Path, *args: str, clock: Clock | None = None) -> Result:
+def cli(
+    home: Home | Path, *args: str, clock: Clock | None = None, actor: str | None = None
+) -> Result:
     """Run `gateway --home HOME ARGS` in-process; stdout and stderr kept apart.
 
     The CLI builds its gateway on the system's clock; with `clock` the command's gateway
-    reads that one instead, so a test that moves time can still use the commands.
+    reads that one instead, so a test that moves time can still use the commands. With
+    `actor`, the command acts as that OS user (a second operator, for four-eyes).
     """
     root = home.root if isinstance(home, Home) else home
-    return CliRunner().invoke(main, ["--home", str(root), *args], obj=clock, catch_exceptions=False)
+    run = functools.partial(
+        CliRunner().invoke, main, ["--home", str(root), *args], obj=clock, catch_exceptions=False
+    )
+    if actor is None:
+        return run()
+    with mock.patch.object(gateway_cli, "actor", lambda: actor):
+        return run()
 
 
 #: The regimes test partners are registered for: every kind, under the shipped template

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -96,3 +97,12 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def owner(path: Path) -> str:
+    """The OS account that owns `path` itself (a link's own owner, never its target's)."""
+    uid = os.lstat(path).st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"

@@ -22,7 +22,15 @@ from typing import IO, Any, Final
 import gnupg
 
 from gateway.core.clock import Clock
-from gateway.core.errors import CryptoFailed, HostTrouble, KeyProblem, Rejected, Timeout, Transient
+from gateway.core.errors import (
+    AgentUnavailable,
+    CryptoFailed,
+    HostTrouble,
+    KeyProblem,
+    Rejected,
+    Timeout,
+    Transient,
+)
 
 # Options on every run: no network look-ups, no chatter that could hide status lines.
 _OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting"]
@@ -170,10 +178,14 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
 class Keyring:
     """The gateway's OpenPGP keyring: its own key and the pinned partner keys."""
 
-    def __init__(self, home: Path, timeout: float, clock: Clock) -> None:
+    def __init__(self, home: Path, timeout: float, clock: Clock, autostart: bool = True) -> None:
+        """`autostart` False: never start gpg-agent, only use one already running (the
+        daemon's): a second agent on the same keyring would live outside the service."""
         self.home = home
         self.clock = clock
-        self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=list(_OPTIONS))
+        self.autostart = autostart
+        options = [*_OPTIONS] if autostart else [*_OPTIONS, "--no-autostart"]
+        self._gpg = _DeadlineGPG(timeout, gnupghome=str(home), options=options)
         self._gpg.encoding = "utf-8"
         self._gpg.decode_errors = "replace"  # key listings: a user id of any bytes
         self._gpg.buffer_size = 1024 * 1024
@@ -183,14 +195,24 @@ class Keyring:
         self._listing_lock = threading.Lock()
 
     def _start_agent(self) -> None:
-        """Start gpg-agent once, before any signing: gpg runs racing to start it fail."""
+        """Start gpg-agent once, before any signing: gpg runs racing to start it fail.
+        Without `autostart`, check instead that one answers."""
         with self._agent_lock:
-            if not self._agent_started:
-                subprocess.run(
-                    ["gpgconf", "--homedir", str(self.home), "--launch", "gpg-agent"],
-                    capture_output=True, timeout=30, check=False,
-                )  # fmt: skip
-                self._agent_started = True
+            if self._agent_started:
+                return
+            if self.autostart:
+                command = ["gpgconf", "--homedir", str(self.home), "--launch", "gpg-agent"]
+            else:  # gpg-connect-agent exits 0 either way: a running agent tells its pid
+                command = ["gpg-connect-agent", "--homedir", str(self.home), "--no-autostart",
+                           "GETINFO pid", "/bye"]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, timeout=30, check=False)
+            if not self.autostart and not done.stdout.startswith(b"D "):
+                raise AgentUnavailable(
+                    f"no gpg-agent answers for {self.home}, and this command may not start one "
+                    "beside the daemon or for another user: run it as the home's owner "
+                    "(sudo -u gateway gateway ...) while the daemon runs, or stop the daemon"
+                )
+            self._agent_started = True
 
     @classmethod
     def create(cls, home: Path, timeout: float, clock: Clock) -> Keyring:
@@ -202,6 +224,12 @@ class Keyring:
     def close(self) -> None:
         """Stop any gpg run still going."""
         self._gpg.kill_all()
+
+    def restart_agent(self) -> None:
+        """Stop any gpg-agent on this keyring and start this process's own (the daemon's,
+        at its start: an agent left by a command lives outside the service's sandbox)."""
+        self.stop_agent()
+        self._start_agent()
 
     def stop_agent(self) -> None:
         """Stop the keyring's gpg-agent. Only the holder of the home's work lock does this:
@@ -216,6 +244,7 @@ class Keyring:
 
     def generate(self, authority: str, days: int) -> str:
         """Create the gateway's own key: Ed25519 to certify and sign, Cv25519 to encrypt."""
+        self._start_agent()
         params = self._gpg.gen_key_input(
             key_type="EDDSA",
             key_curve="ed25519",

@@ -31,6 +31,21 @@ def exclusive(lock: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def held(lock: Path) -> bool:
+    """Whether another process holds the home's work lock (a `gateway run` is working)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once, by the close
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextlib.contextmanager
 def writing(lock: Path) -> Iterator[None]:
     """Mark that this process is writing beside `lock` until the block ends.
@@ -71,5 +86,23 @@ def being_written(lock: Path) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)  # nobody holds it: its writer died
         return False
+    finally:
+        os.close(fd)
+
+
+def holder(lock: Path) -> int | None:
+    """The pid of the `gateway run` holding the home's work lock, or None if no process does."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
     finally:
         os.close(fd)

@@ -42,3 +42,8 @@ def put(quarantine: Path, path: Path, entry_id: str, report: dict[str, Any]) -> 
         fsync_dir(quarantine)
         fsync_dir(path.parent)
     return report
+
+
+def count(quarantine: Path) -> int:
+    """How many entries the quarantine holds (each with its reason file, not counted)."""
+    return sum(not p.name.endswith(".reason.json") for p in quarantine.iterdir())

@@ -11,7 +11,8 @@ from gateway.core.lifecycle import CANCELLABLE, RELEASABLE, RESCHEDULABLE, State
 from gateway.core.model import Package
 
 
-def _reason(reason: str) -> str:
+def reason_given(reason: str) -> str:
+    """The operator's reason, stripped; refused when it says nothing."""
     if not reason.strip():
         raise UsageError("--reason must say why: it goes in the audit trail")
     return reason.strip()
@@ -20,7 +21,7 @@ def _reason(reason: str) -> str:
 def retry(gw: Gateway, package_id: str, reason: str) -> Package:
     """Release a held or failed package, or make a waiting one due now."""
     package = gw.ledger.package(package_id)
-    detail = {"reason": _reason(reason), "was": package.state}
+    detail = {"reason": reason_given(reason), "was": package.state}
     if package.state in RELEASABLE:
         sealed = package.ciphertext_sha256 is not None and gw.home.sealed_file(package_id).exists()
         target = State.SEALED if sealed else State.RECEIVED
@@ -49,8 +50,15 @@ def cancel(gw: Gateway, package_id: str, reason: str) -> Package:
             )
         )
     cancelled = gw.ledger.transition(
-        package_id, State.CANCELLED, "cancel", {"reason": _reason(reason)}
+        package_id, State.CANCELLED, "cancel", {"reason": reason_given(reason)}
     )
+    erase_leftovers(gw, package, "cancelled")
+    return cancelled
+
+
+def erase_leftovers(gw: Gateway, package: Package, why: str) -> None:
+    """Erase what the spool holds of an ended package (plaintext, sealed, published), audited."""
+    package_id = package.package_id
     leftovers = {
         "plaintext payload": gw.home.work / package_id,
         "sealed package": gw.home.sealed_file(package_id),
@@ -64,6 +72,5 @@ def cancel(gw: Gateway, package_id: str, reason: str) -> Package:
                 "erase",
                 package_id=package_id,
                 partner=package.partner,
-                detail={"what": what, "reason": "cancelled"},
+                detail={"what": what, "reason": why},
             )
-    return cancelled

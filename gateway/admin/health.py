@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import shutil
 import stat
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Literal
 from gateway.adapters.gpg import KeyInfo
 from gateway.app.gateway import Gateway
 from gateway.core.errors import GatewayError
-from gateway.core.model import utc
+from gateway.core.model import Contact, Partner, utc
 
 Level = Literal["ok", "warn", "fail"]
 MIN_FREE_BYTES = 1024**3
@@ -67,6 +68,20 @@ def keys(gw: Gateway) -> Iterator[Finding]:
         yield from _key_findings(f"{partner.id}'s key", key, now, days)
 
 
+def owner(gw: Gateway) -> Iterator[Finding]:
+    """The home belongs to the user running the command: gpg refuses a keyring of another
+    user's, and files written by another user would lock the daemon out of them."""
+    uid, home_uid = os.geteuid(), os.stat(gw.home.gnupg).st_uid
+    if uid != home_uid:
+        yield Finding(
+            "fail",
+            f"{gw.home.root} belongs to {user_name(home_uid)}, this command runs as {user_name(uid)}",
+            f"run it as that user: sudo -u {user_name(home_uid)} gateway ...",
+        )
+    else:
+        yield Finding("ok", f"{gw.home.root} belongs to {user_name(uid)}, who runs this")
+
+
 def permissions(gw: Gateway) -> Iterator[Finding]:
     """Keys and spool for the gateway's user alone."""
     home = gw.home
@@ -81,6 +96,14 @@ def permissions(gw: Gateway) -> Iterator[Finding]:
             yield Finding("fail", f"{path} has mode {mode:o}", f"chmod {most:o} {path}")
         else:
             yield Finding("ok", f"{path} mode {mode:o}")
+
+
+def user_name(uid: int) -> str:
+    """The account name of `uid`, or `uid N` when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def disk(gw: Gateway) -> Iterator[Finding]:
@@ -111,8 +134,28 @@ def ledger(gw: Gateway) -> Iterator[Finding]:
         )
 
 
+def contact(
+    partner: Partner, record: Contact | None, stuck: bool = False
+) -> dict[str, str | int | None]:
+    """A partner's health from its record in the ledger, as `partner list`, `status`,
+    `doctor` and `check` all report it: `disabled`, `down` (its last contact failed),
+    `failing` (reached, but packages for it are held or failed: `stuck`), `ok` (reached)
+    or `unknown` (never contacted yet)."""
+    record = record or Contact(partner.id)
+    status = "failing" if stuck and record.status != "down" else record.status
+    return {
+        "health": "disabled" if not partner.enabled else status,
+        "last_ok": utc(record.last_ok) if record.last_ok else None,
+        "last_failure": utc(record.last_failure) if record.last_failure else None,
+        "last_error": record.last_error,
+        "down_since": utc(record.down_since) if record.down_since else None,
+        "failures_in_a_row": record.failures,
+    }
+
+
 def partners(gw: Gateway, connect: bool) -> Iterator[Finding]:
-    """Each push partner reachable with its pinned host key (nothing is sent); each enabled."""
+    """Each partner's health from its record; with `connect`, each push partner is first
+    reached with its pinned host key (nothing is sent), and that contact recorded."""
     for partner in gw.ledger.partners():
         if not partner.enabled:
             yield Finding(
@@ -121,18 +164,49 @@ def partners(gw: Gateway, connect: bool) -> Iterator[Finding]:
                 f"`gateway partner enable {partner.id}` when ready",
             )
             continue
-        if partner.transport != "push" or not connect:
-            continue
-        # Imported here, not above: `status` uses this module too, and the SFTP client's
-        # paramiko took 0.13 s of its start-up (python -X importtime).
-        from gateway.transports.push import endpoint
+        if partner.transport == "push" and connect:
+            # Imported here, not above: `status` uses this module too, and the SFTP client's
+            # paramiko took 0.13 s of its start-up (python -X importtime).
+            from gateway.transports.push import endpoint
 
-        try:
-            with gw.sessions.session(endpoint(partner)):
-                pass
-        except GatewayError as err:
-            yield Finding("fail", f"{partner.id}: {err}")
-        else:
-            yield Finding(
-                "ok", f"{partner.id} reachable at {partner.host}:{partner.port}, host key as pinned"
-            )
+            try:
+                with gw.sessions.session(endpoint(partner)):
+                    pass
+            except GatewayError as err:
+                gw.ledger.contact(partner.id, str(err))
+            else:
+                gw.ledger.contact(partner.id, None)
+        yield _contact_finding(partner, gw.ledger.contacts().get(partner.id))
+
+
+def _contact_finding(partner: Partner, record: Contact | None) -> Finding:
+    h = contact(partner, record)
+    if h["health"] == "down":
+        return Finding("fail", f"{partner.id} cannot be reached since {h['down_since']} "
+                       f"({h['failures_in_a_row']} failed contacts): {h['last_error']}",
+                       "check the partner's server and the network; packages wait meanwhile")  # fmt: skip
+    if h["health"] == "unknown":
+        return Finding("warn", f"{partner.id} has not been in contact yet",
+                       "`gateway doctor` (without --offline) tries it now")  # fmt: skip
+    if partner.transport == "push":
+        return Finding("ok", f"{partner.id} reachable at {partner.host}:{partner.port}, "
+                       f"host key as pinned, last contact {h['last_ok']}")  # fmt: skip
+    return Finding("ok", f"{partner.id} last in contact {h['last_ok']}")
+
+
+def packages(gw: Gateway) -> Iterator[Finding]:
+    """Packages that need an operator: held, failed, and overdue receipts."""
+    now = gw.clock.now()
+    counts = gw.ledger.counts(utc(now - gw.settings.receipts_overdue_after_seconds))
+    checks: tuple[tuple[str, Level, str], ...] = (
+        ("held", "fail", "see `gateway ledger list --state held`; fix the cause, then `gateway retry`"),
+        ("failed", "fail", "see `gateway ledger list --state failed`; `gateway retry` or cancel"),
+        ("overdue", "warn", "no receipt in time: ask the partner whether the packages arrived"),
+    )  # fmt: skip
+    for state, level, todo in checks:
+        n = sum(v for (_, s), v in counts.items() if s == state)
+        yield (
+            Finding(level, f"{n} package(s) {state}", todo)
+            if n
+            else Finding("ok", f"no package {state}")
+        )

@@ -36,6 +36,7 @@ def add_push(
     upload_dir: str = "upload",
     download_dir: str = "download",
     hide_recipient: bool = True,
+    approval: str | None = None,
 ) -> Partner:
     """Register a push partner: pin its OpenPGP key and SSH host key, make its folders."""
     partner_id, fpr = (
@@ -62,6 +63,7 @@ def add_push(
         id=partner_id, transport="push", openpgp_key=key.fingerprint,
         added_at=utc(gw.clock.now()), host=host, port=port, user=match["user"],
         upload_dir=upload_dir, download_dir=download_dir, hide_recipient=int(hide_recipient),
+        approval=approval,
     )  # fmt: skip
     gw.ledger.add_partner(partner, reason)
     gw.home.create_partner_folders(partner_id)
@@ -69,7 +71,7 @@ def add_push(
 
 
 def add_pull(gw: Gateway, partner_id: str, key_file: Path, fpr: str, ssh_key_file: Path,
-             reason: str, hide_recipient: bool = True) -> Partner:  # fmt: skip
+             reason: str, hide_recipient: bool = True, approval: str | None = None) -> Partner:  # fmt: skip
     """Register a pull partner: pin its OpenPGP key and the SSH key it logs in with."""
     partner_id = authority_id(partner_id)
     fpr = parse_fingerprint(fpr.replace(" ", "").upper(), "--fingerprint")
@@ -82,7 +84,7 @@ def add_pull(gw: Gateway, partner_id: str, key_file: Path, fpr: str, ssh_key_fil
     partner = Partner(
         id=partner_id, transport="pull", openpgp_key=key.fingerprint,
         added_at=utc(gw.clock.now()), ssh_key=f"{key_type} {blob}",
-        hide_recipient=int(hide_recipient),
+        hide_recipient=int(hide_recipient), approval=approval,
     )  # fmt: skip
     gw.ledger.add_partner(partner, reason)
     gw.home.create_partner_folders(partner_id)
@@ -119,6 +121,16 @@ def set_host_key(gw: Gateway, partner_id: str, host_key: str, reason: str) -> st
     gw.ledger.record("partner.host-key", partner=partner_id, detail={
         "reason": reason, "old": sshkeys.fingerprint(old) if old else None, "new": new})  # fmt: skip
     return new
+
+
+def set_approval(gw: Gateway, partner_id: str, approval: str | None, reason: str) -> None:
+    """Name the kinds of a partner's packages that wait for a second operator (None: none).
+
+    Packages already taken in keep the state they were given.
+    """
+    old = gw.ledger.partner(partner_id).approval
+    gw.ledger.update_partner(partner_id, "partner.approval",
+                             {"reason": reason, "old": old, "new": approval}, approval=approval)  # fmt: skip
 
 
 def host_key_of(gw: Gateway, partner: Partner) -> str | None:

@@ -22,14 +22,16 @@ from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import KeyInfo, Keyring
 from gateway.adapters.home import Home, load_settings
 from gateway.adapters.ledger import Ledger
+from gateway.adapters.lock import held
 from gateway.core.clock import Clock
 from gateway.core.errors import LedgerDamaged, SettingsInvalid
-from gateway.core.model import Partner
+from gateway.core.model import Partner, Progress
 from gateway.pipeline.audit import AuditTrail
 from gateway.pipeline.duties import Duties
 
 if TYPE_CHECKING:  # built on first use, imported then
     from gateway.adapters.dropserver import DropServer
+    from gateway.adapters.metrics import Exporter
     from gateway.adapters.sessions import SessionPool
     from gateway.adapters.watch import Hint
     from gateway.pipeline.daemon import Daemon
@@ -61,7 +63,16 @@ class Gateway:
         self.home = home
         self.clock: Clock = clock or SystemClock()
         self.settings = load_settings(home.settings)
-        self.keyring = Keyring(home.gnupg, self.settings.gnupg_timeout_seconds, self.clock)
+        # gpg-agent belongs to the daemon: it starts its own, in the service's sandbox and
+        # cgroup, at each start. Beside a running daemon, or for another user than the
+        # home's owner, a command uses the daemon's agent and never starts a second one.
+        try:
+            owner = home.gnupg.stat().st_uid
+        except FileNotFoundError:  # a damaged home: gpg will say what is missing
+            owner = os.geteuid()
+        autostart = os.geteuid() == owner and not held(home.lock)
+        self.keyring = Keyring(home.gnupg, self.settings.gnupg_timeout_seconds, self.clock,
+                               autostart)  # fmt: skip
         self.ledger = Ledger(home.ledger, actor, self.clock)
         self.audit = AuditTrail(home, self.ledger, self.keyring, self.settings.gateway_id)
         #: Wakes the daemon's main loop (a worker finished, a partner uploaded).
@@ -157,11 +168,14 @@ class Gateway:
 
         return Scheduler(self.steps, self.ledger, self.settings, self.clock, self.transport, once)
 
-    def run_once(self) -> None:
-        """`gateway run --once`: all work that is due, one poll of every partner, and the
-        erasures retention says are due."""
+    def run_once(self, progress: Progress | None = None) -> None:
+        """`gateway run --once`: all work that is due, one poll of every partner, the
+        warnings of duties and overdue receipts, and the erasures retention says are due;
+        with `progress`, each delivery made while its package is sealed is shown as it goes."""
+        self.steps.delivery.progress = progress
         try:
             self.scheduler(once=True).drain()
+            self.steps.overdue()
             self.duties.warn()
             self.retention.run()
         finally:
@@ -188,11 +202,25 @@ class Gateway:
                           hooks(self.home, self.ledger, self.reads, lambda: self.hints.put(wake)),
                           limits, self.clock)  # fmt: skip
 
-    def daemon(self, stop: threading.Event) -> Daemon:
-        """`gateway run`: the service, with the drop server when `serve.listen` is set."""
+    def daemon(self, stop: threading.Event, reload: threading.Event | None = None) -> Daemon:
+        """`gateway run`: the service, with the drop server when `serve.listen` is set; it
+        reads gateway.toml again when `reload` is set, and speaks to systemd when run by it."""
+        from gateway.adapters.systemd import Notifier
         from gateway.pipeline.daemon import Daemon
+        from gateway.pipeline.metrics import Publisher
 
         listen = self.settings.serve_listen
+        drop_server = self.drop_server(listen) if listen else None
+        publisher = Publisher(self.metrics(drop_server), self.settings, self.clock)
         return Daemon(self.home, self.settings, self.clock, self.steps, self.scheduler(once=False),
                       self.audit, self.retention, self.hints, self.sessions.close_idle,
-                      self.drop_server(listen) if listen else None, stop)  # fmt: skip
+                      drop_server, stop, reload or threading.Event(),
+                      Notifier.from_environment(self.clock), publisher)  # fmt: skip
+
+    def metrics(self, drop_server: DropServer | None = None) -> Exporter:
+        """The metrics of this home (with the sessions of `drop_server`, the daemon's)."""
+        from gateway.adapters.metrics import Exporter
+        from gateway.pipeline.metrics import Gather
+
+        return Exporter(Gather(self.home, self.ledger, self.keyring, self.settings, self.clock,
+                               drop_server))  # fmt: skip

@@ -24,15 +24,16 @@ from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway, actor
 from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
+from gateway.core.model import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Every command of `gateway`, each defined as `command` in `gateway/cli/NAME_cmd.py`.
 #: Loaded on use: importing all of them up front took 0.45 s of every run, most of it
 #: paramiko (0.13 s), which only the daemon and the transports need (python -X importtime).
-COMMANDS: Final = ("audit", "backup", "cancel", "demo", "doctor", "init", "keys", "ledger",
-                   "partner", "regimes", "restore", "retry", "run", "send", "serve",
-                   "status")  # fmt: skip
+COMMANDS: Final = ("approve", "audit", "backup", "cancel", "check", "demo", "doctor", "init",
+                   "keys", "ledger", "metrics", "partner", "regimes", "reject", "report",
+                   "restore", "retry", "run", "send", "serve", "status")  # fmt: skip
 
 
 class State:
@@ -106,12 +107,46 @@ def with_gateway(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: Transfers smaller than this show no bar: over before it would be read.
+BAR_FROM: Final = 8 * 1024 * 1024
+
+
+def progress() -> Progress | None:
+    """Progress bars on stderr when it is a terminal (click's); None otherwise, so a
+    command run by a script or a service writes nothing extra."""
+    if not sys.stderr.isatty():
+        return None
+
+    @contextmanager
+    def bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
+        if total < BAR_FROM:
+            yield lambda _: None
+            return
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False,
+                               show_percent=True, show_eta=True) as shown:  # fmt: skip
+            yield shown.update
+
+    return bar
+
+
 def emit(rows: Any, as_json: bool, text: Callable[[], str]) -> None:
     """Print `rows` as JSON with --json, else the human text."""
     click.echo(json.dumps(rows, indent=2, ensure_ascii=False) if as_json else text())
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A reason with words in it: an empty one would leave the audit trail without a why."""
+    if not value.strip():
+        raise click.BadParameter("must say why (it is recorded in the audit trail), not be empty")
+    return value.strip()
+
+
+reason_option = click.option(
+    "--reason", required=True, callback=_reason, help="Why: recorded in the audit trail."
+)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,7 +167,7 @@ def main(ctx: click.Context, home: str | None, debug: bool, log_format: str) -> 
 
     \b
     Example:
-      gateway --home /srv/gateway status
+      gateway --home /var/lib/gateway status
     """
     os.umask(0o077)  # keys, ledger, spool and sealed files: for the gateway's user alone
     logs.setup(debug, log_format)

@@ -6,8 +6,10 @@ import json
 
 import click
 
+from gateway.admin import record as s62
 from gateway.app.gateway import Gateway
-from gateway.cli import fail, with_gateway
+from gateway.cli import emit, fail, json_option, with_gateway
+from gateway.core.names import package_id as parse_package_id
 from gateway.core.text import shown
 
 
@@ -59,7 +61,8 @@ def checkpoint(gw: Gateway) -> None:
 @click.option(
     "--since",
     metavar="TIME",
-    help="Only events at or after this UTC time, e.g. 2026-11-01T00:00:00Z.",
+    help="Only events at or after this time, e.g. 2026-11-01T00:00:00Z; a time without an "
+    "offset (2026-11-01T00:00:00) is read as UTC, whatever the machine's time zone.",
 )
 @with_gateway
 def export(gw: Gateway, since: str | None) -> None:
@@ -71,3 +74,19 @@ def export(gw: Gateway, since: str | None) -> None:
     """
     for row in gw.audit.export(since):
         click.echo(json.dumps(row, ensure_ascii=False, sort_keys=True))
+
+
+@command.command("show")
+@click.argument("package_id", metavar="PACKAGE_ID")
+@json_option
+@with_gateway
+def show(gw: Gateway, package_id: str, as_json: bool) -> None:
+    """The DPA 2018 s.62 record of one package: who, when, what, to whom, on what basis,
+    its every event and every consultation of it (this one is recorded too).
+
+    \b
+    Example:
+      gateway audit show GB-ACRO-01JDQ8N5V3K7Q2Y9ZC4T6W8E1M --json
+    """
+    doc = s62.record(gw, parse_package_id(package_id))
+    emit(doc, as_json, lambda: "\n".join(shown(line) for line in s62.text(doc)))

@@ -13,19 +13,29 @@ from gateway.cli import emit, json_option, with_gateway
 
 @click.command("doctor")
 @click.option("--offline", is_flag=True, help="Do not connect to partners.")
+@click.option(
+    "--config-only",
+    is_flag=True,
+    help="Check only the settings and the home's files and owner (fast; systemd's ExecStartPre).",
+)
 @json_option
 @with_gateway
-def command(gw: Gateway, offline: bool, as_json: bool) -> None:
-    """Check permissions, keys and expiry, partner reachability and host keys, disk, ledger.
+def command(gw: Gateway, offline: bool, config_only: bool, as_json: bool) -> None:
+    """Check permissions, keys and expiry, partner health and host keys, packages held,
+    failed or overdue, disk, ledger.
 
     Nothing is sent to partners. Exits 1 if anything fails; each line says what to do.
+    A gateway.toml that does not load fails with its own error and exit code.
 
     \b
     Example:
       gateway doctor
+      gateway doctor --config-only
     """
-    findings = [*health.permissions(gw), *health.keys(gw), *health.partners(gw, connect=not offline),
-                *health.disk(gw), *health.ledger(gw)]  # fmt: skip
+    findings = [*health.owner(gw), *health.permissions(gw)]
+    if not config_only:
+        findings += [*health.keys(gw), *health.partners(gw, connect=not offline),
+                     *health.packages(gw), *health.disk(gw), *health.ledger(gw)]  # fmt: skip
     emit([f.__dict__ for f in findings], as_json, lambda: "\n".join(f.line() for f in findings))
     if any(f.level == "fail" for f in findings):
         sys.exit(1)

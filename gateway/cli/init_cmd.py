@@ -25,7 +25,7 @@ def command(state: State, gateway_id: str) -> None:
 
     \b
     Example:
-      gateway --home /srv/gateway init --id GB-ACRO
+      gateway --home /var/lib/gateway init --id GB-ACRO
     """
     with keys.init(state.home, gateway_id, actor()) as gw:
         key = gw.own_key_info

@@ -7,7 +7,7 @@ import click
 from gateway.adapters import sshkeys
 from gateway.admin import keys
 from gateway.app.gateway import Gateway
-from gateway.cli import emit, json_option, with_gateway
+from gateway.cli import emit, json_option, reason_option, with_gateway
 from gateway.core.model import utc
 
 
@@ -77,7 +77,7 @@ def export(gw: Gateway, what: str | None) -> None:
 
 
 @command.command("rotate")
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def rotate(gw: Gateway, reason: str) -> None:
     """Make a new OpenPGP key for the gateway; it signs from now on.

@@ -9,9 +9,10 @@ from typing import Any
 import click
 
 from gateway.adapters import sshkeys
-from gateway.admin import partners, policy
+from gateway.admin import health, partners, policy
 from gateway.app.gateway import Gateway
-from gateway.cli import emit, json_option, with_gateway
+from gateway.cli import emit, json_option, reason_option, with_gateway
+from gateway.core import approval as four_eyes
 from gateway.core.model import Partner, utc
 
 
@@ -36,6 +37,16 @@ def regime_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.group("partner")
 def command() -> None:
     """Partner agencies: their keys, transport and health."""
+
+
+needs_approval = click.option(
+    "--needs-approval",
+    "kinds",
+    multiple=True,
+    metavar="KIND|all",
+    help="Packages of this kind (repeatable, or comma-separated; `all` for every kind) wait "
+    "for a second operator's `gateway approve` before they are sealed.",
+)
 
 
 @command.command("add")
@@ -88,12 +99,13 @@ def command() -> None:
     help="Leave the recipient key id visible in packages (hidden by default).",
 )
 @regime_options
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@needs_approval
+@reason_option
 @with_gateway
 def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: str | None,
         host_key: str | None, pull: bool, ssh_key: Path | None, upload_dir: str, download_dir: str,
         show_recipient: bool, specs: tuple[str, ...], channels: tuple[str, ...],
-        reason: str) -> None:  # fmt: skip
+        kinds: tuple[str, ...], reason: str) -> None:  # fmt: skip
     """Register a partner, pinning its OpenPGP key and its SSH key.
 
     The key file must hold exactly the key with FINGERPRINT, valid and not revoked.
@@ -109,16 +121,17 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
       gateway partner add AU-AFP --openpgp-key au-afp.asc --fingerprint 4567...89AB \\
         --pull --ssh-key au-afp.pub --regime MOU-AU-2026 --reason 'MoU 2026, keys checked by phone'
     """
+    approval = four_eyes.parse_kinds(kinds)
     if specs or channels:
         policy.rules(gw, specs)  # a bad --regime is refused before anything is registered
     if pull and not url and ssh_key and not host_key:
         partner = partners.add_pull(
-            gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient
+            gw, partner_id, openpgp_key, fingerprint, ssh_key, reason, not show_recipient, approval
         )
         said = f"added {partner.id}: it logs in to the drop server as {partner.id}"
     elif not pull and url and host_key and not ssh_key:
         partner = partners.add_push(gw, partner_id, openpgp_key, fingerprint, url, host_key, reason,
-                                      upload_dir, download_dir, not show_recipient)  # fmt: skip
+                                      upload_dir, download_dir, not show_recipient, approval)  # fmt: skip
         said = f"added {partner.id}: drop packages in {gw.home.outbound / partner.id}/<kind>/"
     else:
         raise click.UsageError("give either --push URL --host-key KEY, or --pull --ssh-key FILE")
@@ -130,15 +143,22 @@ def add(gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, url: 
 @command.command("set")
 @click.argument("partner_id", metavar="ID")
 @regime_options
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@needs_approval
+@click.option(
+    "--no-approval", is_flag=True, help="No package for this partner needs a second approval."
+)
+@reason_option
 @with_gateway
 def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[str, ...],
-         reason: str) -> None:  # fmt: skip
-    """Set the regimes a partner may receive each kind under, and the countries it serves.
+         kinds: tuple[str, ...], no_approval: bool, reason: str) -> None:  # fmt: skip
+    """Set the regimes a partner may receive each kind under, the countries it serves,
+    and the kinds that need a second operator's approval.
 
     Each option given replaces what was registered before: all --regime values together,
-    all --channel-for values together (`--channel-for none` clears them). For each kind,
-    the first regime given is the default of packages that name none.
+    all --channel-for values together (`--channel-for none` clears them), all
+    --needs-approval values together (--no-approval clears them). For each kind, the
+    first regime given is the default of packages that name none. Packages already taken
+    in keep the state they were given.
 
     \b
     Examples:
@@ -146,18 +166,35 @@ def set_(gw: Gateway, partner_id: str, specs: tuple[str, ...], channels: tuple[s
         --reason 'TCA Title IX exchange'
       gateway partner set XX-NCB --regime request=MOU-XX-2026 --channel-for YY \\
         --reason 'Interpol NCB relays requests for YY'
+      gateway partner set US-NCB --needs-approval conviction,extradition \\
+        --reason 'records office policy 2026/3: two-person release for the US'
     """
-    policy.set_policy(gw, partner_id, specs, channels, reason)
+    if kinds and no_approval:
+        raise click.UsageError("give --needs-approval KIND or --no-approval, not both")
+    if not (specs or channels or kinds or no_approval):
+        raise click.UsageError(
+            "give --regime, --channel-for, --needs-approval or --no-approval: there is nothing to set"
+        )
+    approval = four_eyes.parse_kinds(kinds)  # a bad kind is refused before anything changes
+    if specs or channels:
+        policy.set_policy(gw, partner_id, specs, channels, reason)
+    if kinds or no_approval:
+        partners.set_approval(gw, partner_id, approval, reason.strip())
     row = policy.describe(gw, partner_id)
-    click.echo(f"{partner_id}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items())
-               + f"; serves {', '.join(row['serves'])}")  # fmt: skip
+    said = [*(f"{k}: {', '.join(v)}" for k, v in row["regimes"].items()),
+            f"serves {', '.join(row['serves'])}"]  # fmt: skip
+    if kinds or no_approval:
+        said.append(f"approval needed for {approval}" if approval else "no approval needed")
+    click.echo(f"{partner_id}: " + "; ".join(said))
 
 
 def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
-    """What an operator needs to know of one partner, as plain values."""
+    """What an operator needs to know of one partner, as plain values; its health is the
+    ledger's record of its contacts (`health.contact`), as `doctor` and `status` show it."""
     key = gw.keyring.key(partner.openpgp_key)
     host_key = partners.host_key_of(gw, partner)
     held = [p for p in gw.ledger.packages(partner=partner.id, state="held")]
+    failed = gw.ledger.packages(partner=partner.id, state="failed", limit=1)
     waiting = [p for p in gw.ledger.packages(partner=partner.id, state="sealed") if p.last_error]
     problems = [p.last_error for p in held + waiting if p.last_error]
     return {
@@ -169,6 +206,7 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "upload_dir": partner.upload_dir,
         "download_dir": partner.download_dir,
         "enabled": bool(partner.enabled),
+        "needs_approval": partner.approval,
         "openpgp_key": key.fingerprint,
         "openpgp_expires": utc(key.expires) if key.expires else None,
         "openpgp_problem": key.problem(),
@@ -176,7 +214,7 @@ def describe(gw: Gateway, partner: Partner) -> dict[str, Any]:
         "ssh_key": sshkeys.fingerprint(partner.ssh_key) if partner.ssh_key else None,
         "added_at": partner.added_at,
         **policy.describe(gw, partner.id),
-        "health": "disabled" if not partner.enabled else ("failing" if problems else "ok"),
+        **health.contact(partner, gw.ledger.contacts().get(partner.id), stuck=bool(held or failed)),
         "last_problem": problems[-1] if problems else None,
     }
 
@@ -198,7 +236,7 @@ def list_(gw: Gateway, as_json: bool) -> None:
         lambda: (
             "\n".join(
                 f"{r['id']:<20} {r['transport']:<5} {r['health']:<8} {r['openpgp_key']} "
-                f"expires {r['openpgp_expires'] or 'never'}"
+                f"expires {r['openpgp_expires'] or 'never'}, last contact {r['last_ok'] or 'never'}"
                 for r in rows
             )
             or "no partners: add one with `gateway partner add`"
@@ -232,7 +270,7 @@ def show(gw: Gateway, partner_id: str, as_json: bool) -> None:
 @click.option(
     "--fingerprint", required=True, help="The new key's fingerprint, confirmed out of band."
 )
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def rotate_key(
     gw: Gateway, partner_id: str, openpgp_key: Path, fingerprint: str, reason: str
@@ -253,7 +291,7 @@ def rotate_key(
 
 @command.command("disable")
 @click.argument("partner_id", metavar="ID")
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def disable(gw: Gateway, partner_id: str, reason: str) -> None:
     """Stop all traffic with a partner: its packages wait as held, its logins are refused.
@@ -268,7 +306,7 @@ def disable(gw: Gateway, partner_id: str, reason: str) -> None:
 
 @command.command("enable")
 @click.argument("partner_id", metavar="ID")
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def enable(gw: Gateway, partner_id: str, reason: str) -> None:
     """Resume traffic with a partner; its held packages go on with `gateway retry`.
@@ -289,7 +327,7 @@ def enable(gw: Gateway, partner_id: str, reason: str) -> None:
     metavar="'TYPE BASE64'",
     help="The server's new SSH host key, confirmed with the partner out of band.",
 )
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def set_host_key(gw: Gateway, partner_id: str, host_key: str, reason: str) -> None:
     """Pin a push partner's new SSH host key, after its server was rebuilt.

@@ -28,7 +28,7 @@ def command(state: State, source: Path) -> None:
 
     \b
     Example:
-      gateway --home /srv/gateway-new restore /var/backups/gateway/2026-12-06.tar
+      gateway --home /var/lib/gateway-new restore /var/backups/gateway/2026-12-06.tar
     """
     with backup.restore(source, state.home, actor(), state.clock) as gw:
         restored = gw.ledger.events_of("restore")[-1]

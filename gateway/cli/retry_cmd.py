@@ -6,13 +6,13 @@ import click
 
 from gateway.admin import actions
 from gateway.app.gateway import Gateway
-from gateway.cli import with_gateway
+from gateway.cli import reason_option, with_gateway
 from gateway.core.names import package_id as parse_package_id
 
 
 @click.command("retry")
 @click.argument("package_id", metavar="PACKAGE_ID")
-@click.option("--reason", required=True, help="Why: recorded in the audit trail.")
+@reason_option
 @with_gateway
 def command(gw: Gateway, package_id: str, reason: str) -> None:
     """Release a held or failed package, or retry a waiting one now.

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from gateway.app.gateway import Gateway
-from gateway.cli import with_gateway
+from gateway.cli import progress, with_gateway
 from gateway.core.duties import Declared
 from gateway.core.names import KINDS
 from gateway.pipeline.intake import Intake
@@ -50,7 +50,8 @@ def command(gw: Gateway, file: Path, partner: str, kind: str, reference: str | N
     The file is copied in (a symbolic link is refused, never followed); the original is
     left where it is. It is refused unless the partner is registered to receive KIND under
     a regime, and, if --nationality is given, unless the partner serves one of them. The
-    daemon, or `gateway run --once`, seals and delivers it.
+    daemon, or `gateway run --once`, seals and delivers it. On a terminal, a large file's
+    copy shows a progress bar on stderr.
 
     \b
     Example:
@@ -60,6 +61,6 @@ def command(gw: Gateway, file: Path, partner: str, kind: str, reference: str | N
     declared = Declared(reference, legal_basis, marking, in_reply_to, supersedes, recorded_on,
                         nationalities)  # fmt: skip
     package = Intake(gw.home, gw.ledger, gw.settings, gw.duties).copy_in(
-        file, partner, kind, declared
+        file, partner, kind, declared, progress()
     )
     click.echo(package.package_id)

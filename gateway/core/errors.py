@@ -131,6 +131,15 @@ class RegimesInvalid(HomeError):
     exit_code = 17
 
 
+class AgentUnavailable(HomeError):
+    """No GnuPG agent answers for this home, and this command may not start one: a
+    running daemon keeps the only agent (in its own sandbox), and a command run by
+    another user than the home's owner never starts one. Run the command as the home's
+    owner (sudo -u gateway gateway ...) while the daemon runs, or stop the daemon."""
+
+    exit_code = 18
+
+
 # -- 20-29: partners, keys and cryptography ----------------------------------------------
 
 
@@ -231,6 +240,13 @@ class BackupDamaged(Permanent):
     this one was copied."""
 
     exit_code = 38
+
+
+class SameOperator(Permanent):
+    """Four-eyes: a package is approved or rejected by another operator than the one who
+    sent or dropped it. Ask a second operator (their own OS account) to run the command."""
+
+    exit_code = 37
 
 
 # -- 40-49: input the gateway refused ----------------------------------------------------

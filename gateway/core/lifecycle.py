@@ -17,6 +17,7 @@ class State(enum.StrEnum):
     """A package's state in the ledger."""
 
     # outbound
+    AWAITING_APPROVAL = "awaiting-approval"
     RECEIVED = "received"
     SEALED = "sealed"
     PUBLISHED = "published"
@@ -37,12 +38,13 @@ S = State
 
 #: The states a package may start in, by direction.
 INITIAL: Final = {
-    "out": frozenset({S.RECEIVED, S.REJECTED}),
+    "out": frozenset({S.AWAITING_APPROVAL, S.RECEIVED, S.REJECTED}),
     "in": frozenset({S.FETCHED, S.REJECTED}),
 }
 
 #: state -> the states it may move to. Nothing else is allowed.
 TRANSITIONS: Final[dict[State, frozenset[State]]] = {
+    S.AWAITING_APPROVAL: frozenset({S.RECEIVED, S.CANCELLED}),
     S.RECEIVED:     frozenset({S.SEALED, S.HELD, S.FAILED, S.CANCELLED}),
     S.SEALED:       frozenset({S.DELIVERED, S.PUBLISHED, S.HELD, S.FAILED, S.CANCELLED}),
     S.PUBLISHED:    frozenset({S.DELIVERED, S.HELD, S.CANCELLED}),
@@ -63,28 +65,37 @@ FINAL: Final = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 # needs is named here, beside the table, and nowhere else.
 
 #: Outbound states the daemon's own work moves on: sealed when received, delivered or
-#: published when sealed. Each waits for its `next_attempt_at`.
+#: published when sealed. Each waits for its `next_attempt_at`. Never `awaiting-approval`:
+#: nothing is sealed before a second operator approves it (`gateway approve`).
 DUE_TO_SEAL: Final = frozenset({S.RECEIVED})
+#: Waiting for a second operator: `gateway approve` moves it to `received`, `gateway
+#: reject` ends it `cancelled`.
+AWAITING_DECISION: Final = frozenset({S.AWAITING_APPROVAL})
 DUE_TO_DELIVER: Final = frozenset({S.SEALED})
 #: Out of the daemon's hands until an operator acts (`gateway retry` releases them).
 RELEASABLE: Final = frozenset({S.HELD, S.FAILED})
 #: Waiting for the daemon: `gateway retry` makes them due now.
 RESCHEDULABLE: Final = DUE_TO_SEAL | DUE_TO_DELIVER
 #: Not yet in the partner's hands: `gateway cancel` may stop them.
-CANCELLABLE: Final = frozenset({S.RECEIVED, S.SEALED, S.PUBLISHED, S.HELD, S.FAILED})
+CANCELLABLE: Final = frozenset(
+    {S.AWAITING_APPROVAL, S.RECEIVED, S.SEALED, S.PUBLISHED, S.HELD, S.FAILED}
+)
+#: The backlog: taken in, not yet in the partner's hands, and not stopped for an operator.
+BACKLOG: Final = frozenset({S.RECEIVED, S.SEALED, S.PUBLISHED})
 #: A receipt from the partner may close a package in these (sealed: the upload landed,
 #: then the gateway stopped before recording it).
 AWAITING_RECEIPT: Final = frozenset({S.SEALED, S.PUBLISHED, S.DELIVERED})
 #: What the partner's receipt said, once it came.
 RECEIPTED: Final = frozenset({S.ACKNOWLEDGED, S.REFUSED})
 #: An outbound package in these may still have its plaintext in the spool: it was not
-#: sealed yet, or it was set aside before sealing. In any other state, a plaintext
-#: left behind by a crash is erased at the next start.
-MAY_HOLD_PLAINTEXT: Final = frozenset({S.RECEIVED, S.HELD, S.FAILED})
+#: sealed yet (or not approved yet), or it was set aside before sealing. In any other
+#: state, a plaintext left behind by a crash is erased at the next start.
+MAY_HOLD_PLAINTEXT: Final = frozenset({S.AWAITING_APPROVAL, S.RECEIVED, S.HELD, S.FAILED})
 
 #: The columns of `gateway status`: column -> the states counted in it ("overdue" is
 #: `delivered` past `receipts.overdue_after_seconds`, counted by the ledger).
 STATUS_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "awaiting_approval": (S.AWAITING_APPROVAL,),
     "queued": (S.RECEIVED,),
     "in_flight": (S.SEALED, S.PUBLISHED),
     "awaiting_receipt": (S.DELIVERED,),
@@ -109,6 +120,11 @@ CATEGORY: Final = {
     "deliver": "disclosure",  # in the partner's hands
     "erase": "erasure",
     "audit.export": "consultation",
+    "audit.show": "consultation",  # one package's record read by an operator
+    # The second operator reviewed the package's record to decide on its disclosure;
+    # the disclosure itself is `deliver`.
+    "approve": "consultation",
+    "disapprove": "consultation",
 }
 
 

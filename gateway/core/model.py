@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from gateway.core.lifecycle import State
 
@@ -39,6 +40,7 @@ class Partner:
     ssh_key: str | None = None  # pull: the key it logs in with, 'TYPE BASE64'
     hide_recipient: int = 1
     enabled: int = 1
+    approval: str | None = None  # kinds that wait for a second operator: "all", or "k1,k2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,20 @@ class Package:
         return Package(**{**row, "state": State(row["state"])})
 
 
+#: How a long transfer shows its progress: given a label and the total bytes, a context
+#: for the transfer's length, yielding the function to call with each count of bytes done.
+#: The CLI passes one on a terminal (a progress bar); elsewhere there is none.
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+
+
+#: Events logged as warnings: a package stopped for an operator, refused by the partner,
+#: rejected or quarantined, or waiting too long for its receipt.
+WARNING_STATES: Final = frozenset({"held", "failed", "refused", "rejected"})
+WARNING_ACTIONS: Final = frozenset(
+    {"quarantine", "receipt.quarantined", "fetch.refused", "receipt.overdue"}
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
     """One row of the audit trail."""
@@ -99,6 +115,16 @@ class Event:
     #: and the chain still verifies. None on events written before it existed: their
     #: chain covers the detail itself, and their details are never erased.
     detail_sha256: str | None = None
+
+    def warns(self) -> bool:
+        """Whether this event needs an operator's eye: logged as a warning, not as info."""
+        return self.state in WARNING_STATES or self.action in WARNING_ACTIONS
+
+    def fields(self) -> dict[str, str | None]:
+        """The event's fields of a log line: package id, partner, action, state, error."""
+        detail = json.loads(self.detail) if self.detail else {}
+        return {"package_id": self.package_id, "partner": self.partner, "action": self.action,
+                "state": self.state, "error": detail.get("error") or detail.get("reason")}  # fmt: skip
 
     def summary(self) -> str:
         """One log line: what happened to what, and why if it went wrong. No payload, no keys."""
@@ -123,6 +149,29 @@ def chained(fields: Sequence[object], detail_sha256: str | None) -> Sequence[obj
     if detail_sha256 is None:
         return fields
     return [*fields[:8], f"sha256:{detail_sha256}", fields[9]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Contact:
+    """One partner's health, as the ledger keeps it: its last successful contact, its last
+    failure and why, and since when it is down (times are epoch seconds)."""
+
+    partner: str
+    last_ok: float | None = None
+    last_failure: float | None = None
+    last_error: str | None = None
+    down_since: float | None = None
+    failures: int = 0  # failed contacts in a row
+
+    @property
+    def status(self) -> str:
+        """`down` while its last contact failed, `ok` once one succeeded, else `unknown`."""
+        return "down" if self.down_since is not None else "ok" if self.last_ok else "unknown"
+
+    def worth_warning(self) -> bool:
+        """Whether this failure is logged: the first, then the 2nd, 4th, 8th... in a row, so
+        a partner down for a day at a 30 s poll logs 12 lines, not 2,880."""
+        return self.failures > 0 and self.failures & (self.failures - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True)

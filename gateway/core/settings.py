@@ -3,6 +3,11 @@
 Every setting is declared once in `SETTINGS` with its default and its documentation;
 `gateway init` writes that documentation into the new `gateway.toml`, and a test
 fails if a setting is missing from docs or from the file written.
+
+A running daemon reads gateway.toml again on SIGHUP (`systemctl reload gateway`): the
+settings in `RESTART` are built into long-lived parts (the worker pool, the keyring, the
+SFTP sessions, the drop server, the gateway's identity) and keep their value until the
+next start; every other setting takes effect at once (`reloaded`).
 """
 
 from __future__ import annotations
@@ -144,12 +149,85 @@ SETTINGS: Final = (
         "Days a final package's ledger details (file name, reference, errors, event details) "
         "are kept, then erased; ids, states, times and hashes stay. 0: kept for ever.",
     ),
+    Setting(
+        "metrics.listen",
+        "",
+        "Loopback ADDRESS:PORT the daemon serves Prometheus metrics on, e.g. 127.0.0.1:9817; empty: off.",
+    ),
+    Setting(
+        "metrics.textfile",
+        "",
+        "File the daemon rewrites for node_exporter's textfile collector (*.prom); empty: off.",
+    ),
+    Setting("metrics.textfile_seconds", 15, "How often the daemon rewrites metrics.textfile."),
+    Setting("check.held_warning", 1, "`gateway check`: held packages for WARNING."),
+    Setting("check.held_critical", 10, "`gateway check`: held packages for CRITICAL."),
+    Setting("check.failed_critical", 1, "`gateway check`: failed packages for CRITICAL."),
+    Setting("check.overdue_warning", 1, "`gateway check`: overdue receipts for WARNING."),
+    Setting("check.quarantined_warning", 1, "`gateway check`: quarantine entries for WARNING."),
+    Setting(
+        "check.partner_down_warning_seconds",
+        900,
+        "`gateway check`: a partner down this long is a WARNING.",
+    ),
+    Setting(
+        "check.partner_down_critical_seconds",
+        3600,
+        "`gateway check`: a partner down this long is CRITICAL.",
+    ),
+    Setting(
+        "check.backlog_warning_seconds",
+        3600,
+        "`gateway check`: oldest undelivered package this old is a WARNING.",
+    ),
+    Setting(
+        "check.backlog_critical_seconds",
+        14400,
+        "`gateway check`: oldest undelivered package this old is CRITICAL.",
+    ),
+    Setting(
+        "check.disk_warning_mib",
+        2048,
+        "`gateway check`: free MiB for the home below this is a WARNING.",
+    ),
+    Setting(
+        "check.disk_critical_mib",
+        1024,
+        "`gateway check`: free MiB for the home below this is CRITICAL.",
+    ),
+    Setting(
+        "check.checkpoint_warning_seconds",
+        7200,
+        "`gateway check`: newest audit checkpoint this old is a WARNING.",
+    ),
+    Setting(
+        "check.checkpoint_critical_seconds",
+        86400,
+        "`gateway check`: newest audit checkpoint this old is CRITICAL.",
+    ),
+    Setting(
+        "check.daemon",
+        1,
+        "`gateway check`: 1: no `gateway run` working on the home is CRITICAL; 0: not checked.",
+    ),
+    Setting(
+        "check.key_critical_days",
+        7,
+        "`gateway check`: a key this close to expiry is CRITICAL (keys.warn_days: WARNING).",
+    ),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
+#: Settings a running daemon cannot change: they are built into its parts at start.
+RESTART: Final = frozenset(
+    {"gateway.id", "daemon.workers", "gnupg.timeout_seconds", "keys.overlap_days",
+     "metrics.listen", "metrics.textfile"}
+    | {s.name for s in SETTINGS if s.name.split(".")[0] in ("sftp", "serve")}
+)  # fmt: skip
 _ZERO_ALLOWED: Final = {
     "daemon.settle_seconds",
     "keys.overlap_days",
+    "check.daemon",
     "retention.inbound_days",
     "retention.quarantine_days",
     "retention.sealed_days",
@@ -197,6 +275,24 @@ class Settings:
     retention_quarantine_days: int = 90
     retention_sealed_days: int = 30
     retention_details_days: int = 0
+    metrics_listen: str = ""
+    metrics_textfile: str = ""
+    metrics_textfile_seconds: int = 15
+    check_held_warning: int = 1
+    check_held_critical: int = 10
+    check_failed_critical: int = 1
+    check_overdue_warning: int = 1
+    check_quarantined_warning: int = 1
+    check_key_critical_days: int = 7
+    check_partner_down_warning_seconds: int = 900
+    check_partner_down_critical_seconds: int = 3600
+    check_backlog_warning_seconds: int = 3600
+    check_backlog_critical_seconds: int = 14400
+    check_disk_warning_mib: int = 2048
+    check_disk_critical_mib: int = 1024
+    check_checkpoint_warning_seconds: int = 7200
+    check_checkpoint_critical_seconds: int = 86400
+    check_daemon: int = 1
 
 
 def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
@@ -228,7 +324,28 @@ def parse(data: dict[str, object], where: str = "gateway.toml") -> Settings:
         authority_id(str(values["gateway_id"]))
     except UsageError as problem:
         raise SettingsInvalid(f"{where}: gateway.id: {problem}") from None
+    listen = str(values.get("serve_listen", ""))
+    host, _, port = listen.rpartition(":")
+    if listen and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise SettingsInvalid(
+            f"{where}: serve.listen {listen!r} is not ADDRESS:PORT, e.g. 0.0.0.0:2222"
+        )
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def reloaded(old: Settings, new: Settings) -> tuple[Settings, list[str], list[str]]:
+    """The settings in force after a reload from `old` to `new`, the names of the changed
+    settings applied, and of those changed but kept at their old value until a restart."""
+    applied: list[str] = []
+    kept: list[str] = []
+    for s in SETTINGS:
+        field = s.name.replace(".", "_")
+        if getattr(old, field) != getattr(new, field):
+            (kept if s.name in RESTART else applied).append(s.name)
+    merged = dataclasses.replace(
+        old, **{n.replace(".", "_"): getattr(new, n.replace(".", "_")) for n in applied}
+    )
+    return merged, applied, kept
 
 
 def render(gateway_id: str) -> str:

@@ -43,9 +43,11 @@ def hooks(home: Home, ledger: Ledger, reads: Reads, wake: Callable[[], None]) ->
 
     def downloaded(partner_id: str, name: str) -> None:
         reads.add(partner_id, name)
+        ledger.contact(partner_id, None)  # a pull partner's health: its visits
         wake()
 
     def uploaded(partner_id: str, name: str) -> None:
+        ledger.contact(partner_id, None)
         wake()
 
     return Hooks(mailbox=mailbox, authorized_key=authorized_key, downloaded=downloaded,

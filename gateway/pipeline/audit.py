@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -141,11 +141,13 @@ class AuditTrail:
         return Verdict(events, checked, restores=restores, lost=tuple(e for _, e, _ in lost))
 
     def export(self, since: str | None) -> list[dict[str, object]]:
-        """The events at or after `since` (ISO 8601 time), as plain values; the read is logged."""
+        """The events at or after `since` (ISO 8601 time; without an offset, UTC, as the
+        ledger's times are), as plain values; the read is logged."""
         start = None
         if since is not None:
             try:
-                start = utc(datetime.fromisoformat(since).timestamp())
+                when = datetime.fromisoformat(since)
+                start = utc((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
             except ValueError:
                 raise UsageError(
                     f"--since {since!r} is not a time: write it as 2026-11-01T00:00:00Z"

@@ -5,6 +5,11 @@ steps the scheduler says are due to a small pool of worker threads: each receive
 package is sealed by one worker, each partner's turn runs on one worker over one link,
 so a slow or dead partner holds up no one else. All state is in the ledger; the daemon
 keeps only what is in flight, so a crash or a restart simply carries on.
+
+Under systemd the main loop tells the service manager it is ready, what it is doing and,
+at each turn, that it is still turning (the watchdog): a loop stuck anywhere stops the
+pings, and systemd restarts the service. `reload` set (SIGHUP) makes the loop read
+gateway.toml again and apply the settings that can change while running.
 """
 
 from __future__ import annotations
@@ -18,13 +23,17 @@ from pathlib import Path
 from typing import Final
 
 from gateway.adapters.dropserver import DropServer
-from gateway.adapters.home import Home
+from gateway.adapters.home import Home, load_settings
 from gateway.adapters.spool import Entry, entries, locate
+from gateway.adapters.systemd import Notifier
 from gateway.adapters.watch import Hint, SpoolWatcher
 from gateway.core.clock import Clock
 from gateway.core.errors import GatewayError
-from gateway.core.settings import Settings
+from gateway.core.lifecycle import STATUS_COLUMNS
+from gateway.core.model import utc
+from gateway.core.settings import Settings, reloaded
 from gateway.pipeline.audit import AuditTrail
+from gateway.pipeline.metrics import Publisher
 from gateway.pipeline.retention import Retention
 from gateway.pipeline.schedule import Scheduler
 from gateway.pipeline.steps import Steps
@@ -35,6 +44,10 @@ SHUTDOWN_SECONDS: Final = 8.0
 HINTS_PER_TURN: Final = 16
 #: Put on the hints queue to wake the main loop: a worker finished, a partner uploaded.
 WAKE: Final = Hint(Path("/"), renamed=False)
+#: How often the ledger's counts in the status line are read again (one query).
+STATUS_SECONDS: Final = 15.0
+#: The counts the status line shows (columns of `gateway status`).
+STATUS_COUNTS: Final = ("queued", "in_flight", "overdue", "held", "failed")
 
 
 class Daemon:
@@ -43,7 +56,8 @@ class Daemon:
     def __init__(self, home: Home, settings: Settings, clock: Clock, steps: Steps,
                  scheduler: Scheduler, audit: AuditTrail, retention: Retention, hints: queue.Queue[Hint],
                  close_idle: Callable[[float | None], None], drop_server: DropServer | None,
-                 stop: threading.Event) -> None:  # fmt: skip
+                 stop: threading.Event, reload: threading.Event, notifier: Notifier,
+                 metrics: Publisher | None = None) -> None:  # fmt: skip
         self.home = home
         self.settings = settings
         self.clock = clock
@@ -55,11 +69,15 @@ class Daemon:
         self.close_idle = close_idle
         self.drop_server = drop_server
         self.stop = stop
+        self.reload = reload
+        self.notifier = notifier
+        self.metrics = metrics
         self.watcher = SpoolWatcher(home.outbound, hints)
         self.jobs: queue.Queue[tuple[str, Callable[[], object]] | None] = queue.Queue()
         self.busy: set[str] = set()
         self.busy_lock = threading.Lock()
         self.unsettled: dict[Path, float] = {}
+        self._counts, self._counted_at = "", float("-inf")
         self.workers = [
             threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
             for n in range(settings.daemon_workers)
@@ -71,14 +89,22 @@ class Daemon:
         self.steps.recover()
         if self.drop_server is not None:
             self.drop_server.start()
+        if self.metrics is not None:
+            self.metrics.start()
         self.watcher.start()
         for worker in self.workers:
             worker.start()
         next_scan = next_duties = -1.0
         next_checkpoint = self.clock.monotonic() + self.settings.audit_checkpoint_seconds
+        self.notifier.ready(self.status())
         try:
             while not self.stop.is_set():
+                # Only here: if this loop is stuck anywhere, the pings stop.
+                self.notifier.alive(self.status())
                 try:
+                    if self.reload.is_set():
+                        self.reload.clear()
+                        self.reload_settings()
                     if not self.watcher.alive():
                         log.warning(
                             "the spool watcher stopped; restarting it, and scanning to cover the gap"
@@ -100,6 +126,8 @@ class Daemon:
                         self._submit("duties", self.steps.duties.warn)
                         next_duties = self.clock.monotonic() + self.settings.daemon_scan_seconds
                     self.dispatch()
+                    if self.metrics is not None:
+                        self.metrics.tick()
                     self.wait()
                 except Exception as err:  # a full disk, a locked ledger: the service keeps going
                     log.error(
@@ -108,13 +136,72 @@ class Daemon:
                     )
                     self.stop.wait(1.0)
         finally:
+            self.notifier.stopping()
             finished = self.shutdown()
         return finished
 
+    def status(self) -> str:
+        """One line for `systemctl status`: what is in hand now, and the ledger's counts
+        (read every STATUS_SECONDS; a busy ledger leaves the last ones)."""
+        if self.clock.monotonic() >= self._counted_at + STATUS_SECONDS:
+            self._counted_at = self.clock.monotonic()
+            overdue = utc(self.clock.now() - self.settings.receipts_overdue_after_seconds)
+            try:
+                counts = self.steps.ledger.counts(overdue)
+            except (
+                Exception
+            ) as err:  # a busy or failing ledger: the status line must not stop the loop
+                log.debug("no counts for the status line: %r", err)
+            else:
+                self._counts = "; " + ", ".join(
+                    f"{sum(n for (_, s), n in counts.items() if s in STATUS_COLUMNS[column])} "
+                    f"{column.replace('_', ' ')}"
+                    for column in STATUS_COUNTS
+                )
+        with self.busy_lock:
+            busy = len(self.busy)
+        return f"serving: {busy} steps in hand, {len(self.unsettled)} files settling{self._counts}"
+
+    def reload_settings(self) -> None:
+        """Read gateway.toml again; apply what can change while running, say what cannot.
+
+        A gateway.toml that does not load leaves every setting as it was.
+        """
+        self.notifier.reloading()
+        try:
+            fresh = load_settings(self.home.settings)
+        except GatewayError as err:
+            log.error("reload: %s; keeping the settings in force", err)
+        else:
+            merged, applied, kept = reloaded(self.settings, fresh)
+            for name in applied:
+                log.info("reload: %s is now %s", name, _value(merged, name))
+            for name in kept:
+                log.warning(
+                    "reload: %s changed to %s in gateway.toml, but takes effect only at a "
+                    "restart (systemctl restart gateway); keeping %s",
+                    name, _value(fresh, name), _value(self.settings, name),
+                )  # fmt: skip
+            if not applied and not kept:
+                log.info("reload: no setting changed")
+            self.use(merged)
+        self.notifier.ready(self.status())
+
+    def use(self, settings: Settings) -> None:
+        """Put `settings` in force for the loop and every step from now on."""
+        self.settings = settings
+        self.scheduler.settings = settings
+        self.retention.settings = settings
+        if self.metrics is not None:
+            self.metrics.settings = settings
+        self.steps.use(settings)
+
     def scan(self) -> None:
-        """Look at everything in the outbound spool (events may have been missed)."""
+        """Look at everything in the outbound spool (events may have been missed), and
+        for receipts that have become overdue."""
         for entry in entries(self.home.outbound):
             self.hints.put(Hint(entry.path, renamed=False))
+        self.steps.overdue()
 
     def consider(self, entry: Entry, renamed: bool) -> None:
         """Take an entry in now, or note when to look at it again if it may still grow."""
@@ -197,6 +284,9 @@ class Daemon:
         for worker in self.workers:
             worker.join(max(0.0, deadline - self.clock.monotonic()))
         self.close_idle(0)
+        if self.metrics is not None:
+            with contextlib.suppress(GatewayError, OSError):  # the record is the ledger's
+                self.metrics.stop()
         if abandoned := [w.name for w in self.workers if w.is_alive()]:
             # Safe: every step is checkpointed in the ledger and idempotent, so the next
             # start finishes what these were doing.
@@ -210,3 +300,7 @@ class Daemon:
                 log.warning("no audit checkpoint at shutdown: %s", err)
         log.info("daemon stopped")
         return not abandoned
+
+
+def _value(settings: Settings, name: str) -> str:
+    return repr(getattr(settings, name.replace(".", "_")))

@@ -17,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Final
 
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.errors import GatewayError, Transient
 from gateway.core.lifecycle import State
-from gateway.core.model import Package, Placed, utc
+from gateway.core.model import Package, Placed, Progress, utc
 from gateway.core.names import wire_name
 from gateway.pipeline.setback import Setback
 from gateway.transports.base import Link, Part, Transport
@@ -48,6 +49,8 @@ class Delivery:
         self.ledger = ledger
         self.setback = setback
         self.stream_from = STREAM_FROM
+        #: Shows each delivery beside gpg as it goes (`run --once` on a terminal).
+        self.progress: Progress | None = None
         self._streaming: set[str] = set()  # package ids being delivered beside gpg
         self._lock = threading.Lock()
 
@@ -124,6 +127,12 @@ class Delivery:
                     return
                 stack.enter_context(part)
                 self.ledger.note(package.package_id, "deliver.attempt", {"endpoint": link.where})
+                if self.progress:  # the ciphertext is about the payload's size
+                    label = f"{package.package_id} to {package.partner}"
+                    counted = _Counted(part, self.progress(label, package.payload_size or 0))
+                    stack.callback(counted.shown.close)
+                    yield Beside(self, transport, link, counted)
+                    return
                 yield Beside(self, transport, link, part)
         except _LinkLost:  # sealed; the partner's next turn delivers it
             pass
@@ -141,6 +150,41 @@ class Delivery:
         else:
             self.ledger.transition(package.package_id, state, "publish", detail,
                                    next_attempt_at=None, last_error=None)  # fmt: skip
+
+
+class _Counted:
+    """A part that shows the bytes written through it; the bar ends when the part is
+    closed, before the ledger's log lines of the package being sealed and delivered."""
+
+    def __init__(self, part: Part, shown: AbstractContextManager[Callable[[int], None]]) -> None:
+        self.part = part
+        self.shown = contextlib.ExitStack()
+        self.advance = self.shown.enter_context(shown)
+        self.block = part.block
+
+    @property
+    def whole(self) -> bool:
+        return self.part.whole
+
+    @whole.setter
+    def whole(self, value: bool) -> None:
+        self.part.whole = value
+
+    def write(self, chunk: bytes) -> None:
+        self.part.write(chunk)
+        self.advance(len(chunk))
+
+    def close(self) -> None:
+        try:
+            self.part.close()
+        finally:
+            self.shown.close()
+
+    def __enter__(self) -> _Counted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass  # the part itself is closed by `beside`
 
 
 class _LinkLost(Exception):

@@ -22,14 +22,17 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Final
 
 from gateway.adapters import quarantine
-from gateway.adapters.files import fsync_dir, open_regular, publish, write_atomic
+from gateway.adapters.files import fsync_dir, open_regular, owner, publish, write_atomic
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import being_written, writing
+from gateway.core.approval import needs_approval
 from gateway.core.duties import MAX_SIDECAR_BYTES, SIDECAR, Declared, parse_sidecar
 from gateway.core.errors import (
     GatewayError,
@@ -37,7 +40,7 @@ from gateway.core.errors import (
     UnknownPartner,
 )
 from gateway.core.lifecycle import State
-from gateway.core.model import Package, utc
+from gateway.core.model import Package, Progress, utc
 from gateway.core.names import kind as parse_kind
 from gateway.core.names import new_package_id, payload_name
 from gateway.core.settings import Settings
@@ -48,6 +51,10 @@ ORIGIN: Final = "origin.json"
 #: `spool/work/.<package_id>.writing`: a `gateway send` is copying that package in.
 MARK: Final = ".writing"
 CHUNK: Final = 1024 * 1024
+
+
+def _ignore(_: int) -> None:
+    """No progress to show."""
 
 
 class Intake:
@@ -65,8 +72,10 @@ class Intake:
         partner: str,
         kind: str,
         declared: Declared | None = None,
+        progress: Progress | None = None,
     ) -> Package:
-        """Take a copy of `source` (`gateway send`); the original is left alone."""
+        """Take a copy of `source` (`gateway send`); the original is left alone. With
+        `progress`, the copy and the hash of the copy are shown as they go."""
         name = payload_name(source.name)
         self._partner(partner)
         kind = parse_kind(kind)
@@ -83,13 +92,19 @@ class Intake:
         folder = self.home.work / pid
         # Marked as being written before the folder exists: a daemon starting beside this
         # `send` leaves the folder alone until the package is in the ledger.
+        size = os.fstat(fd).st_size
+        shown = progress(f"taking in {source.name}", 2 * size) if progress else nullcontext(_ignore)
         with os.fdopen(fd, "rb") as src, writing(self._mark(pid)):
             folder.mkdir(mode=0o700)
             try:
-                with (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
-                return self._admit(pid, partner, kind, name, declared or Declared())
+                with shown as advance:  # ended before the ledger's log line is written
+                    with (folder / f".{PAYLOAD}.tmp").open("wb") as dst:
+                        while chunk := src.read(CHUNK):
+                            dst.write(chunk)
+                            advance(len(chunk))
+                    publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
+                    hashed = self._hash(pid, advance)
+                return self._admit(pid, partner, kind, name, declared or Declared(), hashed)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
@@ -113,8 +128,9 @@ class Intake:
         folder = self.home.work / pid
         folder.mkdir(mode=0o700)
         try:
+            # Who dropped it, as far as the spool can tell: the account owning the file.
             origin = {"partner": partner, "kind": kind, "name": name, "declared": declared,
-                      "sidecar": sidecar.name if has_sidecar else None}  # fmt: skip
+                      "sidecar": sidecar.name if has_sidecar else None, "dropped_by": owner(path)}  # fmt: skip
             write_atomic(folder / ORIGIN, json.dumps(origin).encode())
             os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
         except OSError:
@@ -185,7 +201,8 @@ class Intake:
         origin = json.loads((folder / ORIGIN).read_text())
         try:
             declared = Declared.of(origin.get("declared", {}))
-            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], declared)
+            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], declared,
+                               dropped_by=origin.get("dropped_by"))  # fmt: skip
         except InputRefused as problem:
             package = self.quarantine(
                 folder / PAYLOAD,
@@ -201,23 +218,15 @@ class Intake:
             shutil.rmtree(folder)
             return package
 
-    def _admit(
-        self,
-        pid: str,
-        partner: str,
-        kind: str,
-        name: str,
-        declared: Declared,
-    ) -> Package:
-        """Hash a payload already in the work folder and record it `received`, with its
-        legal basis and duty; refused if the partner may not receive it."""
-        path = self.home.work / pid / PAYLOAD
-        fd = open_regular(path, single_link=True)
+    def _hash(self, pid: str, advance: Callable[[int], None] = _ignore) -> tuple[str, int]:
+        """The SHA-256 and size of a payload in the work folder, checked against the limits."""
+        fd = open_regular(self.home.work / pid / PAYLOAD, single_link=True)
         digest, size = hashlib.sha256(), 0
         with os.fdopen(fd, "rb") as f:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
+                advance(len(chunk))
                 if size > self.settings.daemon_max_package_bytes:
                     raise InputRefused(
                         f"the file is larger than daemon.max_package_bytes "
@@ -225,19 +234,30 @@ class Intake:
                     )
         if size == 0:
             raise InputRefused("the file is empty: nothing to send")
+        return digest.hexdigest(), size
+
+    def _admit(self, pid: str, partner: str, kind: str, name: str, declared: Declared,
+               hashed: tuple[str, int] | None = None,
+               dropped_by: str | None = None) -> Package:  # fmt: skip
+        """Hash a payload already in the work folder (unless `hashed`) and record it
+        `received` (or `awaiting-approval` when the partner needs a second operator's
+        approval for its kind), with its legal basis and duty; refused if the partner may
+        not receive it."""
+        sha256, size = hashed or self._hash(pid)
         admitted = self.duties.admit(partner, kind, declared, pid)
         now = utc(self.ledger.clock.now())
+        approval = needs_approval(self.ledger.partner(partner).approval, kind)
         package = Package(
             package_id=pid,
             direction="out",
-            state=State.RECEIVED,
+            state=State.AWAITING_APPROVAL if approval else State.RECEIVED,
             created_at=now,
             updated_at=now,
             partner=partner,
             kind=kind,
             payload_name=name,
             payload_size=size,
-            payload_sha256=digest.hexdigest(),
+            payload_sha256=sha256,
             reference=declared.reference,
             legal_basis=admitted.regime.id,
             marking=declared.marking,
@@ -245,7 +265,8 @@ class Intake:
         )
         detail = {"name": name, "size": size, "sha256": package.payload_sha256,
                   "legal_basis": admitted.regime.id, "duty": admitted.terms.duty,
-                  "due_at": admitted.terms.due_at, "supersedes": declared.supersedes}  # fmt: skip
+                  "due_at": admitted.terms.due_at, "supersedes": declared.supersedes,
+                  "dropped_by": dropped_by}  # fmt: skip
         with self.ledger.transaction():
             self.ledger.insert(package, "intake", {k: v for k, v in detail.items() if v})
             self.duties.obligations.add(admitted.terms)

@@ -79,6 +79,13 @@ class Steps:
             settings,
         )  # fmt: skip
 
+    def use(self, settings: Settings) -> None:
+        """Put reloaded settings in force for every step from now on (the ones that cannot
+        change while running, `settings.RESTART`, are the same as before)."""
+        self.settings = settings
+        for part in (self.intake, self.setback, self.accept, self.collector, self.duties):
+            part.settings = settings
+
     # -- taking in ----------------------------------------------------------------------
 
     def recover(self) -> None:
@@ -166,9 +173,24 @@ class Steps:
         except GatewayError as err:
             if not delivered:
                 self.setback.all(packages, err)
-            if poll:
-                log.log(logging.WARNING if isinstance(err, Transient) else logging.ERROR,
-                        "poll of %s: %s", partner.id, err)  # fmt: skip
+            if transport.remote:
+                self.contact(partner.id, err)
+            elif poll:
+                log.error("poll of %s: %s", partner.id, err)
+        else:
+            if transport.remote:
+                self.contact(partner.id, None)
+
+    def contact(self, partner_id: str, err: GatewayError | None) -> None:
+        """Record a contact with a partner in its health record, and log it going down
+        (then at a falling rate while it stays down: `Contact.worth_warning`) and coming back."""
+        before, after = self.ledger.contact(partner_id, None if err is None else str(err))
+        if err is None and before.down_since is not None:
+            log.info("partner %s is reachable again, after %d failed contacts since %s",
+                     partner_id, before.failures, utc(before.down_since), extra={"partner": partner_id})  # fmt: skip
+        elif err is not None and after.worth_warning():
+            log.warning("partner %s cannot be reached (%d failed contacts since %s): %s", partner_id,
+                        after.failures, utc(after.down_since or 0), err, extra={"partner": partner_id, "error": str(err)})  # fmt: skip
 
     def record_reads(self) -> None:
         """Record every package a partner has read whole since its last turn: `delivered`."""
@@ -181,6 +203,21 @@ class Steps:
             if package and package.partner == partner.id and package.state is State.PUBLISHED:
                 self.ledger.transition(pid, State.DELIVERED, "deliver", {"how": "read whole by the partner"},
                                        delivered_at=utc(self.clock.now()))  # fmt: skip
+
+    def overdue(self) -> int:
+        """Record (and so log, as a warning) each delivered package whose receipt has just
+        become overdue, once: a `receipt.overdue` event. Returns how many were new."""
+        cutoff = utc(self.clock.now() - self.settings.receipts_overdue_after_seconds)
+        new = 0
+        for package in self.ledger.packages(state=State.DELIVERED, delivered_before=cutoff):
+            if not any(
+                e.action == "receipt.overdue" for e in self.ledger.events(package.package_id)
+            ):
+                self.ledger.record("receipt.overdue", package_id=package.package_id, partner=package.partner,
+                                   detail={"error": f"no receipt since its delivery at {package.delivered_at}: "
+                                           "ask the partner whether it arrived"})  # fmt: skip
+                new += 1
+        return new
 
     def sendable(self, packages: list[Package]) -> list[Package]:
         """The packages whose recipient key is still good; the others are held, never sent."""

@@ -49,7 +49,8 @@ its work over it. A link must honour:
 `transport.placed` is the state a package is in once delivered this way: `delivered`
 when it lies on the partner's own server, `published` when it waits in the gateway's
 drop server until the partner has read it whole (`transport.read_whole()` names those
-read since it was last asked). `transport.poll_seconds(settings)` says how often a turn
+read since it was last asked). `transport.remote` says whether opening a link reaches
+the partner: if so, each link's outcome is recorded as the partner's health. `transport.poll_seconds(settings)` says how often a turn
 should look for what the partner sent.
 
 Failures are the error tree's: `Transient` ones (`TransferFailed`, `Timeout`) mean the
@@ -117,6 +118,7 @@ class Transport(Protocol):
     """How the gateway reaches one partner."""
 
     placed: State
+    remote: bool
 
     def link(self) -> AbstractContextManager[Link]: ...
 

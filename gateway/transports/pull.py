@@ -48,6 +48,7 @@ class PullTransport:
     """A pull partner's mailbox."""
 
     placed = State.PUBLISHED
+    remote = False  # its health is its own visits to the drop server (`access.py`)
 
     def __init__(self, partner_id: str, mailbox: Path, incoming: Path, reads: Reads) -> None:
         self.partner_id = partner_id

@@ -36,6 +36,7 @@ class PushTransport:
     """A push partner's SFTP server."""
 
     placed = State.DELIVERED
+    remote = True
 
     def __init__(self, partner: Partner, sessions: SessionPool) -> None:
         self.partner = partner

@@ -25,6 +25,7 @@ from typing import Any
 import paramiko
 import pytest
 from paramiko.sftp import int64
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.adapters.dropserver import INFLIGHT, DropServer
 from gateway.adapters.home import Home
@@ -1105,3 +1106,27 @@ def test_out_of_descriptors_the_server_says_so_then_serves_again(
             serve.send_signal(signal.SIGTERM)
             serve.wait(15)
     assert serve.returncode == 0, log.read_text()
+
+
+def test_a_pull_partners_visits_are_its_health_and_its_sessions_are_counted(drop: Drop) -> None:
+    """Reading a package whole is a successful contact (the partner's health record); the
+    metrics count its open session on the drop server."""
+
+    def sessions() -> dict[str, float]:
+        text = drop.gw.metrics(drop.server).text().decode()
+        return {s.labels["partner"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "gateway_drop_sessions"}  # fmt: skip
+
+    pid = drop.publish()
+    assert PULL_ID not in drop.gw.ledger.contacts()
+    assert sessions() == {PULL_ID: 0}
+    with drop.client() as (_, sftp):
+        deadline = time.monotonic() + TIMEOUT
+        while sessions() != {PULL_ID: 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sessions() == {PULL_ID: 1}
+        with sftp.open(f"download/{pid}.pgp", "rb") as f:
+            f.read()
+    record = drop.gw.ledger.contacts()[PULL_ID]
+    assert (record.status, record.failures) == ("ok", 0)
+    assert json.loads(cli(drop.home, "partner", "show", PULL_ID, "--json").stdout)["health"] == "ok"

@@ -440,6 +440,8 @@ ALL_MIGRATIONS = [
     ("gateway", "m002_overdue_index"),
     ("gateway", "m003_obligations"),
     ("gateway", "m004_erasable_details"),
+    ("gateway", "m005_approvals_and_reports"),
+    ("gateway", "m006_contacts"),
 ]
 
 

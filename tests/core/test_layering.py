@@ -124,6 +124,8 @@ OWNERS = {
     "sqlite3": {"gateway/adapters/ledger.py"},
     "fcntl": {"gateway/adapters/lock.py"},
     "holidays": {"gateway/adapters/calendar.py"},
+    "pythonjsonlogger": {"gateway/adapters/logs.py"},
+    "prometheus_client": {"gateway/adapters/metrics.py"},
     "click": {rel(path) for path in (SOURCE / "cli").glob("*.py")},
 }
 

@@ -12,9 +12,12 @@ import pytest
 from gateway.core import lifecycle
 from gateway.core.errors import IllegalTransition
 from gateway.core.lifecycle import (
+    AWAITING_DECISION,
     AWAITING_RECEIPT,
     CANCELLABLE,
     CATEGORY,
+    DUE_TO_DELIVER,
+    DUE_TO_SEAL,
     FINAL,
     INITIAL,
     MAY_HOLD_PLAINTEXT,
@@ -40,6 +43,7 @@ def test_every_state_has_a_row_and_every_move_names_a_state() -> None:
 
 def test_states_are_those_of_the_spec() -> None:
     assert {s.value for s in State} == {
+        "awaiting-approval",
         "received",
         "sealed",
         "published",
@@ -131,7 +135,10 @@ def test_moves_the_spec_forbids_are_illegal(current: State, new: State) -> None:
 
 
 def test_check_initial() -> None:
-    for direction, allowed in (("out", {S.RECEIVED, S.REJECTED}), ("in", {S.FETCHED, S.REJECTED})):
+    for direction, allowed in (
+        ("out", {S.AWAITING_APPROVAL, S.RECEIVED, S.REJECTED}),
+        ("in", {S.FETCHED, S.REJECTED}),
+    ):
         assert allowed == INITIAL[direction]
         for state in State:
             if state in allowed:
@@ -176,6 +183,15 @@ def test_the_named_sets_follow_from_the_table() -> None:
     for state in RELEASABLE:
         assert TRANSITIONS[state] >= {S.RECEIVED, S.SEALED}
     assert not RESCHEDULABLE & FINAL and not MAY_HOLD_PLAINTEXT & FINAL
+
+
+def test_nothing_awaiting_approval_is_sealed_or_delivered() -> None:
+    # Approval leads to `received` (then the daemon seals it), refusal to `cancelled`;
+    # the daemon's own work never picks a package that waits for a second operator.
+    assert TRANSITIONS[S.AWAITING_APPROVAL] == {S.RECEIVED, S.CANCELLED}
+    assert not AWAITING_DECISION & (DUE_TO_SEAL | DUE_TO_DELIVER | RESCHEDULABLE | RELEASABLE)
+    assert AWAITING_DECISION <= CANCELLABLE & MAY_HOLD_PLAINTEXT
+    assert CATEGORY["approve"] == CATEGORY["disapprove"] == "consultation"
 
 
 def test_status_columns_count_every_state_once() -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.adapters.home import load_settings as load
 from gateway.core.errors import HomeMissing, SettingsInvalid
-from gateway.core.settings import SETTINGS, Settings, parse, render
+from gateway.core.settings import RESTART, SETTINGS, Settings, parse, reloaded, render
 
 PROPERTY = hypothesis_settings(max_examples=200, deadline=None, database=None)
 INT_SETTINGS = [s.name for s in SETTINGS if isinstance(s.default, int)]
@@ -152,7 +152,8 @@ def test_parse_refuses_a_text_setting_of_another_type(name: str, value: object) 
 @pytest.mark.parametrize("value", [0, -1, -(2**40)])
 def test_parse_refuses_zero_and_negative_numbers(name: str, value: int) -> None:
     if (
-        name in ("daemon.settle_seconds", "keys.overlap_days") or name.startswith("retention.")
+        name in ("daemon.settle_seconds", "keys.overlap_days", "check.daemon")
+        or name.startswith("retention.")
     ) and value == 0:
         assert getattr(parse(with_setting(name, value)), name.replace(".", "_")) == 0
     else:
@@ -241,3 +242,21 @@ def test_settings_value_is_frozen() -> None:
     parsed = Settings(gateway_id="GB-ACRO")
     with pytest.raises(dataclasses.FrozenInstanceError):
         parsed.daemon_workers = 8  # type: ignore[misc]
+
+
+def test_a_reload_applies_what_can_change_and_keeps_what_needs_a_restart() -> None:
+    old = Settings(gateway_id="GB-ACRO")
+    new = dataclasses.replace(old, daemon_poll_seconds=5, retry_max_delay_seconds=60,
+                              daemon_workers=9, serve_listen="127.0.0.1:2222")  # fmt: skip
+
+    merged, applied, kept = reloaded(old, new)
+
+    assert applied == ["daemon.poll_seconds", "retry.max_delay_seconds"]
+    assert kept == ["daemon.workers", "serve.listen"]
+    assert merged == dataclasses.replace(old, daemon_poll_seconds=5, retry_max_delay_seconds=60)
+    assert reloaded(old, old) == (old, [], [])
+
+
+def test_the_settings_that_need_a_restart_are_real_settings() -> None:
+    assert {s.name for s in SETTINGS} >= RESTART
+    assert "gateway.id" in RESTART and "daemon.poll_seconds" not in RESTART

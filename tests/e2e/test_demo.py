@@ -57,3 +57,18 @@ def test_demo_keep_leaves_homes_to_explore() -> None:
                 check=False,
             )
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_the_demo_sets_up_without_an_ssh_server() -> None:
+    """Installing openssh-server starts an sshd on port 22; only the tests need one."""
+    root = Path(__file__).resolve().parents[2]
+    demo_script = (root / "scripts" / "demo").read_text()
+    [setup_line] = [line for line in demo_script.splitlines() if line.startswith("scripts/setup")]
+
+    def packages(*args: str) -> list[str]:
+        return subprocess.run([str(root / "scripts" / "setup"), *args, "--packages"],
+                              capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+
+    for_demo = packages(*setup_line.split()[1:])
+    assert "openssh-server" not in for_demo and "gnupg" in for_demo
+    assert {"openssh-server", "systemd-container"} <= set(packages())

@@ -5,11 +5,13 @@ GB-ACRO pushes to US-NCB's drop server; US-NCB knows GB-ACRO as a pull partner.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,22 @@ def test_a_notice_and_a_response_each_acknowledged(pair: tuple[Home, Home]) -> N
     # The erasure is committed with `sealed`; the attempt is recorded before the copy.
     assert events[:5] == ["intake", "seal", "erase", "deliver.attempt", "publish"]
     assert "deliver" in events and events[-1] == "receipt"
+
+    # Each side's report counts what it saw: one sent and acknowledged, one received and accepted.
+    today = datetime.now(UTC).date()
+    days = [str(today - timedelta(days=1)), str(today + timedelta(days=1))]
+    # GB-ACRO's notice started a duty to notify (MOU-TEMPLATE), met by its delivery.
+    for home, sent_id, notified in ((acro, notice_id, 1), (ncb, response_id, 0)):
+        done = cli(home, "report", "--from", days[0], "--to", days[1], "--json")
+        assert done.exit_code == 0, done.stderr
+        [total] = json.loads(done.stdout)["rows"]
+        with gateway(home) as gw:
+            delivered = str(gw.ledger.package(sent_id).delivered_at)
+            [receipt] = [e.at for e in gw.ledger.events(sent_id) if e.action == "receipt"]
+        waited = round(
+            (datetime.fromisoformat(receipt) - datetime.fromisoformat(delivered)).total_seconds(), 3
+        )
+        assert total == {"sent": 1, "acknowledged": 1, "refused": 0, "failed": 0, "cancelled": 0,
+                         "received": 1, "accepted": 1, "rejected": 0, "notified_in_time": notified,
+                         "answered_in_time": 0, "late_now": 0,
+                         "median_seconds_to_receipt": waited, "p95_seconds_to_receipt": waited}  # fmt: skip

@@ -290,6 +290,25 @@ def test_export_since_a_whole_second_includes_that_second(trail: Home) -> None:
     )
 
 
+def test_a_since_without_an_offset_is_utc_whatever_the_time_zone(
+    trail: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # 5 hours behind UTC in November
+    time.tzset()
+    try:
+        everything = export(trail)
+        target = everything[len(everything) // 2]
+        naive = target["at"][:19]  # 2026-11-01T12:00:00, no offset
+
+        rows = export(trail, "--since", naive)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+    assert rows[0]["at"][:19] == naive, "read as local time, the export would start 5 h later"
+    assert [r["id"] for r in rows][:-1] == [r["id"] for r in everything if r["at"][:19] >= naive]
+
+
 def test_export_refuses_a_since_that_is_not_a_time(trail: Home) -> None:
     """A --since that is no time is an error that says so, not an empty export."""
     result = cli(trail, "audit", "export", "--since", "yesterday")

@@ -96,8 +96,10 @@ def test_send_killed_mid_copy_leaves_nothing_and_sends_nothing(
     exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path
 ) -> None:
     home, _, server = exchange
-    (short_tmp / "notice.xml").write_bytes(os.urandom(100_000))
-    killed_at(home, "gateway.pipeline.intake:shutil.copyfileobj", "before",
+    (short_tmp / "notice.xml").write_bytes(os.urandom(3 * intake.CHUNK))
+    # `_ignore` is what the copy loop reports each chunk to when no bar is shown: killed
+    # after the first of three
+    killed_at(home, "gateway.pipeline.intake:_ignore", "before",
               "send", str(short_tmp / "notice.xml"), "--to", PARTNER_ID, "--kind", "conviction")  # fmt: skip
     names = sorted(p.name for p in home.work.iterdir())
     assert len(names) == 2 and names[0].endswith(intake.MARK), "killed with its mark held"

@@ -239,7 +239,7 @@ def test_host_key_mismatch_sends_nothing_and_holds(home: Home, partner_pgp: Part
     assert package.state is State.HELD
     assert "not the one pinned" in str(package.last_error)
     shown = json.loads(cli(home, "partner", "show", PARTNER_ID, "--json").stdout)
-    assert shown["health"] == "failing"
+    assert shown["health"] == "down" and "not the one pinned" in shown["last_error"]
 
 
 def test_a_turn_soon_after_another_reuses_its_session_unless_the_pin_changed(

@@ -1,6 +1,6 @@
 """Partners using RNP (the `rnp` command line of Debian 12, 0.16) instead of GnuPG.
 
-The commands of docs/partners.md section 7 run as written: the partner's own key,
+The commands of docs/partners.md section 8 run as written: the partner's own key,
 exported from its gpg keyring, goes into an RNP keyring with the gateway's public key;
 RNP opens and verifies our package, signs its receipt, signs and encrypts a package to
 the gateway, and opens our receipt for it. The gateway's side is the real thing.
@@ -83,7 +83,7 @@ def run(script: str, cwd: Path, env: dict[str, str]) -> None:
 def test_the_rnp_commands_of_the_partner_guide_work_both_ways(shown: Desk) -> None:
     home, server, desk = shown.home, shown.server, shown.tmp / "desk"
     desk.mkdir()
-    setup, read_and_answer, seal_one, read_receipt = blocks("7")
+    setup, read_and_answer, seal_one, read_receipt = blocks("8")
     (desk / "my-secret-key.asc").write_bytes(
         shown.pgp.gpg("--export-secret-keys", "--armor", shown.pgp.fingerprint).stdout
     )
@@ -133,7 +133,7 @@ def test_the_guides_signature_check_fails_for_a_receipt_the_gateway_did_not_sign
     """The `grep` after `--decrypt` is what tells a forged file: it must be able to fail."""
     desk = shown.tmp / "desk"
     desk.mkdir()
-    setup, read_and_answer, _, _ = blocks("7")
+    setup, read_and_answer, _, _ = blocks("8")
     (desk / "my-secret-key.asc").write_bytes(
         shown.pgp.gpg("--export-secret-keys", "--armor", shown.pgp.fingerprint).stdout
     )
