@@ -3,13 +3,15 @@ gpg, a clock the test moves, leak guards. Everything else tests share is in test
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tests.helpers import (
     Desk,
     ManualClock,
     PartnerPgp,
+    Tally,
     Templates,
     add_partner,
     cli,
@@ -29,6 +32,18 @@ from tests.helpers import (
     stop_agents,
 )
 from tests.sshd import SshServer
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The full torture run takes minutes: it runs only when asked for with `-m torture`."""
+    if "torture" in str(config.getoption("markexpr") or ""):
+        return
+    wait = pytest.mark.skip(
+        reason="the full torture run: pytest -m torture, or scripts/faults --torture"
+    )
+    for item in items:
+        if item.get_closest_marker("torture"):
+            item.add_marker(wait)
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +57,15 @@ def no_leaked_threads() -> Iterator[None]:
     ):
         time.sleep(0.05)
     assert not extra, f"threads left running: {[t.name for t in extra]}"
+
+
+@pytest.fixture
+def tally(record_property: Callable[[str, object], None]) -> Iterator[Tally]:
+    """The test's `Tally`, recorded as the `tally` property (JSON) when the test ends:
+    scripts/faults reads it from the JUnit report."""
+    record = Tally()
+    yield record
+    record_property("tally", json.dumps(dataclasses.asdict(record)))
 
 
 @pytest.fixture

@@ -490,6 +490,18 @@ def tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
     return out.getvalue()
 
 
+def sparse_tar() -> bytes:
+    """A tar whose PAX header `GNU.sparse.map` makes Python's tarfile raise ValueError."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = 2
+        info.pax_headers = {"GNU.sparse.map": "1,x", "GNU.sparse.major": "0",
+                            "GNU.sparse.minor": "1"}  # fmt: skip
+        archive.addfile(info, io.BytesIO(b"{}"))
+    return buf.getvalue()
+
+
 def seal(desk: Desk, plain: bytes, signer: PartnerPgp | None = None, encrypt: bool = True) -> bytes:
     """Sign (as the partner, unless `signer`) and encrypt to the gateway, as docs/partners.md 5."""
     pgp = signer or desk.pgp
@@ -530,3 +542,34 @@ def envelope(doc: dict[str, Any], payload: bytes = PAYLOAD, name: str = PAYLOAD_
     """The tar of SPEC section 4: manifest.json then payload/<name>."""
     return tar(member("manifest.json", json.dumps(doc, indent=2).encode()),
                member(f"payload/{name}", payload))  # fmt: skip
+
+
+# -- the record scripts/faults reads ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Tally:
+    """What one fault or hostile-input test injected and what it found; the `tally` fixture
+    records it (pytest's `record_property`) and scripts/faults sums it into its report."""
+
+    faults: list[str] = dataclasses.field(default_factory=list)
+    hostile: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (what, how many)
+    packages: int = 0
+    lost: int = 0
+    duplicated: int = 0
+
+    def fault(self, what: str) -> None:
+        """A fault was injected."""
+        self.faults.append(what)
+
+    def hostile_input(self, what: str, count: int = 1) -> None:
+        """`count` hostile inputs of one kind were offered."""
+        self.hostile.append((what, count))
+
+    def packages_checked(self, count: int, lost: int, duplicated: int) -> None:
+        """Packages whose end state was checked, and how many of them were lost or doubled."""
+        self.packages += count
+        self.lost += lost
+        self.duplicated += duplicated
+        assert lost == 0, f"{lost} package(s) lost"
+        assert duplicated == 0, f"{duplicated} extra cop(ies) on the partner"

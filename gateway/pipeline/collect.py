@@ -13,19 +13,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import threading
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Final
 
+from gateway.adapters import quarantine
 from gateway.adapters.files import sha256_file
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.backoff import backoff
 from gateway.core.errors import GatewayError, TransferFailed
-from gateway.core.model import Arrival, Partner
-from gateway.core.names import WIRE_NAME, receipt_name
+from gateway.core.model import Arrival, Partner, utc
+from gateway.core.names import WIRE_NAME, is_temporary, new_package_id, receipt_name
 from gateway.core.receipts import MAX_BYTES as MAX_RECEIPT_BYTES
 from gateway.core.settings import Settings
 from gateway.pipeline.accept import Accept
@@ -36,6 +38,9 @@ log = logging.getLogger("gateway")
 #: Threads handling fetched files. Each package costs two gpg runs (open, and the receipt),
 #: each waiting on its own process; one thread left a core idle.
 HANDLERS: Final = 4
+STRAY_REASON: Final = (
+    "not a name of the contract: only <package_id>.pgp and <package_id>.receipt are taken in"
+)
 
 
 class Collector:
@@ -83,7 +88,9 @@ class Collector:
         with ThreadPoolExecutor(HANDLERS, thread_name_prefix=f"handle-{partner.id}") as pool:
             in_hand: dict[Future[None], Arrival] = {}
             try:
-                for arrival in link.collect():
+                arrivals = link.collect()
+                self._quarantine_strays(partner, folder)
+                for arrival in arrivals:
                     if not self._due(partner, arrival):
                         continue
                     limit = self.max_bytes(arrival.name)
@@ -100,6 +107,25 @@ class Collector:
                     self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
                 raise
             self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
+
+    def _quarantine_strays(self, partner: Partner, folder: Path) -> None:
+        """Quarantine each finished file in `folder` whose name is not of the contract: a
+        pull partner's upload that would otherwise lie in its mailbox for ever."""
+        for name in sorted(os.listdir(folder)):
+            path = folder / name
+            if WIRE_NAME.fullmatch(name) or is_temporary(name) or not path.is_file():
+                continue
+            entry = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
+            original = os.fsencode(name).decode("utf-8", "backslashreplace")
+            reason = STRAY_REASON
+            quarantine.put(self.home.quarantine, path, entry, {
+                "what_arrived": "a file of another name", "partner": partner.id,
+                "original_name": original, "reason": reason, "at": utc(self.ledger.clock.now()),
+                "what_to_do": "nothing was taken in; tell the partner which names the exchange uses",
+            })  # fmt: skip
+            self.ledger.record("upload.quarantined", partner=partner.id,
+                               detail={"name": original, "reason": reason, "quarantine": entry})  # fmt: skip
+            log.warning("%s from %s quarantined as %s: %s", original, partner.id, entry, reason)
 
     def _refuse(self, partner: Partner, link: Link, arrival: Arrival, limit: int) -> None:
         """Record a file too large to fetch, and remove it if the partner's side allows (a

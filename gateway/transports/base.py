@@ -29,7 +29,9 @@ its work over it. A link must honour:
 `collect() -> list[Arrival]`
     The files the partner left for the gateway whose names are of the contract
     (`<package_id>.pgp`, `<package_id>.receipt`), in a stable order. Anything else is
-    left where it is.
+    left where it is on a partner's own server; from the gateway's own mailbox, the
+    finished files with other names are moved into `spool/incoming/<PARTNER>/` too, where
+    the pipeline quarantines them.
 
 `fetch(arrival, local, max_bytes)`
     Bring one into the gateway's own spool as `local`, whole or not at all; a file that

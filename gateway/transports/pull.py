@@ -106,11 +106,16 @@ class PullLink:
         raise TransferFailed(f"no part of {name} was opened in the mailbox")
 
     def collect(self) -> list[Arrival]:
-        """Take the complete uploads into the gateway's custody; list all that wait there."""
+        """Take the complete uploads into the gateway's custody; list all that wait there.
+
+        Every finished file is taken, names outside the contract too: the pipeline
+        quarantines those from `spool/incoming`, so nothing is left in the mailbox for ever.
+        A temporary name (the partner's own part, an upload in flight) stays until renamed.
+        """
         self.incoming.mkdir(mode=0o700, exist_ok=True)
         for name in sorted(os.listdir(self.upload)):
             path = self.upload / name
-            if WIRE_NAME.fullmatch(name) and not is_temporary(name) and path.is_file():
+            if not is_temporary(name) and path.is_file():
                 os.replace(path, self.incoming / name)
         return [Arrival(name, (self.incoming / name).stat().st_size)
                 for name in sorted(os.listdir(self.incoming)) if WIRE_NAME.fullmatch(name)]  # fmt: skip

@@ -39,6 +39,7 @@ from tests.helpers import (
     TEST_REGIMES,
     ManualClock,
     PartnerPgp,
+    Tally,
     Templates,
     cli,
     gateway,
@@ -342,6 +343,37 @@ def test_uploaded_receipt_acknowledges_the_package(drop: Drop) -> None:
     assert drop.state(pid) is State.ACKNOWLEDGED
     assert "receipt" in drop.actions(pid)
     assert os.listdir(drop.upload) == [], "the receipt was taken in"
+
+
+def test_an_upload_named_outside_the_contract_is_quarantined_and_the_receipt_beside_it_applied(
+    drop: Drop, tally: Tally
+) -> None:
+    """Nothing is left in a pull partner's upload folder for ever: a finished file of any
+    other name goes to quarantine with its reason; parts being written wait."""
+    tally.hostile_input("pull partner upload named outside the contract")
+    pid = drop.publish()
+    assert drop.sftp(f"get /download/{pid}.pgp").returncode == 0
+    drop.exchange()
+    receipt = drop.local / f"{pid}.receipt"
+    receipt.write_bytes(signed_receipt(drop.pgp, pid, (drop.local / f"{pid}.pgp").read_bytes()))
+    (drop.local / "notes.txt").write_bytes(b"a note for the office")
+    (drop.local / "part").write_bytes(b"half")
+    put = drop.sftp(f"put notes.txt /upload/notes.txt\nput part /upload/{pid}.pgp.partial\n"
+                    f"put {receipt.name} /upload/{pid}.receipt")  # fmt: skip
+    assert put.returncode == 0, put.stderr
+
+    drop.exchange()
+
+    assert drop.state(pid) is State.ACKNOWLEDGED
+    assert os.listdir(drop.upload) == [f"{pid}.pgp.partial"], "a temporary name waits"
+    [reason] = [json.loads(p.read_text()) for p in drop.home.quarantine.glob("*.reason.json")]
+    assert reason["original_name"] == "notes.txt" and reason["partner"] == PULL_ID
+    assert reason["reason"].startswith("not a name of the contract")
+    assert (drop.home.quarantine / reason["id"]).read_bytes() == b"a note for the office"
+    [event] = [e for e in drop.gw.ledger.events() if e.action == "upload.quarantined"]
+    assert json.loads(str(event.detail))["quarantine"] == reason["id"]
+    assert event.partner == PULL_ID
+    assert list((drop.home.incoming / PULL_ID).iterdir()) == []
 
 
 def test_upload_under_a_temporary_name_then_rename(drop: Drop) -> None:

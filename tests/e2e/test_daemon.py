@@ -20,12 +20,26 @@ from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
 from tests.helpers import (
     PARTNER_ID,
+    PAYLOAD,
+    PAYLOAD_NAME,
+    TEST_REGIMES,
     DaemonProcess,
+    Desk,
     PartnerPgp,
+    Tally,
+    Templates,
+    actions,
     cli,
+    envelope,
     gateway,
+    leave,
+    manifest,
+    partner_pid,
+    quarantined,
     remote_files,
+    seal,
     set_setting,
+    sparse_tar,
     wait_for,
 )
 from tests.sshd import SshServer
@@ -252,6 +266,89 @@ def test_a_dead_watcher_is_restarted_and_the_scan_covers_the_gap(
             stop.set()
             thread.join(15)
         assert [p.payload_name for p in gw.ledger.packages()] == ["after.xml"]
+
+
+#: `gateway ARGV` with a bug that only the package whose id is MARKER meets, in opening it.
+BUGGY = """
+import sys
+from gateway.pipeline import accept
+marker, *argv = sys.argv[1:]
+unpack = accept.unpack
+def breaks_on_the_marked(tar, out, limit):
+    if marker in str(tar):
+        raise KeyError("a bug met by this file alone")
+    return unpack(tar, out, limit)
+accept.unpack = breaks_on_the_marked
+from gateway.cli import main
+main(argv, prog_name="gateway")
+"""
+
+
+def state_or_none(home: Home, pid: str) -> State | None:
+    with gateway(home) as gw:
+        found = gw.ledger.find(pid)
+    return found.state if found else None
+
+
+def test_poison_files_under_the_daemon_are_quarantined_once_while_every_partner_goes_on(
+    fast: tuple[Home, PartnerPgp, SshServer],
+    desk: Desk,
+    short_tmp: Path,
+    templates: Templates,
+    tally: Tally,
+) -> None:
+    """US-NCB leaves a malformed tar and a package that meets a bug, beside a good one;
+    AU-AFP, a second partner on its own server, gets its package all the while."""
+    home = desk.home
+    tally.hostile_input("malformed tar (GNU.sparse.map) under the daemon")
+    tally.hostile_input("package meeting an unforeseen error under the daemon")
+    other = templates.partner(short_tmp / "au-gnupg", "AU-AFP")
+    with SshServer(short_tmp / "au-sshd") as au_server:
+        added = cli(home, "partner", "add", "AU-AFP", "--openpgp-key", str(other.public_key),
+                    "--fingerprint", other.fingerprint, "--push", au_server.url,
+                    "--host-key", au_server.host_key_line, *TEST_REGIMES, "--reason", "second partner")  # fmt: skip
+        assert added.exit_code == 0, added.stderr
+        au_server.authorize(home.ssh_identity_pub.read_text())
+        good, malformed, buggy = partner_pid(), partner_pid(), partner_pid()
+        leave(desk, f"{good}.pgp", seal(desk, envelope(manifest(desk, good))))
+        leave(desk, f"{malformed}.pgp", seal(desk, sparse_tar()))
+        leave(desk, f"{buggy}.pgp", seal(desk, envelope(manifest(desk, buggy))))
+        log = home.root / "daemon.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen([sys.executable, "-c", BUGGY, buggy, "--home", str(home.root), "run"],
+                                       stdout=out, stderr=out, stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            drop = home.outbound / "AU-AFP" / "conviction"
+            (drop / "n.xml.part").write_bytes(b"<n/>")
+            os.rename(drop / "n.xml.part", drop / "n.xml")
+
+            wait_for(lambda: all(state_or_none(home, pid) is not None and state_or_none(home, pid)
+                                 is not State.FETCHED for pid in (good, malformed, buggy)), 60,
+                     "the three packages handled")  # fmt: skip
+            wait_for(lambda: len(remote_files(au_server)) == 1, 60, "AU-AFP's package delivered")
+            time.sleep(3)  # three more polls: nothing is fetched or handled again
+        finally:
+            process.terminate()
+            assert process.wait(15) == 0
+        other.close()
+
+    assert state_or_none(home, good) is State.ACCEPTED
+    assert (home.inbound / PARTNER_ID / good / PAYLOAD_NAME).read_bytes() == PAYLOAD
+    for pid in (malformed, buggy):
+        assert state_or_none(home, pid) is State.REJECTED
+        assert actions(home, pid).count("reject") == 1, "handled once, never retried hot"
+        assert f"{pid}.receipt" in remote_files(desk.server), "a rejected receipt went back"
+    reasons = {report["package_id"]: report["reason"] for report, _ in quarantined(home)}
+    assert set(reasons) == {malformed, buggy}
+    assert "not a valid uncompressed tar" in reasons[malformed]
+    assert "unexpected KeyError" in reasons[buggy]
+    assert list(desk.server.download.iterdir()) == [], "every file handled and removed"
+    with gateway(home) as gw:
+        [sent] = gw.ledger.packages(direction="out")
+    assert sent.partner == "AU-AFP" and sent.state is State.DELIVERED
+    assert remote_files(au_server) == [f"{sent.package_id}.pgp"]
+    assert log.read_text().count("Traceback") <= 2, "no traceback storm"
+    tally.packages_checked(2, lost=0, duplicated=0)  # the good one and AU-AFP's, checked above
 
 
 def test_the_daemon_takes_a_sidecar_with_its_file_and_quarantines_a_bad_pair(

@@ -7,7 +7,8 @@ Network faults go through `tests.faultproxy.FaultProxy`, between the gateway and
 sshd; the partner is registered at the proxy's port (known_hosts pins host:port).
 
 Each test records what it injected and what it checked with the `tally` fixture
-(pytest's `record_property`), which `scripts/faults` sums into its report.
+(`tests.helpers.Tally`, recorded by the fixture in tests/conftest.py), which
+`scripts/faults` sums into its report.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from tests.helpers import (
     Desk,
     ManualClock,
     PartnerPgp,
+    Tally,
     cli,
     delivered,
     gateway,
@@ -79,44 +81,6 @@ from tests.sshd import SshServer
 #: times); a clean login through the proxy takes 0.10-0.15 s here, so 2 s leaves room.
 DEADLINE = 2
 PASS_LIMIT = 25.0  # no pass of the gateway may take longer than this under any fault
-
-
-# -- the record scripts/faults reads ------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Tally:
-    """What one test injected and what it found; summed by scripts/faults."""
-
-    faults: list[str] = dataclasses.field(default_factory=list)
-    hostile: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (what, how many)
-    packages: int = 0
-    lost: int = 0
-    duplicated: int = 0
-
-    def fault(self, what: str) -> None:
-        """A fault was injected."""
-        self.faults.append(what)
-
-    def hostile_input(self, what: str, count: int = 1) -> None:
-        """`count` hostile inputs of one kind were offered."""
-        self.hostile.append((what, count))
-
-    def packages_checked(self, count: int, lost: int, duplicated: int) -> None:
-        """Packages whose end state was checked, and how many of them were lost or doubled."""
-        self.packages += count
-        self.lost += lost
-        self.duplicated += duplicated
-        assert lost == 0, f"{lost} package(s) lost"
-        assert duplicated == 0, f"{duplicated} extra cop(ies) on the partner"
-
-
-@pytest.fixture
-def tally(record_property: Callable[[str, object], None]) -> Iterator[Tally]:
-    """The test's tally, recorded as the `tally` property (JSON) when the test ends."""
-    record = Tally()
-    yield record
-    record_property("tally", json.dumps(dataclasses.asdict(record)))
 
 
 # -- helpers -------------------------------------------------------------------------------

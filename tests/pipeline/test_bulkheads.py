@@ -7,8 +7,6 @@ turn is logged, backs that partner off, and every other partner's turn still run
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -34,22 +32,11 @@ from tests.helpers import (
     run_once,
     seal,
     send,
+    sparse_tar,
 )
 from tests.sshd import SshServer
 
 PULL_ID = "AU-AFP"
-
-
-def sparse_tar() -> bytes:
-    """A tar whose PAX header `GNU.sparse.map` makes Python's tarfile raise ValueError."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("manifest.json")
-        info.size = 2
-        info.pax_headers = {"GNU.sparse.map": "1,x", "GNU.sparse.major": "0",
-                            "GNU.sparse.minor": "1"}  # fmt: skip
-        tar.addfile(info, io.BytesIO(b"{}"))
-    return buf.getvalue()
 
 
 def test_a_malformed_tar_among_good_packages_is_quarantined_and_the_rest_accepted(
