@@ -120,7 +120,7 @@ OWNERS = {
     "gnupg": {"gateway/adapters/gpg.py"},
     "paramiko": {"gateway/adapters/sftp.py", "gateway/adapters/dropserver.py"},  # client, server
     "watchdog": {"gateway/adapters/watch.py"},
-    "sqlite_utils": {"gateway/adapters/ledger.py"},
+    "sqlite_utils": {"gateway/adapters/ledger.py", "gateway/adapters/schema.py"},
     "sqlite3": {"gateway/adapters/ledger.py"},
     "fcntl": {"gateway/adapters/lock.py"},
     "holidays": {"gateway/adapters/calendar.py"},
