@@ -64,6 +64,11 @@ def conditions(gw: Gateway) -> Iterator[Condition]:
     yield _counted("overdue", total("overdue"), s.check_overdue_warning, None, "overdue")
     yield _counted("quarantined", quarantine.count(gw.home.quarantine), s.check_quarantined_warning,
                    None, "quarantined")  # fmt: skip
+    duties = [standing.state for standing in gw.duties.standings()]
+    yield _counted("duties_due_soon", duties.count("due-soon"), s.check_duties_due_soon_warning,
+                   None, "duties due within duties.warn_days")  # fmt: skip
+    yield _counted("duties_late", duties.count("late"), None, s.check_duties_late_critical,
+                   "duties late")  # fmt: skip
     yield from _keys(gw, now)
     yield from _partners(gw, now)
     oldest = min(ledger_stats.oldest_pending(gw.ledger).values(), default=None)

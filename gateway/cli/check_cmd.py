@@ -17,8 +17,8 @@ from gateway.cli import State, json_option
 def command(state: State, as_json: bool) -> None:
     """Check the home as a monitoring plugin: one status line with perfdata after `|`.
 
-    Held, failed and overdue packages, quarantine, key expiry, partners down, backlog
-    age, free disk, the audit chain and its newest checkpoint, and whether `gateway
+    Held, failed and overdue packages, quarantine, duties (notifications and answers)
+    due soon and late, key expiry, partners down, backlog age, free disk, the audit chain and its newest checkpoint, and whether `gateway
     run` holds the home; each judged by the [check] settings. Exits 0 OK, 1 WARNING,
     2 CRITICAL, 3 UNKNOWN (the check itself could not run), as Nagios, Icinga and
     Checkmk expect.

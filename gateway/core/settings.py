@@ -218,6 +218,16 @@ SETTINGS: Final = (
         "`gateway check`: newest audit checkpoint this old is CRITICAL.",
     ),
     Setting(
+        "check.duties_due_soon_warning",
+        1,
+        "`gateway check`: notifications or answers due within duties.warn_days for WARNING.",
+    ),
+    Setting(
+        "check.duties_late_critical",
+        1,
+        "`gateway check`: notifications or answers past their period for CRITICAL.",
+    ),
+    Setting(
         "check.daemon",
         1,
         "`gateway check`: 1: no `gateway run` working on the home is CRITICAL; 0: not checked.",
@@ -306,6 +316,8 @@ class Settings:
     check_disk_critical_mib: int = 1024
     check_checkpoint_warning_seconds: int = 7200
     check_checkpoint_critical_seconds: int = 86400
+    check_duties_due_soon_warning: int = 1
+    check_duties_late_critical: int = 1
     check_daemon: int = 1
 
 

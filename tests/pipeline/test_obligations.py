@@ -150,6 +150,12 @@ def test_a_misrouted_package_is_refused_and_a_channel_lets_it_through(
 # -- clocks -------------------------------------------------------------------------------
 
 
+def checked(home: Home, clock: ManualClock) -> dict[str, tuple[str, float]]:
+    """`gateway check`'s verdict and figure for the duties."""
+    found = json.loads(cli(home, "check", "--json", clock=clock).stdout)["conditions"]
+    return {c["name"]: (c["status"], c["value"]) for c in found if c["name"].startswith("duties_")}
+
+
 def test_a_notification_goes_late_at_day_28_and_is_shown_late(
     office: Home, short_tmp: Path
 ) -> None:
@@ -165,6 +171,7 @@ def test_a_notification_goes_late_at_day_28_and_is_shown_late(
     assert soon.startswith(pid)
     row = json.loads(cli(office, "status", "--json", clock=clock).stdout)["partners"][0]
     assert (row["due_soon"], row["late"], row["met_on_time"]) == (1, 0, 0)
+    assert checked(office, clock) == {"duties_due_soon": ("WARNING", 1), "duties_late": ("OK", 0)}
 
     clock.set(at("2027-05-31T00:00"))  # day 28 after recording: late
     assert cli(office, "ledger", "list", "--late", clock=clock).stdout.startswith(pid)
@@ -176,6 +183,8 @@ def test_a_notification_goes_late_at_day_28_and_is_shown_late(
     )
     shown = json.loads(cli(office, "ledger", "show", pid, "--json", clock=clock).stdout)
     assert (shown["duty"]["duty"], shown["duty"]["state"]) == ("notify", "late")
+    assert checked(office, clock) == {"duties_due_soon": ("OK", 0), "duties_late": ("CRITICAL", 1)}
+    assert cli(office, "check", clock=clock).exit_code == 2
 
     logged = Recorder()
     logging.getLogger("gateway").addHandler(logged)
