@@ -317,9 +317,10 @@ class ProcessWatch:
         return tree
 
     def gpg_runs(self, given: bool) -> list[bytes]:
-        """Command lines of the gpg runs seen (`given`: those told to read a passphrase)."""
+        """Command lines of the gpg runs seen (`given`: those told to read a passphrase from
+        a descriptor: their stdin, or a pipe of its own beside the data)."""
         runs = [cmd for cmd, _ in list(self.seen.values()) if cmd.split(b"\0")[0].endswith(b"gpg")]
-        return [cmd for cmd in runs if not given or b"--passphrase-fd\x000" in cmd]
+        return [cmd for cmd in runs if not given or b"--passphrase-fd\x00" in cmd]
 
     def _run(self) -> None:
         while not self._stop.is_set():
