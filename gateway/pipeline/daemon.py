@@ -201,6 +201,7 @@ class Daemon:
         for receipts that have become overdue."""
         for entry in entries(self.home.outbound):
             self.hints.put(Hint(entry.path, renamed=False))
+        self.steps.intake.finish_stranded()
         self.steps.overdue()
 
     def consider(self, entry: Entry, renamed: bool) -> None:

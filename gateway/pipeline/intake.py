@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from gateway.core.names import new_package_id, payload_name
 from gateway.core.settings import Settings
 from gateway.pipeline.duties import Duties
 
+log = logging.getLogger("gateway")
 PAYLOAD: Final = "payload"
 ORIGIN: Final = "origin.json"
 #: `spool/work/.<package_id>.writing`: a `gateway send` is copying that package in.
@@ -65,6 +67,10 @@ class Intake:
         self.ledger = ledger
         self.settings = settings
         self.duties = duties
+        #: Files moved in whose recording failed for the host's reason (the ledger busy, a
+        #: regimes file being mended): the spool no longer shows them, so each scan tries
+        #: them again (`finish_stranded`), and a daemon's start finds them (`recover`).
+        self._stranded: set[str] = set()
 
     def copy_in(
         self,
@@ -139,7 +145,26 @@ class Intake:
         fsync_dir(folder)
         self._drop_sidecar(origin)  # its content is in origin.json: taken with the file
         fsync_dir(path.parent)
-        return self._finish(pid)
+        try:
+            return self._finish(pid)
+        except Exception:
+            self._stranded.add(pid)
+            raise
+
+    def finish_stranded(self) -> list[Package]:
+        """Record (or quarantine) the files moved in whose recording failed; those that
+        fail again are tried at the next call."""
+        done = []
+        for pid in sorted(self._stranded):
+            if self.ledger.find(pid) is None and (self.home.work / pid / ORIGIN).is_file():
+                try:
+                    done.append(self._finish(pid))
+                except Exception as err:  # still the host's trouble: the next scan tries again
+                    log.warning("%s: moved in, still not recorded (%s); trying again at the "
+                                "next scan", pid, err)  # fmt: skip
+                    continue
+            self._stranded.discard(pid)
+        return done
 
     def lone_sidecar(self, path: Path, partner: str, kind: str) -> Package | None:
         """A sidecar is taken with its file; one alone waits duties.lone_sidecar_seconds for

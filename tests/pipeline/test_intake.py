@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.home import Home
+from gateway.core.errors import LedgerBusy
 from gateway.core.lifecycle import State
 from gateway.pipeline.intake import ORIGIN, PAYLOAD, Intake
 from tests.helpers import PARTNER_ID, PartnerPgp, gateway, partner_add
@@ -165,3 +166,31 @@ def test_crash_between_move_and_ledger_is_finished_on_restart(home: Home, spool:
         assert gw.ledger.package(moved.name).state is State.RECEIVED
         assert gw.ledger.package(moved.name).payload_name == "n.xml"
         assert not unfinished_copy.exists()
+
+
+def test_a_file_moved_in_but_not_recorded_is_recorded_at_the_next_scan(
+    home: Home, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger busy just after the move: the spool no longer shows the file, so the
+    scan's `finish_stranded` records it then, once."""
+    path = drop(spool / "notice.xml", b"<notice/>")
+    with gateway(home, "daemon") as gw:
+        real = gw.duties.admit
+
+        def busy(*args: object, **kwargs: object) -> object:
+            raise LedgerBusy("the ledger is busy: test")
+
+        monkeypatch.setattr(gw.duties, "admit", busy)
+        with pytest.raises(LedgerBusy):
+            gw.steps.take_in()
+        assert not path.exists() and gw.ledger.packages() == []
+        assert gw.steps.intake.finish_stranded() == []  # still busy: kept for the next scan
+        monkeypatch.setattr(gw.duties, "admit", real)
+
+        recorded = gw.steps.intake.finish_stranded()
+
+        assert [p.payload_name for p in recorded] == ["notice.xml"]
+        assert gw.steps.intake.finish_stranded() == []
+        assert [(p.package_id, p.state) for p in gw.ledger.packages()] == [
+            (recorded[0].package_id, State.RECEIVED)
+        ]
