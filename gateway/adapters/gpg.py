@@ -148,7 +148,12 @@ def _fileno(source: IO[bytes] | io.RawIOBase) -> int | None:
 
 
 class _Feeder(threading.Thread):
-    """Copies a source that is not a file into gpg's stdin; keeps the first error."""
+    """Copies a source that is not a file into gpg's stdin; keeps the source's error.
+
+    A gpg that stops reading (a key it refuses) breaks the pipe: the copy stops there,
+    and gpg's status lines say why, as python-gnupg let them (raised here, a refused key
+    on a package larger than the pipe's 64 KiB would read as a full disk and be retried).
+    """
 
     def __init__(self, source: IO[bytes] | io.RawIOBase, stdin: IO[bytes]) -> None:
         super().__init__(daemon=True)
@@ -160,12 +165,12 @@ class _Feeder(threading.Thread):
         try:
             while chunk := self.source.read(_CHUNK):
                 self.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # gpg stopped reading: its status lines say why
         except Exception as err:  # raised on the caller's thread once gpg has ended
             self.error = err
         finally:
-            # As python-gnupg: a gpg that stopped early (a key it refuses) breaks the pipe
-            # when the last buffered bytes are flushed here; its status lines say why.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # the last bytes flushed into a broken pipe
                 self.stdin.close()
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import Keyring
-from gateway.core.errors import GatewayError, KeyProblem, Timeout
+from gateway.core.errors import CryptoFailed, GatewayError, KeyProblem, Timeout
 from tests.helpers import GATEWAY_ID, PartnerPgp
 
 PAST = "20200101T000000"  # a --faked-system-time long before any test runs
@@ -301,14 +301,18 @@ def test_sealing_to_a_key_not_in_the_keyring_is_refused(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("size", [6, 4 * 1024 * 1024], ids=["small", "past the pipe's buffer"])
 def test_sealing_with_a_signer_that_has_no_secret_key_is_refused(
-    keyring: Keyring, own_key: str, pinned: PartnerPgp, short_tmp: Path
+    keyring: Keyring, own_key: str, pinned: PartnerPgp, short_tmp: Path, size: int
 ) -> None:
-    """The partner's public key as the signer: gpg cannot sign, nothing must be written."""
+    """The partner's public key as the signer: gpg cannot sign, nothing must be written;
+    a package larger than the pipe's buffer says the same (gpg stops reading it early),
+    never that the disk is full."""
     out = short_tmp / "p.pgp"
 
-    with pytest.raises(GatewayError) as caught:
-        keyring.seal(io.BytesIO(b"notice"), out, pinned.fingerprint, pinned.fingerprint, hide=True)
+    with pytest.raises(CryptoFailed) as caught:
+        keyring.seal(io.BytesIO(os.urandom(size)), out, pinned.fingerprint, pinned.fingerprint,
+                     hide=True)  # fmt: skip
 
     assert pinned.fingerprint in str(caught.value)
     assert not out.exists()
