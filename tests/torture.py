@@ -114,8 +114,10 @@ class Tally:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, doubled, stuck or left behind; every audit trail intact."""
-        bad = self.lost or self.duplicated or self.stuck or self.leftovers or self.refused
+        """Nothing lost, doubled, stuck or left behind, no problem noted (a daemon that
+        failed its SIGTERM, a run that never settled); every audit trail intact."""
+        bad = (self.lost or self.duplicated or self.stuck or self.leftovers or self.refused
+               or self.problems)  # fmt: skip
         return not bad and all(
             verdict.startswith("audit trail intact") for verdict in self.audit.values()
         )

@@ -38,8 +38,8 @@ from gateway.core.errors import (
 )
 
 # Options on every run: no network look-ups, no chatter that could hide status lines, and
-# never a pinentry program: a protected key's passphrase comes from gpg's stdin or not at
-# all (a daemon has no one at a terminal to ask).
+# never a pinentry program: a protected key's passphrase comes from a pipe gpg is given
+# (`--passphrase-fd`) or not at all (a daemon has no one at a terminal to ask).
 _OPTIONS: Final = ["--no-auto-key-retrieve", "--auto-key-locate", "clear", "--no-greeting",
                    "--pinentry-mode", "loopback"]  # fmt: skip
 # SPEC section 4: AES-256, SHA-256, no compression (compression leaks through length
@@ -274,8 +274,9 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
         try:
             yield
         except OSError as err:
-            # gpg died while python-gnupg still fed it (BrokenPipeError): killed by its
-            # deadline (below), or it failed on its own, e.g. the disk filled up.
+            # gpg died while python-gnupg still fed it, or a source failed as it was read
+            # (a `_Feeder`'s error): killed by its deadline (below), or the host's trouble,
+            # e.g. the disk filled up.
             failed: OSError | None = err
         else:
             failed = None
@@ -372,7 +373,7 @@ class Keyring:
         )
 
     def _secret(self) -> str | None:
-        """The passphrase to hand GnuPG (on its stdin, by python-gnupg), or None."""
+        """The passphrase to hand GnuPG (on a pipe: `_DeadlineGPG.run`, python-gnupg), or None."""
         given = self._passphrase()
         return given.reveal() if given is not None else None
 
@@ -433,7 +434,9 @@ class Keyring:
         return [found[0]["keygrip"], *(sub["keygrip"] for sub in subkeys if sub.get("keygrip"))]
 
     def protected(self, fingerprint: str | None = None) -> bool:
-        """Whether the secret key `fingerprint` (else: any secret key here) needs a passphrase.
+        """Whether the secret key `fingerprint` needs a passphrase for every one of its parts
+        (a `--passwd` cut short may have protected the primary key and not the encryption
+        subkey, which opens every inbound package); else whether any secret key here does.
 
         Read from gpg-agent's key files: a protected key is stored as
         `protected-private-key`, one on a smartcard as a `shadowed-private-key` stub whose
@@ -444,14 +447,14 @@ class Keyring:
         files = (
             sorted(folder.glob("*.key")) if grips is None else [folder / f"{g}.key" for g in grips]
         )
+        found = []
         for path in files:
             try:
                 data = path.read_bytes()[:4096]
             except FileNotFoundError:
                 continue
-            if b"(protected-private-key" in data or b"(shadowed-private-key" in data:
-                return True
-        return False
+            found.append(b"(protected-private-key" in data or b"(shadowed-private-key" in data)
+        return bool(found) and (all(found) if fingerprint is not None else any(found))
 
     def prepare_protection(self) -> None:
         """Give a keyring made before keys were protected the key derivation cost of

@@ -1,6 +1,6 @@
 """The ledger's tables of obligations: each partner's policy, and each package's duty.
 
-Kept apart from `ledger.py` (which creates the tables, migration m003) so that the
+Kept apart from `ledger.py` (the tables are made by migration m003, in `schema.py`) so that the
 ledger's own module stays about packages and their audit trail. Every write joins the
 ledger's write transaction and is audited there.
 """

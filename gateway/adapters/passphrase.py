@@ -5,8 +5,9 @@ It comes from a systemd credential (`$CREDENTIALS_DIRECTORY/<passphrase.credenti
 the unit file), else from the file named by `passphrase.file`, which must be a regular
 file of mode 0400 owned by the user the gateway runs as: a file others could read or
 replace would undo the protection. It is never put on a command line, in an environment
-variable, a log line or an error message: GnuPG reads it from a pipe (python-gnupg's
-`--passphrase-fd 0` with `--pinentry-mode loopback`), paramiko from memory.
+variable, a log line or an error message: GnuPG reads it from a pipe with
+`--pinentry-mode loopback` (for sealing, opening and signing a pipe of its own beside
+the data, `--passphrase-fd N`; for key management its stdin), paramiko from memory.
 """
 
 from __future__ import annotations

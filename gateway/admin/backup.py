@@ -114,7 +114,8 @@ def take(gw: Gateway, dest: Path, encrypt_key: Path | None = None,
         staging = Path(tmp) / "home"
         staging.mkdir(mode=0o700)
         files: dict[str, tuple[int, str]] = {}
-        for name, path in [("gateway.toml", home.settings), *_tree(home.root, home.keys),
+        for name, path in [("gateway.toml", home.settings), ("regimes.toml", home.regimes),
+                           *_tree(home.root, home.keys),
                            *_tree(home.root, home.spool / "audit"),
                            *_tree(home.root, home.spool / "receipts")]:  # fmt: skip
             _stage(name, path, staging, files)

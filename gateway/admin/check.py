@@ -30,10 +30,12 @@ class Condition:
     value: float
     warn: float | None = None
     crit: float | None = None
+    low_is_bad: bool = False  # days left, free disk: alert below the thresholds
 
     def perfdata(self) -> str:
-        """`name=value;warn;crit` as the plugin guidelines write it."""
-        levels = ";".join("" if t is None else f"{t:g}" for t in (self.warn, self.crit))
+        """`name=value;warn;crit` as the plugin guidelines write it (`T:` alerts below T)."""
+        end = ":" if self.low_is_bad else ""
+        levels = ";".join("" if t is None else f"{t:g}{end}" for t in (self.warn, self.crit))
         return f"{self.name}={self.value:g};{levels}".rstrip(";")
 
 
@@ -85,7 +87,7 @@ def conditions(gw: Gateway) -> Iterator[Condition]:
         else OK
     )
     yield Condition("disk_free_mib", status, f"{free} MiB free", free, s.check_disk_warning_mib,
-                    s.check_disk_critical_mib)  # fmt: skip
+                    s.check_disk_critical_mib, low_is_bad=True)  # fmt: skip
     yield from _audit(gw, now)
     if s.check_daemon:
         pid = lock.holder(gw.home.lock)
@@ -96,8 +98,8 @@ def conditions(gw: Gateway) -> Iterator[Condition]:
 def _keys(gw: Gateway, now: float) -> Iterator[Condition]:
     s = gw.settings
     owners = [("the gateway's own key", gw.own_key)] + [
-        (f"{p.id}'s key", p.openpgp_key) for p in gw.ledger.partners()
-    ]
+        (f"{p.id}'s key", p.openpgp_key) for p in gw.ledger.partners() if p.enabled
+    ]  # a disabled partner's key is used for nothing: its expiry is no alarm
     worst, days_left, text = OK, float("inf"), "keys valid"
     for what, fingerprint in owners:
         try:
@@ -119,7 +121,7 @@ def _keys(gw: Gateway, now: float) -> Iterator[Condition]:
             worst, text = status, f"{what} expires {utc(expires)}"
     shown = round(days_left, 1) if days_left != float("inf") else -1
     yield Condition(
-        "key_days_left", worst, text, shown, s.keys_warn_days, s.check_key_critical_days
+        "key_days_left", worst, text, shown, s.keys_warn_days, s.check_key_critical_days, True
     )
 
 

@@ -60,6 +60,8 @@ def keys(gw: Gateway) -> Iterator[Finding]:
     now, days = gw.clock.now(), gw.settings.keys_warn_days
     yield from _key_findings("the gateway's own key", gw.own_key_info, now, days)
     for partner in gw.ledger.partners():
+        if not partner.enabled:  # its key is used for nothing: its expiry is no warning
+            continue
         try:
             key = gw.keyring.key(partner.openpgp_key)
         except GatewayError as err:

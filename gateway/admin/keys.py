@@ -93,8 +93,10 @@ def rotate(gw: Gateway, reason: str) -> KeyInfo:
     """Make a new OpenPGP key for the gateway; it signs from now on.
 
     The old key stays in the keyring, so packages still addressed to it open. The new key
-    is protected by the same passphrase when the keys are protected.
+    is protected by the same passphrase when the keys are protected: one checked first to
+    open the current keys, so that a stale passphrase file cannot protect the new one.
     """
+    gw.unlock()
     fpr = gw.keyring.generate(gw.settings.gateway_id, gw.settings.gnupg_key_days, gw.passphrase())
     gw.ledger.add_own_key(fpr, {"by": "keys rotate", "reason": reason, "previous": gw.own_key})
     return gw.keyring.key(fpr)

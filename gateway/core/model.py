@@ -67,9 +67,9 @@ class Package:
     ciphertext_sha256: str | None = None
     ciphertext_size: int | None = None
     delivered_at: str | None = None
-    receipt_state: str | None = None
+    receipt_state: str | None = None  # inbound: "due" until our receipt is uploaded, then "sent"
     retry_from: float | None = (
-        None  # when the give-up clock started: intake, or an operator's retry  # inbound: "due" until our receipt is uploaded, then "sent"
+        None  # when the give-up clock started: intake, or an operator's retry
     )
     failures: int = 0  # failed attempts so far
     next_attempt_at: float | None = None

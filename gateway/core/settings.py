@@ -243,7 +243,7 @@ _BY_NAME: Final = {s.name: s for s in SETTINGS}
 #: Settings a running daemon cannot change: they are built into its parts at start.
 RESTART: Final = frozenset(
     {"gateway.id", "daemon.workers", "gnupg.timeout_seconds", "keys.overlap_days",
-     "metrics.listen", "metrics.textfile"}
+     "metrics.listen", "metrics.textfile", "passphrase.credential", "passphrase.file"}
     | {s.name for s in SETTINGS if s.name.split(".")[0] in ("sftp", "serve")}
 )  # fmt: skip
 _ZERO_ALLOWED: Final = {

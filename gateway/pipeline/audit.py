@@ -25,6 +25,7 @@ import dataclasses
 import io
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -102,7 +103,7 @@ class AuditTrail:
         doc = {"schema": SCHEMA, "gateway": self.gateway_id, "event_id": event_id,
                "hash": head, "at": utc(self.ledger.clock.now())}  # fmt: skip
         final = folder / f"{event_id:012d}.checkpoint"
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = final.with_name(f".{final.name}.{_own()}.tmp")
         own = self.ledger.own_key()
         if own is None:
             raise LedgerDamaged(
@@ -129,7 +130,7 @@ class AuditTrail:
         found = set(folder.glob("*.checkpoint"))
         checked, good, lost = 0, [], []
         for path in sorted(found):
-            plain = path.with_name(f".{path.name}.plain")
+            plain = path.with_name(f".{path.name}.{_own()}.plain")
             try:
                 with path.open("rb"):  # unreadable: say so, not "not signed"
                     pass
@@ -199,3 +200,9 @@ class AuditTrail:
             row["detail"] = json.loads(str(row["detail"])) if row["detail"] else None
         self.ledger.record("audit.export", detail={"since": since, "events": len(rows)})
         return rows
+
+
+def _own() -> str:
+    """A temporary name's part no other process or thread uses: `gateway check` verifies
+    every minute beside the daemon's checkpoints and an operator's `audit verify`."""
+    return f"{os.getpid()}-{threading.get_ident()}"

@@ -170,7 +170,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             fresh = load_settings(self.home.settings)
-        except GatewayError as err:
+        except (GatewayError, OSError) as err:  # a file made unreadable counts as bad too
             log.error("reload: %s; keeping the settings in force", err)
         else:
             merged, applied, kept = reloaded(self.settings, fresh)
@@ -185,6 +185,12 @@ class Daemon:
             if not applied and not kept:
                 log.info("reload: no setting changed")
             self.use(merged)
+        try:
+            self.steps.duties.reload()
+        except (GatewayError, OSError) as err:
+            log.error("reload: %s; keeping the regimes in force", err)
+        else:
+            log.info("reload: the regimes files read again")
         self.notifier.ready(self.status())
 
     def use(self, settings: Settings) -> None:

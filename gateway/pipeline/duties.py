@@ -65,8 +65,13 @@ class Duties:
 
     @functools.cached_property
     def regimes(self) -> Mapping[str, Regime]:
-        """The regimes in force (read once, on first use)."""
+        """The regimes in force (read on first use, and again by `reload`)."""
         return self._regimes()
+
+    def reload(self) -> None:
+        """Read the regimes files again (the daemon's SIGHUP); one that does not load
+        raises `RegimesInvalid` and leaves the regimes in force as they were."""
+        self.__dict__["regimes"] = self._regimes()
 
     def is_working(self, regime: Regime) -> Callable[[date], bool]:
         """The working-day calendar of a regime's answer clock."""

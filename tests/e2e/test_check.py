@@ -173,7 +173,7 @@ def test_key_expiry_warns_then_is_critical(home: Home, clock: ManualClock) -> No
             gw.audit.checkpoint()  # keep the checkpoint fresh: only the key is judged here
         _code, found, line = checked(home, clock)
         assert found["key_days_left"] == verdict, (before, line)
-        assert f"key_days_left={before:g};30;7" in line
+        assert f"key_days_left={before:g};30:;7:" in line
 
 
 def test_a_partner_down_warns_then_is_critical(
