@@ -18,7 +18,7 @@ SCHEMA: Final = "gateway-backup/1"
 MANIFEST: Final = "manifest.json"
 #: What a backup may hold, as paths in the home: nothing else is ever restored.
 _ALLOWED: Final = re.compile(
-    r"(gateway\.toml|ledger\.db|keys/(gnupg|ssh)(/[^/]+)+|spool/(audit|sealed|work|inbound|"
+    r"(gateway\.toml|regimes\.toml|ledger\.db|keys/(gnupg|ssh)(/[^/]+)+|spool/(audit|sealed|work|inbound|"
     r"mailbox|receipts)(/[^/]+)+)"
 )
 
@@ -43,7 +43,8 @@ class Manifest:
 
 def check_path(path: str) -> str:
     """`path` if a backup may hold a file there, else raise: no `..`, no absolute path,
-    nothing outside the settings, the ledger, the keys and the gateway's own spool."""
+    nothing outside the settings, the home's regimes, the ledger, the keys and the
+    gateway's own spool."""
     parts = path.split("/")
     if not _ALLOWED.fullmatch(path) or any(p in ("", ".", "..") for p in parts):
         raise BackupDamaged(

@@ -62,8 +62,12 @@ def restored_home(desk: Desk, name: str = "new") -> tuple[Home, Path]:
 def test_restored_home_holds_every_package_state_and_the_files_still_needed(desk: Desk) -> None:
     ids = busy_home(desk)
     before = events(desk.home)
+    own = '[[regime]]\nid = "MOU-XX-2026"\ntitle = "A bilateral memorandum"\n'
+    desk.home.regimes.write_text(own)  # the home's own regimes: what its partners may name
 
     new, tar = restored_home(desk)
+
+    assert new.regimes.read_text() == own
 
     for expected, pid in ids.items():
         assert state(new, pid) == State(expected)
