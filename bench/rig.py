@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.measure import REPO, exit_cpu, reap_agents
 from gateway.adapters.home import Home
-from gateway.admin import keys, partners
+from gateway.admin import keys, partners, policy
 from tests.helpers import PartnerPgp, processes_under
 from tests.sshd import SshServer
 
@@ -69,6 +69,7 @@ class Rig:
                 self.server.host_key_line,
                 "benchmark partner",
             )
+            policy.set_policy(gw, PARTNER_ID, ["MOU-TEMPLATE"], [], "benchmark partner")
             self.own_fpr = gw.own_key
             self.partner.trust_gateway(gw.keyring.export_public(self.own_fpr))
         self.server.authorize(self.home.ssh_identity_pub.read_text())
