@@ -295,12 +295,14 @@ class Ledger:
         for row in self.db.table("events").rows_where(where, args, order_by="id"):
             yield Event(**row)
 
-    def events_of(self, action: str) -> list[Event]:
-        """Every event of one action, in order."""
-        return [
-            Event(**row)
-            for row in self.db.table("events").rows_where("action = ?", [action], order_by="id")
-        ]
+    def events_of(self, action: str, after_id: int = 0) -> list[Event]:
+        """Every event of one action after event `after_id`, in order."""
+        rows = self.db.execute(
+            f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events "  # noqa: S608 - column names only
+            "WHERE id > ? AND action = ? ORDER BY id",
+            [after_id, action],
+        )
+        return [Event(*row) for row in rows]
 
     def verify_chain(self) -> tuple[int, Event | None]:
         """Recompute the chain; return (events checked, the first broken event or None).

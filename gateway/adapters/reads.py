@@ -14,7 +14,6 @@ from gateway.adapters.ledger import Ledger
 from gateway.adapters.obligations import _DUTIES
 from gateway.core.duties import standing
 from gateway.core.lifecycle import RECEIPTED
-from gateway.core.model import Event
 from gateway.core.report import Entry
 
 _RECEIPTED: Final = sorted(RECEIPTED)
@@ -31,10 +30,6 @@ _WINDOW_DUTIES: Final = (
     f"SELECT package_id, duty, due_at, met_at FROM ({_DUTIES} "  # noqa: S608 - constant text
     "AND p.created_at >= ? AND p.created_at < ?)"
 )
-_EVENT_COLUMNS: Final = (
-    "id, at, actor, action, category, partner, package_id, state, detail, prev_hash, hash, "
-    "detail_sha256"
-)
 
 
 def entries(ledger: Ledger, created: tuple[str, str], now: str) -> list[Entry]:
@@ -46,12 +41,3 @@ def entries(ledger: Ledger, created: tuple[str, str], now: str) -> list[Entry]:
     }
     rows = ledger.db.execute(_ENTRIES, [*_RECEIPTED, *created])
     return [Entry(*row, *duties.get(row[0], (None, None))) for row in rows]
-
-
-def events_of(ledger: Ledger, action: str, after_id: int) -> list[Event]:
-    """Every event of one action after event `after_id`, in order."""
-    rows = ledger.db.execute(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? AND action = ? ORDER BY id",  # noqa: S608 - constant columns
-        [after_id, action],
-    )
-    return [Event(*row) for row in rows]

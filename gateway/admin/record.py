@@ -16,8 +16,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from gateway.adapters import reads
-from gateway.adapters import regimes as regime_files
 from gateway.app.gateway import Gateway
 from gateway.core.model import Event, utc
 
@@ -38,7 +36,7 @@ def _exports_covering(gw: Gateway, events: list[Event]) -> list[Event]:
     An export held every event at or after its `--since` that existed when it ran.
     """
     found = []
-    for export in reads.events_of(gw.ledger, "audit.export", events[0].id):
+    for export in gw.ledger.events_of("audit.export", events[0].id):
         since = (json.loads(export.detail) if export.detail else {}).get("since")
         start = utc(datetime.fromisoformat(since).timestamp()) if since else None
         if any(e.id < export.id and (start is None or e.at >= start) for e in events):
@@ -54,7 +52,7 @@ def _who(first: Event) -> str:
 
 def _basis(gw: Gateway, regime_id: str | None) -> dict[str, Any] | None:
     """The regime a package travels under, as the shipped and the home's regimes say."""
-    regime = regime_files.load(gw.home.regimes).get(regime_id) if regime_id else None
+    regime = gw.duties.regimes.get(regime_id) if regime_id else None
     if regime is None:
         return None
     return {"title": regime.title, "citation": regime.citation,
