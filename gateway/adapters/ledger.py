@@ -52,9 +52,10 @@ from gateway.core.model import (
 GENESIS: Final = "0" * 64
 #: The `what` of the `erase` event by which retention erases a package's ledger details.
 ERASED_DETAILS: Final = "ledger details"
-#: The hot writes go through plain SQL: sqlite-utils' `insert` and `update` read the
+#: The hot paths go through plain SQL: sqlite-utils' `insert` and `update` read the
 #: table's schema and copy each row again on every call, which cost about 2 ms of CPU per
-#: small package (bench.run --cprofile, scenario 3).
+#: small package (bench.run --cprofile, scenario 3), and each of its `table(...)` and
+#: `rows_where` reads `sqlite_master` first (12 of the 52 statements per package).
 _PACKAGE_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(Package))
 _EVENT_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(Event))
 _INSERT_PACKAGE: Final = (
@@ -175,6 +176,12 @@ class Ledger:
             raise translated(e, self.path) from None
         return sqlite_utils.Database(conn)
 
+    def rows(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """The rows of one query, as dicts by column name."""
+        cursor = self.db.execute(sql, args)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
     def quick_check(self) -> list[str]:
         """SQLite's `PRAGMA quick_check`: what it finds wrong in the file (empty: nothing)."""
         try:
@@ -261,7 +268,13 @@ class Ledger:
 
         Its DPA 2018 s.62 category is the action's, from the lifecycle.
         """
-        last = self.db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        appended: list[Event] = self._local.appended
+        if appended:  # this transaction holds the write lock: its newest event is the head
+            last: tuple[int, str] | None = (appended[-1].id, appended[-1].hash)
+        else:
+            last = self.db.execute(
+                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1"
+            ).fetchone()
         text = json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None
         event = Event(
             id=(last[0] + 1) if last else 1,
@@ -279,7 +292,7 @@ class Ledger:
         )
         event = dataclasses.replace(event, hash=event.expected_hash())
         self.db.execute(_INSERT_EVENT, [getattr(event, c) for c in _EVENT_COLUMNS])
-        self._local.appended.append(event)
+        appended.append(event)
         return event
 
     def record(self, action: str, **kwargs: Any) -> Event:
@@ -292,8 +305,12 @@ class Ledger:
         where, args = "id > ?", [since_id]
         if package_id:
             where, args = where + " AND package_id = ?", [since_id, package_id]  # type: ignore[list-item]
-        for row in self.db.table("events").rows_where(where, args, order_by="id"):
-            yield Event(**row)
+        rows = self.db.execute(
+            f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE {where} ORDER BY id",  # noqa: S608 - column names only
+            args,
+        )
+        for row in rows:
+            yield Event(*row)
 
     def events_of(self, action: str, after_id: int = 0) -> list[Event]:
         """Every event of one action after event `after_id`, in order."""
@@ -439,14 +456,14 @@ class Ledger:
 
     def partner(self, partner_id: str) -> Partner:
         """The partner with this id."""
-        rows = list(self.db.table("partners").rows_where("id = ?", [partner_id]))
+        rows = self.rows("SELECT * FROM partners WHERE id = ?", [partner_id])
         if not rows:
             raise UnknownPartner(f"no partner {partner_id}: see `gateway partner list`")
         return Partner(**rows[0])
 
     def partners(self) -> list[Partner]:
         """Every partner, by id."""
-        return [Partner(**row) for row in self.db.table("partners").rows_where(order_by="id")]
+        return [Partner(**row) for row in self.rows("SELECT * FROM partners ORDER BY id")]
 
     def contact(self, partner_id: str, error: str | None) -> tuple[Contact, Contact]:
         """Record a contact with a partner, a success or a failure (`error`): (before, after)."""
@@ -458,12 +475,17 @@ class Ledger:
             else:
                 after = dataclasses.replace(before, last_failure=now, last_error=error,
                                             down_since=before.down_since or now, failures=before.failures + 1)  # fmt: skip
-            self.db.table("contacts").upsert(dataclasses.asdict(after), pk="partner")
+            row = dataclasses.asdict(after)
+            self.db.execute(
+                f"INSERT OR REPLACE INTO contacts ({', '.join(row)}) "  # noqa: S608 - field names only
+                f"VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
         return before, after
 
     def contacts(self) -> dict[str, Contact]:
         """Each partner's health record, by partner id (a partner never contacted has none)."""
-        return {row["partner"]: Contact(**row) for row in self.db.table("contacts").rows}
+        return {row["partner"]: Contact(**row) for row in self.rows("SELECT * FROM contacts")}
 
     # -- packages ---------------------------------------------------------------------
 
@@ -473,9 +495,14 @@ class Ledger:
         """Record a new package and its first event together."""
         lifecycle.check_initial(package.direction, package.state)
         with self.transaction():
-            if self.find(package.package_id) is not None:
-                raise IllegalTransition(f"package {package.package_id} is already in the ledger")
-            self.db.execute(_INSERT_PACKAGE, [getattr(package, c) for c in _PACKAGE_COLUMNS])
+            try:
+                self.db.execute(_INSERT_PACKAGE, [getattr(package, c) for c in _PACKAGE_COLUMNS])
+            except sqlite3.IntegrityError:
+                if self.find(package.package_id) is None:
+                    raise
+                raise IllegalTransition(
+                    f"package {package.package_id} is already in the ledger"
+                ) from None
             self._append(
                 action,
                 package_id=package.package_id,
@@ -497,7 +524,7 @@ class Ledger:
         with self.transaction():
             current = self.package(package_id)
             lifecycle.check(current.state, new)
-            self._update(current, state=new, **fields)
+            changed = self._update(current, state=new, **fields)
             self._append(
                 action,
                 package_id=package_id,
@@ -505,7 +532,7 @@ class Ledger:
                 state=new,
                 detail=detail,
             )
-        return self.package(package_id)
+        return changed
 
     def note(
         self,
@@ -517,16 +544,17 @@ class Ledger:
         """Update fields of a package without changing its state, with an event."""
         with self.transaction():
             current = self.package(package_id)
-            self._update(current, **fields)
+            changed = self._update(current, **fields)
             self._append(
                 action,
                 package_id=package_id,
                 partner=current.partner,
                 detail=detail,
             )
-        return self.package(package_id)
+        return changed
 
-    def _update(self, current: Package, **fields: Any) -> None:
+    def _update(self, current: Package, **fields: Any) -> Package:
+        """Write `fields` of a package; return it as it now is (as a fresh read would)."""
         fields["updated_at"] = utc(self.clock.now())
         if unknown := fields.keys() - set(_PACKAGE_COLUMNS):
             raise TypeError(f"packages has no columns {sorted(unknown)}")
@@ -535,6 +563,7 @@ class Ledger:
             f"UPDATE packages SET {setting} WHERE package_id = ?",  # noqa: S608 - checked names
             [*fields.values(), current.package_id],
         )
+        return dataclasses.replace(current, **fields)
 
     def package(self, package_id: str) -> Package:
         """The package with this id."""
@@ -545,11 +574,8 @@ class Ledger:
 
     def find(self, package_id: str) -> Package | None:
         """The package with this id, or None if the ledger has none."""
-        cursor = self.db.execute("SELECT * FROM packages WHERE package_id = ?", [package_id])
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return Package.from_row({d[0]: v for d, v in zip(cursor.description, row, strict=True)})
+        rows = self.rows("SELECT * FROM packages WHERE package_id = ?", [package_id])
+        return Package.from_row(rows[0]) if rows else None
 
     def packages(
         self,
@@ -571,8 +597,10 @@ class Ledger:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        rows = self.db.table("packages").rows_where(
-            " AND ".join(where) or None, args, order_by="created_at, package_id", limit=limit
+        rows = self.rows(
+            f"SELECT * FROM packages WHERE {' AND '.join(where) or 1} "  # noqa: S608 - placeholders only
+            "ORDER BY created_at, package_id LIMIT ?",
+            [*args, -1 if limit is None else limit],
         )
         return [Package.from_row(row) for row in rows]
 
@@ -593,7 +621,7 @@ class Ledger:
         args: list[object] = [*sorted(states), now]
         if partner is not None:
             where, args = where + " AND partner = ?", [*args, partner]
-        rows = self.db.query(
+        rows = self.rows(
             f"SELECT * FROM packages WHERE {where} ORDER BY package_id LIMIT ?",  # noqa: S608 - placeholders only
             [*args, limit],
         )
@@ -608,7 +636,7 @@ class Ledger:
         args: list[object] = [*sorted(states), before, what]
         if direction is not None:
             where, args = where + " AND direction = ?", [*args, direction]
-        rows = self.db.query(
+        rows = self.rows(
             f"SELECT * FROM packages WHERE {where} ORDER BY updated_at LIMIT ?",  # noqa: S608 - placeholders only
             [*args, limit],
         )
@@ -644,10 +672,10 @@ class Ledger:
 
     def receipts_due(self, partner: str) -> list[Package]:
         """Inbound packages from `partner` whose receipt has not been uploaded yet."""
-        rows = self.db.table("packages").rows_where(
-            "direction = 'in' AND partner = ? AND receipt_state = 'due'",
+        rows = self.rows(
+            "SELECT * FROM packages WHERE direction = 'in' AND partner = ? "
+            "AND receipt_state = 'due' ORDER BY created_at",
             [partner],
-            order_by="created_at",
         )
         return [Package.from_row(row) for row in rows]
 

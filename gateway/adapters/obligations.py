@@ -131,11 +131,16 @@ class Obligations:
 
     def add(self, terms: Terms) -> None:
         """Record a package's terms (inside the transaction that records the package)."""
-        self.ledger.db.table("obligations").insert(terms.row(), replace=True)
+        row = terms.row()
+        self.ledger.db.execute(
+            f"INSERT OR REPLACE INTO obligations ({', '.join(row)}) "  # noqa: S608 - field names only
+            f"VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
 
     def terms(self, package_id: str) -> Terms | None:
         """The terms recorded for a package, if any."""
-        rows = list(self.ledger.db.table("obligations").rows_where("package_id = ?", [package_id]))
+        rows = self.ledger.rows("SELECT * FROM obligations WHERE package_id = ?", [package_id])
         return Terms.from_row(rows[0]) if rows else None
 
     def amending(self, package_id: str) -> list[str]:
@@ -152,7 +157,7 @@ class Obligations:
         where, args = (
             ("AND o.package_id = ?", [package_id]) if package_id else ("AND o.met_at IS NULL", [])
         )
-        for row in self.ledger.db.query(_DUTIES + where + " ORDER BY o.due_at", args):
+        for row in self.ledger.rows(_DUTIES + where + " ORDER BY o.due_at", args):
             yield Duty(**row)
 
     def close(self, met: Sequence[Duty]) -> None:
