@@ -42,16 +42,21 @@ SEAL_OPTIONS = (
 )
 
 
+#: Where a rig is made unless told: a short path, for the sockets inside (108 bytes at most).
+BASE = Path("/tmp")  # noqa: S108 - a folder of its own is made inside, by mkdtemp
+
+
 class Rig:
     """A partner (sshd + plain gpg), a gateway home for it, and a bare-tools keyring."""
 
-    def __init__(self, say: Callable[[str], None] = print, profile: Path | None = None) -> None:
+    def __init__(self, say: Callable[[str], None] = print, profile: Path | None = None,
+                 base: Path = BASE) -> None:  # fmt: skip
         self.say = say
         self.profile = profile
         self._spies: list[subprocess.Popen[bytes]] = []
         self.daemon_cpu_s = 0.0
         self.cli_cpu_s: Counter[str] = Counter()
-        self.root = Path(tempfile.mkdtemp(prefix="gb", dir="/tmp"))
+        self.root = Path(tempfile.mkdtemp(prefix="gb", dir=base))
         self.keyrings: list[Path] = []
         self.server = SshServer(self.root / "sshd")
         self.server.start()

@@ -28,6 +28,7 @@ from bench.measure import (
     Row,
     become_subreaper,
     cpu_spent,
+    filesystem,
     git,
     machine,
     other_load,
@@ -35,7 +36,7 @@ from bench.measure import (
     sources,
     table,
 )
-from bench.rig import Rig
+from bench.rig import BASE, Rig
 
 #: Above this share of the machine used by other processes, a scenario's figures are flagged.
 DISTURBED = 0.05
@@ -114,6 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write every sample here")
     parser.add_argument("--only", metavar="N,N", help="run only these scenarios, e.g. 1,2")
     parser.add_argument(
+        "--dir",
+        type=Path,
+        default=BASE,
+        help="the folder the rig (servers, keyrings, homes, files) is made in (default /tmp)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         type=Path,
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     become_subreaper()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    rig = Rig(say, args.profile)
+    rig = Rig(say, args.profile, args.dir)
+    report["machine"]["rig_filesystem"] = filesystem(args.dir)  # type: ignore[index]
     try:
         chosen = scenarios(rig, plan)
         for number in (args.only or ",".join(chosen)).split(","):
