@@ -21,7 +21,7 @@ import pytest
 
 from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import Keyring
-from gateway.core.errors import CryptoFailed, GatewayError, KeyProblem, Timeout
+from gateway.core.errors import GatewayError, KeyProblem, Timeout
 from tests.helpers import GATEWAY_ID, PartnerPgp
 
 PAST = "20200101T000000"  # a --faked-system-time long before any test runs
@@ -305,12 +305,12 @@ def test_sealing_to_a_key_not_in_the_keyring_is_refused(
 def test_sealing_with_a_signer_that_has_no_secret_key_is_refused(
     keyring: Keyring, own_key: str, pinned: PartnerPgp, short_tmp: Path, size: int
 ) -> None:
-    """The partner's public key as the signer: gpg cannot sign, nothing must be written;
-    a package larger than the pipe's buffer says the same (gpg stops reading it early),
-    never that the disk is full."""
+    """The partner's public key as the signer: gpg refuses to sign, nothing must be
+    written; a package larger than the pipe's buffer says the same (gpg stops reading it
+    early), never that the disk is full."""
     out = short_tmp / "p.pgp"
 
-    with pytest.raises(CryptoFailed) as caught:
+    with pytest.raises(KeyProblem, match="will not sign with the gateway's key") as caught:
         keyring.seal(io.BytesIO(os.urandom(size)), out, pinned.fingerprint, pinned.fingerprint,
                      hide=True)  # fmt: skip
 
