@@ -422,11 +422,12 @@ def machine() -> dict[str, Any]:
 def filesystem(folder: Path) -> dict[str, Any]:
     """Where the rig lives: the file system's type and what making a file there costs.
 
-    The cost is read after 3,000 files and folders were made and removed, as a run's
-    packages leave it: ext4 without a journal (this machine's root) skips inodes freed in
-    the last 30 s to 5 min, one by one, on every allocation (`recently_deleted` in
-    `find_inode_bit`), so each file or folder made after such churn cost 0.2 - 0.9 ms of
-    kernel CPU here, against 0.01 - 0.03 ms on a journaled ext4.
+    Read once the run is over (read before, its own churn would slow the run), after
+    3,000 more files and folders were made and removed, as a run's packages leave it.
+    ext4 without a journal (this machine's root) passes over each inode freed in the last
+    30 s to 5 min, one by one, on every allocation (`recently_deleted` in
+    `find_inode_bit`): each file or folder made after such churn cost 0.2 - 0.9 ms of
+    kernel CPU here, against 0.01 - 0.03 ms on a journaled ext4 (docs/performance.md).
     """
     mount = max(
         (line.split() for line in Path("/proc/mounts").read_text().splitlines()),
