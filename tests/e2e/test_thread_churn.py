@@ -30,7 +30,17 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core.names import new_package_id
-from tests.helpers import PARTNER_ID, TEST_REGIMES, PartnerPgp, cli, gateway, set_setting, wait_for
+from gateway.pipeline.daemon import WAKE
+from tests.helpers import (
+    PARTNER_ID,
+    TEST_REGIMES,
+    ManualClock,
+    PartnerPgp,
+    cli,
+    gateway,
+    set_setting,
+    wait_for,
+)
 from tests.sshd import SshServer
 
 PULL_ID = "AU-AFP"
@@ -147,7 +157,7 @@ def churn_home(
         port = free_port()
         for name, value in (
             ("serve.listen", f"127.0.0.1:{port}"),
-            ("daemon.poll_seconds", 1),  # the least there is: 20 polls take 20 s
+            ("daemon.poll_seconds", 1),  # the least there is; the test moves the clock
             # One worker: a second would open its (lasting) ledger connection when it first
             # got a job, which might be only after the count at the start was taken.
             ("daemon.workers", 1),
@@ -179,12 +189,21 @@ def leave_junk(server: SshServer) -> None:
 
 
 def test_descriptors_and_connections_return_after_logins_and_polls(
-    churn_home: tuple[Home, SshServer, Path, int], short_tmp: Path
+    churn_home: tuple[Home, SshServer, Path, int], short_tmp: Path, clock: ManualClock
 ) -> None:
+    """The daemon runs on a clock the test moves a second at a time, then wakes it: the
+    next poll is due at once, so 20 polls take as long as they take, not 20 s."""
     home, server, key, port = churn_home
     wrong = keygen(short_tmp / "wrong_key")
     client = Client(home, port)
-    with gateway(home, "daemon") as gw, Daemon(gw):
+    with gateway(home, "daemon", clock) as gw, Daemon(gw):
+
+        def next_poll() -> None:
+            """Leave the next file, move the clock to the next poll and wake the daemon
+            (else it would look only after its one-second wait)."""
+            leave_junk(server)
+            clock.advance(1.0)
+            gw.hints.put(WAKE)
 
         def polls() -> int:
             """Polls of the push partner that took a file: each one is in the ledger."""
@@ -201,7 +220,7 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
         wait_for(up, 15, "the drop server to let the partner in")
         # Up and idle: each lasting thread (the daemon's, its worker, the kept SFTP session
         # with the push partner) has started and opened what it keeps open.
-        leave_junk(server)
+        next_poll()  # the poll at the start may have come before the file
         wait_for(taken, 15, "the first poll to take its file")
         # SQLite does not close the database descriptor of a connection closed while
         # another connection of this process holds a lock on that file (closing it would
@@ -221,7 +240,7 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
         refused = 0
         for n in range(LOGINS):
             if taken():
-                leave_junk(server)
+                next_poll()
             if n % 8 == 3:  # refused: the partner's name with a key that is not its own
                 refused += client.login(PULL_ID, wrong) is None
             elif n % 8 == 7:  # refused: a user who is no partner
@@ -233,7 +252,7 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
         while polls() - polled < POLLS:
             assert time.monotonic() < deadline, f"only {polls() - polled} polls took a file"
             if taken():
-                leave_junk(server)
+                next_poll()
             time.sleep(0.05)
         wait_for(taken, 15, "the last file to be taken")
 
