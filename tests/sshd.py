@@ -375,7 +375,7 @@ class SshServer:
                 last_error = f"unexpected banner {banner!r}"
             except OSError as exc:
                 last_error = repr(exc)
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise RuntimeError(
             f"sshd not ready on {self.host}:{self.port} after {START_TIMEOUT}s "
             f"({last_error}):\n{self.log()}"
