@@ -127,7 +127,7 @@ class Daemon:
     """`gateway run` on a thread of this process, stopped as `gateway run` is on SIGTERM."""
 
     def __init__(self, gw: Gateway) -> None:
-        self.stop = threading.Event()
+        self.stop, self.hints = threading.Event(), gw.hints
         self.thread = threading.Thread(target=gw.daemon(self.stop).run, name="daemon")
 
     def __enter__(self) -> Daemon:
@@ -136,6 +136,7 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
+        self.hints.put(WAKE)  # else the main loop sees the flag only after its one-second wait
         self.thread.join(30)
         assert not self.thread.is_alive(), "the daemon did not stop"
 
