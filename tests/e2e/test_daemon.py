@@ -18,7 +18,6 @@ import pytest
 
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
-from gateway.pipeline.daemon import WAKE
 from tests.helpers import (
     PARTNER_ID,
     PAYLOAD,
@@ -265,7 +264,7 @@ def test_a_dead_watcher_is_restarted_and_the_scan_covers_the_gap(
             assert d.watcher.alive()
         finally:
             stop.set()
-            gw.hints.put(WAKE)  # else the main loop sees the flag only after its one-second wait
+            d.wake()  # else the main loop sees the flag only after its one-second wait
             thread.join(15)
         assert [p.payload_name for p in gw.ledger.packages()] == ["after.xml"]
 

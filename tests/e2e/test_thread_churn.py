@@ -30,7 +30,6 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core.names import new_package_id
-from gateway.pipeline.daemon import WAKE
 from tests.helpers import (
     PARTNER_ID,
     TEST_REGIMES,
@@ -127,8 +126,9 @@ class Daemon:
     """`gateway run` on a thread of this process, stopped as `gateway run` is on SIGTERM."""
 
     def __init__(self, gw: Gateway) -> None:
-        self.stop, self.hints = threading.Event(), gw.hints
-        self.thread = threading.Thread(target=gw.daemon(self.stop).run, name="daemon")
+        self.stop = threading.Event()
+        self.daemon = gw.daemon(self.stop)
+        self.thread = threading.Thread(target=self.daemon.run, name="daemon")
 
     def __enter__(self) -> Daemon:
         self.thread.start()
@@ -136,7 +136,7 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.hints.put(WAKE)  # else the main loop sees the flag only after its one-second wait
+        self.daemon.wake()  # else the main loop sees the flag only after its one-second wait
         self.thread.join(30)
         assert not self.thread.is_alive(), "the daemon did not stop"
 
@@ -197,14 +197,14 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
     home, server, key, port = churn_home
     wrong = keygen(short_tmp / "wrong_key")
     client = Client(home, port)
-    with gateway(home, "daemon", clock) as gw, Daemon(gw):
+    with gateway(home, "daemon", clock) as gw, Daemon(gw) as running:
 
         def next_poll() -> None:
             """Leave the next file, move the clock to the next poll and wake the daemon
             (else it would look only after its one-second wait)."""
             leave_junk(server)
             clock.advance(1.0)
-            gw.hints.put(WAKE)
+            running.daemon.wake()
 
         def polls() -> int:
             """Polls of the push partner that took a file: each one is in the ledger."""
