@@ -40,20 +40,13 @@ from tests.helpers import (
     set_setting,
     wait_for,
 )
-from tests.sshd import SshServer
+from tests.sshd import SshServer, free_port
 
 PULL_ID = "AU-AFP"
 LOGINS = 200
 POLLS = 20
 #: Sessions held open at once before the count is taken (see the test for why).
 BURST = 12
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def descriptors() -> dict[int, str]:
