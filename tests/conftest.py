@@ -55,7 +55,7 @@ def no_leaked_threads() -> Iterator[None]:
     while (extra := [t for t in threading.enumerate() if t not in before and t.is_alive()]) and (
         time.monotonic() < deadline
     ):
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert not extra, f"threads left running: {[t.name for t in extra]}"
 
 
@@ -79,7 +79,7 @@ def short_tmp() -> Iterator[Path]:
     stop_agents(path)
     deadline = time.monotonic() + 3  # a killed agent takes a moment to exit
     while (leaked := processes_under(path)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     described = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                  for pid in leaked if Path(f"/proc/{pid}").exists()]  # fmt: skip
     for pid in leaked:

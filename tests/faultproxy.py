@@ -122,6 +122,8 @@ class FaultProxy:
     def stop(self) -> None:
         """Close every connection and the listener; join every thread. Idempotent."""
         self._stop.set()
+        with contextlib.suppress(OSError):  # wakes the accept loop now, not at its timeout
+            self._listener.shutdown(socket.SHUT_RDWR)
         if self._acceptor.is_alive():
             self._acceptor.join(JOIN_SECONDS)
         self._listener.close()

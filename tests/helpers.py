@@ -105,7 +105,7 @@ def wait_for(condition: Callable[[], bool], seconds: float = 60, what: str = "co
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        time.sleep(0.02)
 
 
 # -- partners and homes ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -48,12 +49,22 @@ def _find_sshd() -> Path:
     return Path(found).resolve()
 
 
-def _free_port() -> int:
-    """Ask the kernel for a currently unused loopback port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a server started (or started again) later.
+
+    It lies below the kernel's ephemeral range: a port from that range, once given back,
+    may be handed to another test's bind(HOST, 0) or outgoing connection while this
+    server is not yet (or no longer) listening, and its clients would reach a stranger.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(max(1024, low - 16384), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:  # in use: try another
+                continue
+            return port
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -230,7 +241,7 @@ class SshServer:
         partner has ever been started (partner-down-at-boot scenarios).
         """
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
             self._write_known_hosts(self.known_hosts, self.host_key_line)
         return self._port
 
@@ -375,7 +386,7 @@ class SshServer:
                 last_error = f"unexpected banner {banner!r}"
             except OSError as exc:
                 last_error = repr(exc)
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise RuntimeError(
             f"sshd not ready on {self.host}:{self.port} after {START_TIMEOUT}s "
             f"({last_error}):\n{self.log()}"

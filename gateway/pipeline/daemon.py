@@ -267,6 +267,11 @@ class Daemon:
                     self.busy.discard(key)
                 self.hints.put(WAKE)  # the next step may be due now
 
+    def wake(self) -> None:
+        """Wake the main loop now, from any thread (not from a signal handler: the loop it
+        interrupted may hold the queue's lock)."""
+        self.hints.put(WAKE)
+
     def wait(self) -> None:
         """Sleep until a hint or a worker wakes us, or a second passes; take in what was hinted.
 

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,6 +43,7 @@ from tests.helpers import (
     set_setting,
     wait_for,
 )
+from tests.sshd import free_port
 
 
 @pytest.fixture
@@ -58,9 +58,7 @@ def pulled(home: Home, short_tmp: Path, templates: Templates) -> Iterator[tuple[
                 "--fingerprint", pgp.fingerprint, "--pull", "--ssh-key", f"{key}.pub",
                 *TEST_REGIMES, "--reason", "test partner")  # fmt: skip
     assert added.exit_code == 0, added.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     for name, value in (("serve.listen", f"127.0.0.1:{port}"), ("daemon.settle_seconds", 1),
                         ("retry.first_delay_seconds", 1), ("retry.max_delay_seconds", 2)):  # fmt: skip
         set_setting(home, name, value)

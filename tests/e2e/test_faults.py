@@ -249,6 +249,11 @@ NETWORK_FAULTS: dict[str, Callable[[Login], Fault]] = {
 }
 
 
+#: Faults of a partner that never answers in time: what the operator reads must say it
+#: timed out (SPEC section 10, last rule).
+TIMEOUTS = ("stall before the banner", "trickle below the handshake deadline")
+
+
 @pytest.mark.parametrize("case", NETWORK_FAULTS)
 def test_network_fault_sets_back_then_delivers_exactly_once(
     wired: Wired, tally: Tally, case: str, clock: ManualClock
@@ -275,6 +280,8 @@ def test_network_fault_sets_back_then_delivers_exactly_once(
     assert waiting.state is State.SEALED, f"{case}: {waiting.state} after {took:.1f} s"
     assert waiting.failures == 1 and waiting.next_attempt_at is not None
     assert "will retry" in str(waiting.last_error), waiting.last_error
+    if case in TIMEOUTS:
+        assert "timed out" in str(waiting.last_error), f"the operator reads: {waiting.last_error}"
     assert f"{pid}.pgp" not in remote_files(server), "no partial file under the final name"
     assert actions(home, pid).count("retry.scheduled") == 1
 
@@ -386,23 +393,6 @@ def test_trickle_that_keeps_moving_delivers_in_one_pass(wired: Wired, tally: Tal
     assert took > 1.0, "the trickle did slow the upload"
     delivered_once(home, server, [pid], tally)
     assert package(home, pid).failures == 0
-
-
-@pytest.mark.parametrize(
-    "case", ["stall before the banner", "trickle below the handshake deadline"]
-)
-def test_a_partner_that_never_answers_in_time_is_reported_as_a_timeout(
-    wired: Wired, case: str
-) -> None:
-    """What the operator reads must say what happened (SPEC section 10, last rule)."""
-    home, proxy = wired.home, wired.proxy
-    pid = drop(home, wired.tmp, 10_000)
-    proxy.set(NETWORK_FAULTS[case](wired.login))
-
-    bounded(lambda: run_once(home), PASS_LIMIT, proxy.release)
-
-    error = str(package(home, pid).last_error)
-    assert "timed out" in error, f"the operator reads: {error}"
 
 
 # -- the partner's side ---------------------------------------------------------------------
@@ -983,8 +973,9 @@ HOSTILE_ARCHIVES: dict[str, tuple[Callable[[Desk, str], bytes], str]] = {
         lambda d, p: seal(d, tar(member("manifest.json", json.dumps(manifest(d, p)).encode() + b" " * 70_000),
                                  member(PAYLOAD_MEMBER, PAYLOAD))),
         r"manifest.json is larger than 65536 bytes"),
+    # Refused for its size, not for a signature it does carry.
     "a zlib bomb far larger than daemon.max_package_bytes": (
-        lambda d, p: bomb(d, p, 200 * 1024**2), r"."),
+        lambda d, p: bomb(d, p, 200 * 1024**2), r"larger|limit|too large|max"),
 }  # fmt: skip
 
 
@@ -1011,19 +1002,6 @@ def test_hostile_archive_is_rejected_quarantined_and_delivers_nothing(
     assert report["package_id"] == pid and report["reason"] == row.last_error and kept == wire
     assert not (desk.server.download / f"{pid}.pgp").exists(), "fetched, then removed"
     assert took < PASS_LIMIT
-
-
-def test_zlib_bomb_is_stopped_at_the_size_limit_with_a_clear_reason(desk: Desk) -> None:
-    """The bomb is refused for its size, not for a signature it does carry."""
-    home = desk.home
-    set_setting(home, "daemon.max_package_bytes", 1024**2)
-    pid = partner_pid()
-    leave(desk, f"{pid}.pgp", bomb(desk, pid, 200 * 1024**2))
-
-    run_once(home)
-
-    error = str(package(home, pid).last_error)
-    assert re.search(r"larger|limit|too large|max", error), f"the operator reads: {error}"
 
 
 @pytest.mark.parametrize("suffix", [".receipt", ".pgp"])

@@ -4,7 +4,6 @@ partner's signed receipt, a bad package rejected; read over HTTP and from the te
 from __future__ import annotations
 
 import os
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tests.helpers import (
     sign,
     wait_for,
 )
+from tests.sshd import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -183,12 +183,6 @@ def test_metrics_are_served_on_loopback_only(listen: str) -> None:
         loopback(listen)
     assert loopback("[::1]:9817") == ("::1", 9817)
     assert loopback("localhost:9817") == ("127.0.0.1", 9817)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_daemon_serves_and_writes_its_metrics(desk: Desk, short_tmp: Path) -> None:

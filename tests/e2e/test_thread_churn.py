@@ -30,21 +30,23 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.app.gateway import Gateway
 from gateway.core.names import new_package_id
-from tests.helpers import PARTNER_ID, TEST_REGIMES, PartnerPgp, cli, gateway, set_setting, wait_for
-from tests.sshd import SshServer
+from tests.helpers import (
+    PARTNER_ID,
+    TEST_REGIMES,
+    ManualClock,
+    PartnerPgp,
+    cli,
+    gateway,
+    set_setting,
+    wait_for,
+)
+from tests.sshd import SshServer, free_port
 
 PULL_ID = "AU-AFP"
 LOGINS = 200
 POLLS = 20
 #: Sessions held open at once before the count is taken (see the test for why).
 BURST = 12
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def descriptors() -> dict[int, str]:
@@ -118,7 +120,8 @@ class Daemon:
 
     def __init__(self, gw: Gateway) -> None:
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=gw.daemon(self.stop).run, name="daemon")
+        self.daemon = gw.daemon(self.stop)
+        self.thread = threading.Thread(target=self.daemon.run, name="daemon")
 
     def __enter__(self) -> Daemon:
         self.thread.start()
@@ -126,6 +129,7 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
+        self.daemon.wake()  # else the main loop sees the flag only after its one-second wait
         self.thread.join(30)
         assert not self.thread.is_alive(), "the daemon did not stop"
 
@@ -147,7 +151,7 @@ def churn_home(
         port = free_port()
         for name, value in (
             ("serve.listen", f"127.0.0.1:{port}"),
-            ("daemon.poll_seconds", 1),  # the least there is: 20 polls take 20 s
+            ("daemon.poll_seconds", 1),  # the least there is; the test moves the clock
             # One worker: a second would open its (lasting) ledger connection when it first
             # got a job, which might be only after the count at the start was taken.
             ("daemon.workers", 1),
@@ -179,12 +183,21 @@ def leave_junk(server: SshServer) -> None:
 
 
 def test_descriptors_and_connections_return_after_logins_and_polls(
-    churn_home: tuple[Home, SshServer, Path, int], short_tmp: Path
+    churn_home: tuple[Home, SshServer, Path, int], short_tmp: Path, clock: ManualClock
 ) -> None:
+    """The daemon runs on a clock the test moves a second at a time, then wakes it: the
+    next poll is due at once, so 20 polls take as long as they take, not 20 s."""
     home, server, key, port = churn_home
     wrong = keygen(short_tmp / "wrong_key")
     client = Client(home, port)
-    with gateway(home, "daemon") as gw, Daemon(gw):
+    with gateway(home, "daemon", clock) as gw, Daemon(gw) as running:
+
+        def next_poll() -> None:
+            """Leave the next file, move the clock to the next poll and wake the daemon
+            (else it would look only after its one-second wait)."""
+            leave_junk(server)
+            clock.advance(1.0)
+            running.daemon.wake()
 
         def polls() -> int:
             """Polls of the push partner that took a file: each one is in the ledger."""
@@ -201,7 +214,7 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
         wait_for(up, 15, "the drop server to let the partner in")
         # Up and idle: each lasting thread (the daemon's, its worker, the kept SFTP session
         # with the push partner) has started and opened what it keeps open.
-        leave_junk(server)
+        next_poll()  # the poll at the start may have come before the file
         wait_for(taken, 15, "the first poll to take its file")
         # SQLite does not close the database descriptor of a connection closed while
         # another connection of this process holds a lock on that file (closing it would
@@ -221,7 +234,7 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
         refused = 0
         for n in range(LOGINS):
             if taken():
-                leave_junk(server)
+                next_poll()
             if n % 8 == 3:  # refused: the partner's name with a key that is not its own
                 refused += client.login(PULL_ID, wrong) is None
             elif n % 8 == 7:  # refused: a user who is no partner
@@ -233,7 +246,7 @@ def test_descriptors_and_connections_return_after_logins_and_polls(
         while polls() - polled < POLLS:
             assert time.monotonic() < deadline, f"only {polls() - polled} polls took a file"
             if taken():
-                leave_junk(server)
+                next_poll()
             time.sleep(0.05)
         wait_for(taken, 15, "the last file to be taken")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,12 +18,7 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.core.lifecycle import State
 from tests.helpers import TEST_REGIMES, Templates, cli, gateway, set_setting, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.sshd import free_port
 
 
 def state_of(home: Home, pid: str) -> State | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -26,11 +29,15 @@ from tests.helpers import (
     GATEWAY_ID,
     PARTNER_ID,
     PartnerPgp,
+    Templates,
+    add_partner,
     cli,
+    copy_tree,
     gateway,
     run_once,
     send,
     state,
+    stop_agents,
 )
 from tests.sshd import SshServer
 
@@ -39,16 +46,33 @@ FIELDS = ("id", "at", "actor", "action", "category", "partner", "package_id", "s
           "prev_hash")  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def made_trail(templates: Templates) -> Iterator[Path]:
+    """A home with a partner and three packages sent and delivered, made once for the
+    module (about half a second of work); each test tampers with a copy of its own."""
+    root = Path(tempfile.mkdtemp(prefix="gwa", dir="/tmp"))
+    try:
+        home = templates.home(GATEWAY_ID, root / "gw")
+        with SshServer(root / "sshd") as server:
+            add_partner(home, templates.partner(root / "partner-gnupg"), server)
+            for n in range(3):
+                source = root / f"notice-{n}.xml"
+                source.write_bytes(f"<conviction n='{n}'/>".encode())
+                send(home, source)
+            run_once(home)
+        stop_agents(root)
+        assert not list(home.root.rglob("*-wal")), "the ledger is closed before it is copied"
+        yield home.root
+    finally:
+        stop_agents(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def trail(exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path) -> Home:
-    """A home with a partner and three packages sent and delivered."""
-    home = exchange[0]
-    for n in range(3):
-        source = short_tmp / f"notice-{n}.xml"
-        source.write_bytes(f"<conviction n='{n}'/>".encode())
-        send(home, source)
-    run_once(home)
-    return home
+def trail(made_trail: Path, short_tmp: Path) -> Home:
+    """A copy of the module's home with a partner and three packages sent and delivered."""
+    copy_tree(made_trail, short_tmp / "gw")
+    return Home(short_tmp / "gw")
 
 
 # -- helpers ------------------------------------------------------------------------------
