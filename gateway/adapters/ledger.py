@@ -182,6 +182,15 @@ class Ledger:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
+    def put(self, table: str, row: dict[str, Any]) -> None:
+        """Write `row` into `table`, in place of any row with the same key (the caller's
+        transaction); `table` and the keys of `row` are the code's names, never input."""
+        self.db.execute(
+            f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) "  # noqa: S608 - code's names only
+            f"VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+
     def quick_check(self) -> list[str]:
         """SQLite's `PRAGMA quick_check`: what it finds wrong in the file (empty: nothing)."""
         try:
@@ -475,12 +484,7 @@ class Ledger:
             else:
                 after = dataclasses.replace(before, last_failure=now, last_error=error,
                                             down_since=before.down_since or now, failures=before.failures + 1)  # fmt: skip
-            row = dataclasses.asdict(after)
-            self.db.execute(
-                f"INSERT OR REPLACE INTO contacts ({', '.join(row)}) "  # noqa: S608 - field names only
-                f"VALUES ({', '.join('?' * len(row))})",
-                list(row.values()),
-            )
+            self.put("contacts", dataclasses.asdict(after))
         return before, after
 
     def contacts(self) -> dict[str, Contact]:

@@ -131,12 +131,7 @@ class Obligations:
 
     def add(self, terms: Terms) -> None:
         """Record a package's terms (inside the transaction that records the package)."""
-        row = terms.row()
-        self.ledger.db.execute(
-            f"INSERT OR REPLACE INTO obligations ({', '.join(row)}) "  # noqa: S608 - field names only
-            f"VALUES ({', '.join('?' * len(row))})",
-            list(row.values()),
-        )
+        self.ledger.put("obligations", terms.row())
 
     def terms(self, package_id: str) -> Terms | None:
         """The terms recorded for a package, if any."""
