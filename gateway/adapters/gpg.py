@@ -474,17 +474,13 @@ class Keyring:
                                "again, and check `gpg --version`")  # fmt: skip
 
     def check_passphrase(self, fingerprint: str) -> None:
-        """Sign a few bytes with `fingerprint`: `PassphraseWrong` if its passphrase fails."""
-        self._start_agent()
-        with self._gpg.deadline("check the passphrase"):
-            result = self._gpg.sign(b"passphrase check", keyid=fingerprint, passphrase=self._secret(),
-                                    detach=True, extra_args=["--digest-algo", "SHA256"])  # fmt: skip
-        _passphrase_trouble(_status(result.stderr or ""))
-        if result.returncode != 0:
-            raise CryptoFailed(
-                f"GnuPG could not sign with the gateway's key {fingerprint} (return code "
-                f"{result.returncode}): see `gateway doctor`"
-            )
+        """Sign a few bytes with `fingerprint`: `PassphraseWrong` if its passphrase fails,
+        `CryptoFailed` if GnuPG signed with no key or another one."""
+        scratch = self.home / ".passphrase-check.asc"
+        try:
+            self.sign_clear(io.BytesIO(b"passphrase check"), scratch, fingerprint)
+        finally:
+            scratch.unlink(missing_ok=True)
 
     def scan(self, key_file: Path) -> list[KeyInfo]:
         """The public keys a file holds, without importing them; secret keys are refused."""

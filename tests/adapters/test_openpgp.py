@@ -21,7 +21,7 @@ import pytest
 
 from gateway.adapters.clock import SystemClock
 from gateway.adapters.gpg import Keyring
-from gateway.core.errors import GatewayError, KeyProblem, Timeout
+from gateway.core.errors import CryptoFailed, GatewayError, KeyProblem, Timeout
 from tests.helpers import GATEWAY_ID, PartnerPgp
 
 PAST = "20200101T000000"  # a --faked-system-time long before any test runs
@@ -317,6 +317,19 @@ def test_sealing_with_a_signer_that_has_no_secret_key_is_refused(
     assert pinned.fingerprint in str(caught.value)
     assert not out.exists()
     assert list(short_tmp.glob("p.pgp*")) == []
+
+
+def test_a_passphrase_check_with_a_key_we_cannot_sign_with_fails(
+    keyring: Keyring, own_key: str, pinned: PartnerPgp
+) -> None:
+    """The check must sign with the key named or fail: given a key whose secret part is
+    not here, gpg under `--default-key` signed with the gateway's own key and said yes."""
+    keyring.check_passphrase(own_key)  # the key it holds: fine
+
+    with pytest.raises(CryptoFailed, match=f"did not sign with {pinned.fingerprint}"):
+        keyring.check_passphrase(pinned.fingerprint)
+
+    assert list(keyring.home.glob(".passphrase-check*")) == []
 
 
 # -- deadlines --------------------------------------------------------------------------
