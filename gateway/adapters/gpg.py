@@ -30,11 +30,17 @@ from gateway.core.errors import (
     CryptoFailed,
     HostTrouble,
     KeyProblem,
-    PassphraseMissing,
-    PassphraseWrong,
-    Rejected,
     Timeout,
     Transient,
+)
+from gateway.core.gpgstatus import (
+    AES256,
+    Run,
+    check_opened,
+    check_sealed,
+    check_signed,
+    passphrase_trouble,
+    status,
 )
 
 # Options on every run: no network look-ups, no chatter that could hide status lines, and
@@ -53,8 +59,6 @@ _SEAL_ARGS: Final = [
     "none",
     "--no-emit-version",
 ]
-_AES256: Final = "9"
-_SHA256_OR_BETTER: Final = {"8", "9", "10"}
 # gpg-agent keeps no passphrase, so every signature and decryption with a protected key
 # runs its key derivation again. Calibrated by the agent (100 ms when it protected the
 # key, 379,860,992 bytes of SHA-1 here), that made each seal take 0.8-2.2 s (median 1.4 s,
@@ -65,8 +69,6 @@ _S2K_COUNT: Final = "s2k-count 1048576\n"
 _AGENT_CONF: Final = "default-cache-ttl 0\nmax-cache-ttl 0\n" + _S2K_COUNT
 LISTING_SECONDS: Final = 10.0
 _CHUNK: Final = 1024 * 1024  # per write to gpg's stdin
-#: libgpg-error's code for a wrong passphrase, in the low 16 bits of an ERROR or FAILURE line.
-_BAD_PASSPHRASE: Final = 11
 
 
 def _no_passphrase() -> Passphrase | None:
@@ -124,20 +126,6 @@ def _key_info(raw: dict[str, Any], now: float) -> KeyInfo:
         can_encrypt="E" in cap and bool(enc) and trust not in ("e", "r"),
         can_sign="S" in cap and trust not in ("e", "r"),
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What one gpg run said: its return code and its stderr with the status lines."""
-
-    returncode: int
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        """What python-gnupg calls `ok`: gpg finished an encryption or a decryption."""
-        keywords = {line[0] for line in _status(self.stderr) if line}
-        return bool(keywords & {"END_ENCRYPTION", "DECRYPTION_OKAY"})
 
 
 def _fileno(source: IO[bytes] | io.RawIOBase) -> int | None:
@@ -394,8 +382,8 @@ class Keyring:
         except subprocess.TimeoutExpired:
             raise Timeout(f"GnuPG took longer than {self._gpg.timeout:.0f} s to {what} and "
                           "was stopped; run the command again") from None  # fmt: skip
-        lines = _status(done.stderr.decode(errors="replace"))
-        _passphrase_trouble(lines)
+        lines = status(done.stderr.decode(errors="replace"))
+        passphrase_trouble(lines)
         if done.returncode != 0:
             raise CryptoFailed(f"GnuPG could not {what} (return code {done.returncode}): "
                                "run the command again, and check `gpg --version`")  # fmt: skip
@@ -574,7 +562,7 @@ class Keyring:
                     plaintext,
                     self._secret(),
                 )  # fmt: skip
-            _check_sealed(result, signer, recipient)
+            check_sealed(result, signer, recipient)
         except Transient:
             out.unlink(missing_ok=True)
             if shutil.disk_usage(out.parent).free < 1024**2:
@@ -597,9 +585,9 @@ class Keyring:
             with self._gpg.deadline("encrypt a backup"), source.open("rb") as f:
                 result = self._gpg.encrypt_file(f, [recipient], always_trust=True, armor=False,
                                                 output=str(out), extra_args=list(_SEAL_ARGS))  # fmt: skip
-            lines = _status(result.stderr or "")
+            lines = status(result.stderr or "")
             if result.returncode != 0 or not any(
-                line[:1] == ["BEGIN_ENCRYPTION"] and line[-1] == _AES256 for line in lines
+                line[:1] == ["BEGIN_ENCRYPTION"] and line[-1] == AES256 for line in lines
             ):
                 raise CryptoFailed(
                     f"GnuPG did not encrypt to {recipient} (return code {result.returncode}); "
@@ -620,12 +608,7 @@ class Keyring:
                     text,
                     self._secret(),
                 )  # fmt: skip
-            _passphrase_trouble(_status(result.stderr))
-            created = [line for line in _status(result.stderr) if line[0] == "SIG_CREATED"]
-            if result.returncode != 0 or len(created) != 1 or created[0][-1] != signer:
-                raise CryptoFailed(
-                    f"GnuPG did not sign with {signer} (return code {result.returncode})"
-                )
+            check_signed(result, signer)
         except BaseException:
             out.unlink(missing_ok=True)
             raise
@@ -650,22 +633,10 @@ class Keyring:
                     f,
                     self._secret() if decrypts else None,
                 )  # fmt: skip
-            return _check_opened(result, signers, encrypted)
+            return check_opened(result, signers, encrypted)
         except BaseException:
             out.unlink(missing_ok=True)
             raise
-
-
-#: What a bad signature line means, most specific first (gpg reports an unknown key as
-#: both ERRSIG and NO_PUBKEY: the operator needs to hear "not pinned").
-_BAD_SIGNATURES: Final = {
-    "NO_PUBKEY": "it is signed by a key that is not pinned for this partner",
-    "REVKEYSIG": "the signer's key is revoked",
-    "EXPKEYSIG": "the signer's key has expired",
-    "BADSIG": "the signature is bad",
-    "EXPSIG": "the signature has expired",
-    "ERRSIG": "the signature cannot be checked",
-}
 
 
 def _signer(fingerprint: str) -> list[str]:
@@ -682,101 +653,3 @@ def _signer(fingerprint: str) -> list[str]:
 def _output(out: Path) -> list[str]:
     """python-gnupg's `--output`: `--yes` first when the file is there, or gpg would ask."""
     return ["--yes", "--output", str(out)] if out.exists() else ["--output", str(out)]
-
-
-def _passphrase_trouble(lines: list[list[str]]) -> None:
-    """Raise if gpg-agent could not use the gateway's secret key for want of its passphrase.
-
-    Checked before anything else: a package that could not be opened because the
-    passphrase was wrong is the host's trouble, never the sender's, and is not refused.
-    """
-    keywords = {line[0] for line in lines if line}
-    codes = {int(line[-1]) & 0xFFFF for line in lines
-             if line and line[0] in ("ERROR", "FAILURE") and line[-1].isdigit()}  # fmt: skip
-    if "BAD_PASSPHRASE" in keywords or _BAD_PASSPHRASE in codes:
-        raise PassphraseWrong(
-            "the passphrase given does not open the gateway's OpenPGP key; nothing was signed "
-            "or decrypted: give the one the keys were protected with"
-        )
-    if keywords & {"PINENTRY_LAUNCHED", "INQUIRE_MAXLEN", "MISSING_PASSPHRASE"}:
-        raise PassphraseMissing(
-            "the gateway's OpenPGP key asks for a passphrase and none was given: see "
-            "`gateway doctor`, and give it as the operator guide says"
-        )
-
-
-def _check_opened(result: Run, signers: frozenset[str], encrypted: bool) -> str:
-    if any(line[0] == "NEED_PASSPHRASE_SYM" for line in _status(result.stderr) if line):
-        # Encrypted with a passphrase, not to our key: the sender's fault, refused first,
-        # whatever gpg made of it (with protected keys it tried our passphrase on it and
-        # must not be told whether that worked).
-        raise Rejected("it is encrypted with a passphrase, not to this gateway's key")
-    _passphrase_trouble(_status(result.stderr))
-    if "exceeded --max-output limit" in result.stderr:
-        raise Rejected(
-            "it unpacks to more than the size limit (daemon.max_package_bytes): a compression bomb?"
-        )
-    lines = _status(result.stderr)
-    keywords = {line[0] for line in lines if line}
-    valid = [line for line in lines if line[0] == "VALIDSIG"]
-    for keyword, why in _BAD_SIGNATURES.items():
-        if keyword in keywords:
-            raise Rejected(why)
-    if not valid or "GOODSIG" not in keywords:
-        raise Rejected("it carries no valid signature")
-    if len(valid) > 1:
-        raise Rejected("it carries more than one signature")
-    signer = str(valid[0][-1])  # the primary key's fingerprint
-    if signer not in signers:
-        raise Rejected(f"it is signed by {signer}, which is not the partner's pinned key")
-    if encrypted and (
-        "DECRYPTION_OKAY" not in keywords or keywords & {"DECRYPTION_FAILED", "BADMDC"}
-    ):
-        raise Rejected(
-            "it is not encrypted to this gateway's key, or its integrity check failed", signer
-        )
-    if result.returncode != 0:
-        raise Rejected(f"GnuPG could not open it (return code {result.returncode})", signer)
-    return signer
-
-
-def _status(stderr: str) -> list[list[str]]:
-    return [line.split()[1:] for line in stderr.splitlines() if line.startswith("[GNUPG:] ")]
-
-
-def _check_sealed(result: Run, signer: str, recipient: str) -> None:
-    lines = _status(result.stderr)
-    _passphrase_trouble(lines)
-    keywords = {line[0] for line in lines if line}
-    if "No space left on device" in result.stderr:
-        raise HostTrouble(
-            "no space left on the spool's disk: GnuPG could not write the sealed package; "
-            "it will be tried again"
-        )
-    if "INV_SGNR" in keywords:  # refused before any recipient is looked at
-        raise KeyProblem(
-            f"GnuPG will not sign with the gateway's key {signer}: see `gateway keys show`"
-        )
-    if "INV_RECP" in keywords or "KEY_CONSIDERED" not in keywords:
-        raise KeyProblem(
-            f"GnuPG will not encrypt to {recipient}: the partner's key may have expired"
-        )
-    signed = [line for line in lines if line[0] == "SIG_CREATED"]
-    encrypted = [line for line in lines if line[0] == "BEGIN_ENCRYPTION"]
-    ok = (
-        result.ok
-        and result.returncode == 0
-        and len(signed) == 1
-        and signed[0][-1] == signer
-        and signed[0][3] in _SHA256_OR_BETTER
-        and len(encrypted) == 1
-        and encrypted[0][-1] == _AES256
-        and "END_ENCRYPTION" in keywords
-        and any(line[0] == "KEY_CONSIDERED" and line[1] == recipient for line in lines)
-    )
-    if not ok:
-        said = [line for line in result.stderr.splitlines() if line.startswith("gpg: ")]
-        raise CryptoFailed(
-            f"GnuPG did not sign with {signer} and encrypt to {recipient} as required "
-            f"(return code {result.returncode}{', ' + said[-1] if said else ''}); nothing was sent"
-        )
