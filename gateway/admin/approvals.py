@@ -12,8 +12,6 @@ and erases its plaintext. Either is refused to the person who sent or dropped it
 
 from __future__ import annotations
 
-import json
-
 from gateway.admin.actions import erase_leftovers, reason_given
 from gateway.app.gateway import Gateway
 from gateway.core.approval import check_second
@@ -26,8 +24,7 @@ def submitter(gw: Gateway, package_id: str) -> str:
     """Who sent or dropped the package, from its intake event."""
     for event in gw.ledger.events(package_id):
         if event.action == "intake":
-            detail = json.loads(event.detail) if event.detail else {}
-            return str(detail.get("dropped_by") or event.actor)
+            return event.submitter()
     raise LedgerDamaged(f"{package_id} has no intake event: restore ledger.db from backup")
 
 

@@ -44,12 +44,6 @@ def _exports_covering(gw: Gateway, events: list[Event]) -> list[Event]:
     return found
 
 
-def _who(first: Event) -> str:
-    """Who brought an outbound package in: the producer's file owner, else the command's actor."""
-    detail = json.loads(first.detail) if first.detail else {}
-    return str(detail.get("dropped_by") or first.actor)
-
-
 def _basis(gw: Gateway, regime_id: str | None) -> dict[str, Any] | None:
     """The regime a package travels under, as the shipped and the home's regimes say."""
     regime = gw.duties.regimes.get(regime_id) if regime_id else None
@@ -78,7 +72,7 @@ def record(gw: Gateway, package_id: str) -> dict[str, Any]:
         "package_id": package.package_id,
         "direction": package.direction,
         "state": package.state.value,
-        "who": _who(events[0]) if outbound and events else package.partner,
+        "who": events[0].submitter() if outbound and events else package.partner,
         "actors": sorted({e.actor for e in events}),
         "when": {
             "taken_in": package.created_at,

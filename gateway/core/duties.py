@@ -12,7 +12,6 @@ Pure decisions over plain values:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
@@ -26,6 +25,7 @@ from gateway.core.regimes import (
     add_working_days,
     last_day_to_notify,
 )
+from gateway.core.text import read_json
 
 #: A producer's declarations for spool file `x` lie beside it in `x` + SIDECAR.
 SIDECAR: Final = ".meta.json"
@@ -100,12 +100,7 @@ _SIDECAR_FIELDS: Final = {"reference": "reference", "regime": "legal_basis", "ma
 
 def parse_sidecar(data: bytes) -> Declared:
     """Read a `x.meta.json` sidecar; anything wrong raises `InputRefused` saying what."""
-    if len(data) > MAX_SIDECAR_BYTES:
-        raise InputRefused(f"the sidecar is larger than {MAX_SIDECAR_BYTES} bytes")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InputRefused("the sidecar is not UTF-8 JSON") from None
+    doc = read_json(data, MAX_SIDECAR_BYTES, "the sidecar")
     if not isinstance(doc, dict):
         raise InputRefused("the sidecar must be one JSON object")
     if unknown := sorted(set(doc) - set(_SIDECAR_FIELDS)):

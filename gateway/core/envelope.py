@@ -18,6 +18,7 @@ from typing import IO, Any, Final
 
 from gateway.core.errors import InputRefused, SpoolDamaged, UsageError
 from gateway.core.names import MANIFEST, authority_id, kind, package_id, payload_name
+from gateway.core.text import read_json
 
 SCHEMA: Final = "gateway-envelope/1"
 PAYLOAD_DIR: Final = "payload/"
@@ -106,12 +107,7 @@ def parse_manifest(data: bytes) -> Manifest:
 
 
 def _manifest(data: bytes) -> Manifest:
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise InputRefused(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON, huge numbers
-        raise InputRefused("the manifest is not UTF-8 JSON") from None
+    doc = read_json(data, MAX_MANIFEST_BYTES, "the manifest")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise InputRefused(f"the manifest is not a {SCHEMA} object")
     known = {f.name for f in dataclasses.fields(Manifest)} | {"schema"}

@@ -117,6 +117,12 @@ class Event:
     #: chain covers the detail itself, and their details are never erased.
     detail_sha256: str | None = None
 
+    def submitter(self) -> str:
+        """Of an outbound package's first event: who brought it in, the owner of the file
+        dropped in the spool if it was dropped, else the command's actor."""
+        detail = json.loads(self.detail) if self.detail else {}
+        return str(detail.get("dropped_by") or self.actor)
+
     def warns(self) -> bool:
         """Whether this event needs an operator's eye: logged as a warning, not as info."""
         return self.state in WARNING_STATES or self.action in WARNING_ACTIONS

@@ -12,10 +12,11 @@ import re
 from datetime import datetime
 from typing import Any, Final
 
-from gateway.core.errors import Rejected, UsageError
+from gateway.core.errors import InputRefused, Rejected, UsageError
 from gateway.core.lifecycle import State
 from gateway.core.model import Package
 from gateway.core.names import authority_id, package_id
+from gateway.core.text import read_json
 
 SCHEMA: Final = "gateway-receipt/1"
 MAX_BYTES: Final = 64 * 1024
@@ -54,12 +55,10 @@ class Receipt:
 
 def parse_receipt(data: bytes) -> Receipt:
     """Parse and check a receipt's JSON; anything unexpected raises `Rejected` naming it."""
-    if len(data) > MAX_BYTES:
-        raise Rejected(f"the receipt is larger than {MAX_BYTES} bytes")
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Rejected("the receipt is not UTF-8 JSON") from None
+        doc = read_json(data, MAX_BYTES, "the receipt")
+    except InputRefused as problem:
+        raise Rejected(str(problem)) from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise Rejected(f"the receipt is not a {SCHEMA} object")
     allowed = {

@@ -112,8 +112,7 @@ def _waited(p: Entry) -> float | None:
     """Seconds from delivery to the partner's receipt, for an outbound package that has one."""
     if p.direction != "out" or p.state not in RECEIPTED or not p.delivered_at or not p.receipt_at:
         return None
-    delta = datetime.fromisoformat(p.receipt_at) - datetime.fromisoformat(p.delivered_at)
-    return round(delta.total_seconds(), 3)
+    return round(_seconds(p.delivered_at, p.receipt_at), 3)
 
 
 class _Sums:

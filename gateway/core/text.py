@@ -1,4 +1,5 @@
-"""Text from partners and the spool, made safe to print on a terminal or in a text log.
+"""Text from partners and the spool: read within bounds, and made safe to print on a
+terminal or in a text log.
 
 A manifest's `reference`, a receipt's `reason`, a file name: anything a partner chose
 can hold escape sequences that rewrite an operator's terminal, bidi controls that show
@@ -9,7 +10,11 @@ escapes control characters itself).
 
 from __future__ import annotations
 
+import json
 import unicodedata
+from typing import Any
+
+from gateway.core.errors import InputRefused
 
 #: Unicode categories escaped: controls, format characters (bidi overrides, zero-width
 #: joiners), line and paragraph separators, surrogates.
@@ -27,3 +32,14 @@ def shown(text: str) -> str:
         else c
         for c in text
     )
+
+
+def read_json(data: bytes, limit: int, what: str) -> Any:
+    """`data` read as UTF-8 JSON of at most `limit` bytes (a manifest, a sidecar, a receipt);
+    `InputRefused` naming `what` otherwise. The caller checks the shape."""
+    if len(data) > limit:
+        raise InputRefused(f"{what} is larger than {limit} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON, huge numbers
+        raise InputRefused(f"{what} is not UTF-8 JSON") from None
