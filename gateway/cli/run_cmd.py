@@ -39,19 +39,12 @@ def command(state: State, once: bool) -> None:
             stop, reload = threading.Event(), threading.Event()
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
-                # Only flags: the main loop acts on a reload within a second; on a stop, the
-                # thread below wakes it at once.
+                # Only flags: the main loop acts on a reload within a second, on a stop at once.
                 (reload if signum == signal.SIGHUP else stop).set()
 
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, on_signal)
             daemon = gw.daemon(stop, reload)  # takes systemd's variables out of the environment
-
-            def wake_on_stop() -> None:
-                stop.wait()
-                daemon.wake()
-
-            threading.Thread(target=wake_on_stop, name="wake-on-stop", daemon=True).start()
             # An agent a command started while no daemon ran lives outside this process's
             # sandbox and cgroup: replace it with our own, which commands beside us then use.
             gw.keyring.restart_agent()

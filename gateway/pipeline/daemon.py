@@ -94,6 +94,7 @@ class Daemon:
         self.watcher.start()
         for worker in self.workers:
             worker.start()
+        threading.Thread(target=self._wake_on_stop, name="wake-on-stop", daemon=True).start()
         next_scan = next_duties = -1.0
         next_checkpoint = self.clock.monotonic() + self.settings.audit_checkpoint_seconds
         self.notifier.ready(self.status())
@@ -271,6 +272,12 @@ class Daemon:
         """Wake the main loop now, from any thread (not from a signal handler: the loop it
         interrupted may hold the queue's lock)."""
         self.hints.put(WAKE)
+
+    def _wake_on_stop(self) -> None:
+        """Wake the main loop once `stop` is set, wherever it was set (a signal handler
+        only sets it): the loop stops at once, not at the end of its one-second wait."""
+        self.stop.wait()
+        self.wake()
 
     def wait(self) -> None:
         """Sleep until a hint or a worker wakes us, or a second passes; take in what was hinted.

@@ -264,7 +264,6 @@ def test_a_dead_watcher_is_restarted_and_the_scan_covers_the_gap(
             assert d.watcher.alive()
         finally:
             stop.set()
-            d.wake()  # else the main loop sees the flag only after its one-second wait
             thread.join(15)
         assert [p.payload_name for p in gw.ledger.packages()] == ["after.xml"]
 

@@ -129,7 +129,6 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.daemon.wake()  # else the main loop sees the flag only after its one-second wait
         self.thread.join(30)
         assert not self.thread.is_alive(), "the daemon did not stop"
 
