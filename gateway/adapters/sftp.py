@@ -20,26 +20,40 @@ from typing import Final, TypeAlias
 
 import paramiko
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_CLOSE,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
+    CMD_HANDLE,
+    CMD_OPEN,
     CMD_OPENDIR,
     CMD_READDIR,
+    CMD_RENAME,
+    CMD_STAT,
     CMD_STATUS,
+    CMD_WRITE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    int64,
 )
 
 from gateway.adapters.files import publish
 from gateway.adapters.passphrase import Passphrase
 from gateway.adapters.sshkeys import known_hosts_name
 from gateway.core.errors import (
+    GatewayError,
     HostKeyMismatch,
     KeyProblem,
     PassphraseMissing,
     PassphraseWrong,
     RemoteConflict,
     TransferFailed,
+    Transient,
 )
-from gateway.core.model import Arrival, Placed
+from gateway.core.model import Arrival, Outgoing, Placed
 
 CHUNK: Final = 1024 * 1024
 #: paramiko's largest read request; a file this small takes one round trip unaided.
@@ -56,6 +70,9 @@ READ_AHEAD_FROM: Final = 32 * 1024
 # say what it takes gets 32 KiB.
 FALLBACK_WRITE_BYTES: Final = 32 * 1024
 MAX_WRITE_BYTES: Final = 261120
+#: Files up to this size are uploaded together, at most TOGETHER at a time (`put_all`).
+SMALL: Final = 64 * 1024
+TOGETHER: Final = 16
 # Host key algorithms to offer for each pinned key type, so the server shows the key
 # that was pinned rather than another of its keys.
 _ALGORITHMS: Final = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
@@ -294,6 +311,98 @@ class SftpPartner:
             part.close()
         return self.place(name, size, sha256)
 
+    def put_all(self, files: list[Outgoing]) -> list[Placed | GatewayError]:
+        """Upload each file as `put_atomic` does; each one's outcome, in order: where it
+        was placed, or the error that kept it back. Once the session breaks, its error is
+        the outcome of every file not yet placed.
+
+        Small files go TOGETHER at a time, each step's requests for all of them in flight
+        at once (look for the target, open the part, write and close it, check its size,
+        rename it). One by one, waiting for each answer, a 4 KiB upload to OpenSSH cost
+        0.45 ms of CPU and 0.75 ms here; together 0.13 ms and 0.13 ms. A file whose step
+        does not go plainly (its target is there, the server refuses its part) is left to
+        `put_atomic`, as are larger files.
+        """
+        outcomes: dict[int, Placed | GatewayError] = {}
+        trouble: Transient | None = None
+        small = [i for i, f in enumerate(files) if f.local.stat().st_size <= SMALL]
+        for start in range(0, len(small), TOGETHER):
+            batch = small[start : start + TOGETHER]
+            try:
+                with _translated(f"upload to {self._name}"):
+                    placed = self._together([files[i] for i in batch])
+            except Transient as err:
+                trouble = err
+                break
+            outcomes.update((i, p) for i, p in zip(batch, placed, strict=True) if p is not None)
+        for i, f in enumerate(files):
+            if i in outcomes:
+                continue
+            if trouble is None:
+                try:
+                    outcomes[i] = self.put_atomic(f.local, f.name, f.sha256)
+                    continue
+                except Transient as err:
+                    trouble = err
+                except GatewayError as err:
+                    outcomes[i] = err
+                    continue
+            outcomes[i] = trouble
+        return [outcomes[i] for i in range(len(files))]
+
+    def _together(self, files: list[Outgoing]) -> list[Placed | None]:
+        """The plain way of `put_all` for small `files`, each step for all at once; None for
+        a file it left to `put_atomic`."""
+        final = [self._upload_path(f.name) for f in files]
+        part = [self._upload_path(f".{f.name}.part") for f in files]
+        go = [
+            kind == CMD_STATUS and msg.get_int() == SFTP_NO_SUCH_FILE
+            for kind, msg in self._ask([(CMD_STAT, path) for path in final])
+        ]
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+        opened = self._ask([(CMD_OPEN, part[i], flags, paramiko.SFTPAttributes())
+                            for i in range(len(files)) if go[i]])  # fmt: skip
+        handles = iter(opened)
+        handle: dict[int, bytes] = {}
+        for i in range(len(files)):
+            if go[i] and (answer := next(handles))[0] == CMD_HANDLE:
+                handle[i] = answer[1].get_binary()
+            else:
+                go[i] = False
+        size = {i: 0 for i in handle}
+        writes: list[tuple[int, tuple[object, ...]]] = []
+        block = self.write_bytes()
+        for i, h in handle.items():
+            data = files[i].local.read_bytes()
+            size[i] = len(data)
+            writes += [(i, (CMD_WRITE, h, int64(at), data[at : at + block]))
+                       for at in range(0, len(data), block)]  # fmt: skip
+            writes.append((i, (CMD_CLOSE, h)))
+        for (i, _), (kind, msg) in zip(writes, self._ask([w for _, w in writes]), strict=True):
+            if not _ok(kind, msg):
+                go[i] = False
+        checked = [i for i in handle if go[i]]
+        for i, (kind, msg) in zip(checked, self._ask([(CMD_STAT, part[i]) for i in checked]),
+                                  strict=True):  # fmt: skip
+            if kind != CMD_ATTRS or paramiko.SFTPAttributes._from_msg(msg).st_size != size[i]:
+                go[i] = False
+        placed: list[Placed | None] = [None] * len(files)
+        renamed = [i for i in checked if go[i]]
+        for i, (kind, msg) in zip(renamed, self._ask([(CMD_RENAME, part[i], final[i])
+                                                      for i in renamed]), strict=True):  # fmt: skip
+            if _ok(kind, msg):
+                placed[i] = Placed(final[i], already_there=False)
+        return placed
+
+    def _ask(self, requests: list[tuple[object, ...]]) -> list[tuple[int, paramiko.Message]]:
+        """Send every request (`(CMD, *args)`) at once, then read the answers as they come, in
+        whatever order the server sends them; each one's answer, in order."""
+        answers = _Answers()
+        numbers = [self.sftp._async_request(answers, *request) for request in requests]
+        while len(answers.got) < len(numbers):
+            self.sftp._read_response()  # one answer, handed to the `_Answers` that asked
+        return [answers.got[number] for number in numbers]
+
     def open_part(self, name: str) -> RemotePart:
         """Open `<upload_dir>/.<name>.part` for writing, emptied; `place` it once it is whole.
 
@@ -461,6 +570,21 @@ class SftpPartner:
     def _remove_quietly(self, path: str) -> None:
         with contextlib.suppress(OSError):
             self.sftp.remove(path)
+
+
+class _Answers:
+    """Keeps the answers paramiko hands to the requests made with it as their file object."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def _async_response(self, kind: int, msg: paramiko.Message, number: int) -> None:
+        self.got[number] = (kind, msg)
+
+
+def _ok(kind: int, msg: paramiko.Message) -> bool:
+    """Whether an answer is the status "OK"."""
+    return bool(kind == CMD_STATUS and msg.get_int() == SFTP_OK)
 
 
 class RemotePart:

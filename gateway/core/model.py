@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 from gateway.core.lifecycle import State
@@ -190,6 +191,15 @@ class Placed:
 
     path: str
     already_there: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """A file to make available to a partner: the local file, its name there, its SHA-256."""
+
+    local: Path
+    name: str
+    sha256: str
 
 
 @dataclasses.dataclass(frozen=True)

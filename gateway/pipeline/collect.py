@@ -26,7 +26,7 @@ from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.backoff import backoff
 from gateway.core.errors import GatewayError, TransferFailed
-from gateway.core.model import Arrival, Partner, utc
+from gateway.core.model import Arrival, Outgoing, Partner, Placed, utc
 from gateway.core.names import WIRE_NAME, is_temporary, new_package_id, receipt_name
 from gateway.core.receipts import MAX_BYTES as MAX_RECEIPT_BYTES
 from gateway.core.settings import Settings
@@ -180,24 +180,25 @@ class Collector:
         once the rest were tried. A crash before the commit leaves them due: the next turn
         finds each already there with the same SHA-256 and records it then.
         """
-        sent, failures = [], []
-        try:
-            for package in self.ledger.receipts_due(partner.id):
-                path = self.home.receipt_file(package.package_id)
-                try:
-                    sha256 = sha256_file(path)
-                    placed = link.answer(path, receipt_name(package.package_id), sha256)
-                except (GatewayError, OSError) as err:
-                    log.warning(
-                        "receipt of %s for %s not sent: %s", package.package_id, partner.id, err
-                    )
-                    failures.append(err)
-                    continue
-                sent.append((package.package_id, placed.path, sha256))
-        finally:
-            with self.ledger.transaction():
-                for pid, where, sha256 in sent:
-                    self.ledger.note(pid, "receipt.sent", {"path": where, "sha256": sha256},
+        owed: list[tuple[str, Outgoing]] = []
+        failures: list[tuple[str, Exception]] = []
+        for package in self.ledger.receipts_due(partner.id):
+            path = self.home.receipt_file(package.package_id)
+            try:
+                owed.append((package.package_id,
+                             Outgoing(path, receipt_name(package.package_id), sha256_file(path))))  # fmt: skip
+            except OSError as err:
+                failures.append((package.package_id, err))
+        outcomes = link.answer([receipt for _, receipt in owed]) if owed else []
+        with self.ledger.transaction():
+            for (pid, receipt), outcome in zip(owed, outcomes, strict=True):
+                if isinstance(outcome, Placed):
+                    self.ledger.note(pid, "receipt.sent",
+                                     {"path": outcome.path, "sha256": receipt.sha256},
                                      receipt_state="sent")  # fmt: skip
+                else:
+                    failures.append((pid, outcome))
+        for pid, failure in failures:
+            log.warning("receipt of %s for %s not sent: %s", pid, partner.id, failure)
         if failures:
-            raise failures[0]
+            raise failures[0][1]

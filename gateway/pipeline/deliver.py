@@ -25,7 +25,7 @@ from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.errors import GatewayError, Transient
 from gateway.core.lifecycle import State
-from gateway.core.model import Package, Placed, Progress, utc
+from gateway.core.model import Outgoing, Package, Placed, Progress, utc
 from gateway.core.names import wire_name
 from gateway.pipeline.setback import Setback
 from gateway.transports.base import Link, Part, Transport
@@ -57,47 +57,43 @@ class Delivery:
     def deliver(self, transport: Transport, link: Link, packages: list[Package]) -> None:
         """Deliver `packages` (all sealed, all for one partner) over `link`.
 
-        A failure during one sets back that package and the rest (the link is gone); a
-        conflict holds one package.
+        A conflict holds one package; a transient failure sets back that package and,
+        once its group is recorded, the groups after it (the link is likely gone).
         """
         with self._lock:  # a package being delivered beside gpg is that delivery's to finish
             packages = [p for p in packages if p.package_id not in self._streaming]
-        handled: list[Package] = []  # delivered and recorded, or held
+        done = 0
         try:
-            for start in range(0, len(packages), GROUP):
-                self._group(transport, link, packages[start : start + GROUP], handled)
+            for done in range(0, len(packages), GROUP):
+                if trouble := self._group(transport, link, packages[done : done + GROUP]):
+                    self.setback.all(packages[done + GROUP :], trouble)
+                    return
         except GatewayError as err:
-            self.setback.all(packages[len(handled) :], err)
+            self.setback.all(packages[done:], err)
 
-    def _group(self, transport: Transport, link: Link, group: list[Package],
-               handled: list[Package]) -> None:  # fmt: skip
-        """Deliver `group`, recording the attempts before and the deliveries after, one commit each.
+    def _group(self, transport: Transport, link: Link, group: list[Package]) -> Transient | None:
+        """Deliver `group`, recording the attempts before and the outcomes after, one commit
+        each; the first transient failure, if any.
 
         A crash before the second commit leaves delivered packages `sealed`: the next turn
-        finds each already there with the same SHA-256 and records it then. Each package
-        done with is appended to `handled`; a transient failure leaves the rest.
+        finds each already there with the same SHA-256 and records it then.
         """
         with self.ledger.transaction():
             for package in group:
                 self.ledger.note(package.package_id, "deliver.attempt", {"endpoint": link.where})
-        placed: list[tuple[Package, Placed]] = []
-        try:
-            for package in group:
-                try:
-                    placed.append((package, link.deliver(
-                        self.home.sealed_file(package.package_id),
-                        wire_name(package.package_id),
-                        str(package.ciphertext_sha256),
-                    )))  # fmt: skip
-                except Transient:
-                    raise
-                except GatewayError as err:  # a conflict on the partner's side: this one is held
-                    self.setback.one(package, err)
-                handled.append(package)
-        finally:
-            with self.ledger.transaction():
-                for package, put in placed:
-                    self._record(transport.placed, package, put, link.where)
+        outcomes = link.deliver([Outgoing(self.home.sealed_file(p.package_id),
+                                          wire_name(p.package_id), str(p.ciphertext_sha256))
+                                 for p in group])  # fmt: skip
+        trouble = None
+        with self.ledger.transaction():
+            for package, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, Placed):
+                    self._record(transport.placed, package, outcome, link.where)
+                    continue
+                self.setback.one(package, outcome)
+                if trouble is None and isinstance(outcome, Transient):
+                    trouble = outcome
+        return trouble
 
     @contextlib.contextmanager
     def beside(self, transport: Transport, package: Package) -> Iterator[Beside | None]:

@@ -13,12 +13,14 @@ never asks which transport it holds. Two implement the contract:
 A turn with a partner opens one link (`with transport.link() as link:`) and does all of
 its work over it. A link must honour:
 
-`deliver(local, name, sha256) -> Placed`
-    Make the sealed file `local` available to the partner as `name`. Idempotent under
-    `name`: cut off at any instant and asked again, it never leaves half a file or a
-    second copy under that name. If `name` is already there with the same bytes
-    (SHA-256 `sha256`) the answer says `already_there`; with other bytes it raises
-    `RemoteConflict` and overwrites nothing.
+`deliver(files) -> [Placed | GatewayError]`
+    Make each sealed file (`Outgoing`: `local`, `name`, `sha256`) available to the
+    partner as its `name`; each one's outcome, in order. Idempotent under `name`: cut
+    off at any instant and asked again, it never leaves half a file or a second copy
+    under that name. If `name` is already there with the same bytes (SHA-256 `sha256`)
+    the outcome says `already_there`; with other bytes it is `RemoteConflict`, and
+    nothing is overwritten. An error that keeps one file back is that file's outcome;
+    once the link breaks, its error is the outcome of every file not yet in place.
 
 `open_part(name) -> Part | None`, then `place(name, size, sha256) -> Placed`
     The same in two halves, for a package uploaded while it is sealed: the pipeline
@@ -42,9 +44,8 @@ its work over it. A link must honour:
     file's outcome is committed in the ledger: a crash before then fetches the file
     again, and the ledger's memory of package ids makes that harmless.
 
-`answer(local, name, sha256) -> Placed`
-    Make one of the gateway's receipts available to the partner; idempotent as
-    `deliver`.
+`answer(files) -> [Placed | GatewayError]`
+    Make the gateway's receipts available to the partner, as `deliver` does.
 
 `transport.placed` is the state a package is in once delivered this way: `delivered`
 when it lies on the partner's own server, `published` when it waits in the gateway's
@@ -66,8 +67,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from gateway.core.errors import GatewayError
 from gateway.core.lifecycle import State
-from gateway.core.model import Arrival, Placed
+from gateway.core.model import Arrival, Outgoing, Placed
 from gateway.core.settings import Settings
 
 
@@ -99,7 +101,7 @@ class Link(Protocol):
 
     where: str  # the partner's side, for the audit trail
 
-    def deliver(self, local: Path, name: str, sha256: str) -> Placed: ...
+    def deliver(self, files: list[Outgoing]) -> list[Placed | GatewayError]: ...
 
     def open_part(self, name: str) -> Part | None: ...
 
@@ -111,7 +113,7 @@ class Link(Protocol):
 
     def remove(self, arrival: Arrival) -> None: ...
 
-    def answer(self, local: Path, name: str, sha256: str) -> Placed: ...
+    def answer(self, files: list[Outgoing]) -> list[Placed | GatewayError]: ...
 
 
 class Transport(Protocol):

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.adapters.files import publish, sha256_file
-from gateway.core.errors import RemoteConflict, TransferFailed
+from gateway.core.errors import GatewayError, RemoteConflict, TransferFailed
 from gateway.core.lifecycle import State
-from gateway.core.model import Arrival, Placed
+from gateway.core.model import Arrival, Outgoing, Placed
 from gateway.core.names import WIRE_NAME, is_temporary
 from gateway.core.settings import Settings
 
@@ -82,8 +82,19 @@ class PullLink:
         self.upload = mailbox / "upload"
         self.incoming = incoming
 
-    def deliver(self, local: Path, name: str, sha256: str) -> Placed:
-        """Copy into the download folder under a hidden name, then rename into place."""
+    def deliver(self, files: list[Outgoing]) -> list[Placed | GatewayError]:
+        """Copy each into the download folder under a hidden name, then rename it into place."""
+        outcomes: list[Placed | GatewayError] = []
+        for f in files:
+            try:
+                outcomes.append(self._copy(f.local, f.name, f.sha256))
+            except GatewayError as err:
+                outcomes.append(err)
+        return outcomes
+
+    answer = deliver
+
+    def _copy(self, local: Path, name: str, sha256: str) -> Placed:
         final = self.download / name
         if final.exists():
             if sha256_file(final) != sha256:
@@ -94,8 +105,6 @@ class PullLink:
         shutil.copyfile(local, tmp)
         publish(tmp, final)
         return Placed(f"/download/{name}", already_there=False)
-
-    answer = deliver
 
     def open_part(self, name: str) -> None:
         """A copy within the host gains nothing from the overlap: seal first."""

@@ -15,8 +15,9 @@ from typing import Final
 
 from gateway.adapters.sessions import SessionPool
 from gateway.adapters.sftp import Endpoint, RemotePart, SftpPartner
+from gateway.core.errors import GatewayError
 from gateway.core.lifecycle import State
-from gateway.core.model import Arrival, Partner, Placed
+from gateway.core.model import Arrival, Outgoing, Partner, Placed
 from gateway.core.names import WIRE_NAME
 from gateway.core.settings import Settings
 
@@ -67,9 +68,9 @@ class PushLink:
         e = sftp.endpoint
         self.where = f"sftp://{e.user}@{e.host}:{e.port}/{e.upload_dir}"
 
-    def deliver(self, local: Path, name: str, sha256: str) -> Placed:
-        """Upload under a hidden name, then rename into place."""
-        return self.sftp.put_atomic(local, name, sha256)
+    def deliver(self, files: list[Outgoing]) -> list[Placed | GatewayError]:
+        """Upload each under a hidden name, then rename it into place."""
+        return self.sftp.put_all(files)
 
     answer = deliver
 

@@ -20,6 +20,7 @@ import paramiko
 import pytest
 
 from gateway.adapters.home import Home
+from gateway.adapters.sftp import SMALL
 from gateway.core.lifecycle import State
 from gateway.pipeline import intake
 from tests.helpers import (
@@ -225,9 +226,11 @@ def test_a_server_that_will_not_let_a_stale_part_be_written_again_gets_a_fresh_o
     exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Some servers take new files only: the part a cut upload left can be neither
-    written again nor removed there. The upload goes to a fresh hidden name instead."""
+    written again nor removed there. The upload goes to a fresh hidden name instead.
+    (A package above `SMALL`: smaller ones go up together, and one whose part is
+    refused there is handed to this same one-at-a-time upload.)"""
     home, pgp, server = exchange
-    (short_tmp / "notice.xml").write_bytes(b"<notice/>")
+    (short_tmp / "notice.xml").write_bytes(b"<notice/>" + os.urandom(SMALL))
     pid = send(home, short_tmp / "notice.xml")
     stale = server.upload / f".{pid}.pgp.part"
     stale.write_bytes(b"left by an upload cut short")
@@ -253,4 +256,4 @@ def test_a_server_that_will_not_let_a_stale_part_be_written_again_gets_a_fresh_o
     assert package(home, pid).state is State.DELIVERED
     assert sorted(remote_files(server)) == sorted([stale.name, f"{pid}.pgp"])
     data, _ = pgp.decrypt(server.upload / f"{pid}.pgp")
-    assert b"<notice/>" in data
+    assert data.count(b"<notice/>") == 1

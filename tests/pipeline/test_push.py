@@ -21,7 +21,7 @@ from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.sftp import Endpoint, SftpPartner, load_key
 from gateway.core.lifecycle import State
-from gateway.core.model import Package
+from gateway.core.model import Outgoing, Package, Placed
 from gateway.pipeline import deliver as delivery
 from tests.helpers import (
     GATEWAY_ID,
@@ -473,3 +473,44 @@ def test_the_session_with_openssh_is_aes256_gcm(
         assert all(mac.endswith("-etm@openssh.com") for mac in offered.digests[:2])
         negotiated = (transport.local_cipher, transport.remote_cipher)
     assert negotiated == ("aes256-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+class Reversed:
+    """Hands the client the answers to all its requests in flight in the reverse of the
+    order the server sent them (SFTP lets a server answer in any order; OpenSSH keeps it)."""
+
+    def __init__(self, sftp: Any) -> None:
+        self.sftp, self.read = sftp, sftp._read_packet
+        self.held: list[tuple[int, bytes]] = []
+        self.reordered = 0
+
+    def __call__(self) -> tuple[int, bytes]:
+        if not self.held:
+            self.held = [self.read() for _ in range(len(self.sftp._expecting))]
+            self.reordered += len(self.held) > 1
+        return self.held.pop()
+
+
+def test_uploads_in_flight_together_take_answers_in_any_order(
+    exchange: tuple[Home, PartnerPgp, SshServer], tmp_path: Path
+) -> None:
+    """Small files go up with each step's requests in flight at once; answers that come
+    back in another order still reach the request they answer: each file whole, in place."""
+    home, _, server = exchange
+    datas = [os.urandom(n) for n in (0, 10, 4000, 5000, 60_000)]
+    files = []
+    for i, data in enumerate(datas):
+        (tmp_path / f"f{i}").write_bytes(data)
+        files.append(Outgoing(tmp_path / f"f{i}", f"f{i}.pgp", hashlib.sha256(data).hexdigest()))
+    (server.upload / "f3.pgp").write_bytes(datas[3])  # one is there already
+    endpoint = Endpoint(server.host, server.port, server.user, "upload", "download")
+    with SftpPartner(endpoint, load_key(home.ssh_identity, None), home.known_hosts, 15, 60) as sftp:
+        sftp.write_bytes()
+        answers = Reversed(sftp.sftp)
+        sftp.sftp._read_packet = answers  # type: ignore[method-assign]
+        outcomes = sftp.put_all(files)
+    assert answers.reordered >= 4, "each step's answers came back reversed"
+    assert outcomes == [Placed(f"upload/f{i}.pgp", already_there=i == 3) for i in range(5)]
+    assert remote_files(server) == [f"f{i}.pgp" for i in range(5)]
+    assert [(server.upload / f"f{i}.pgp").read_bytes() for i in range(5)] == datas
+

@@ -28,8 +28,9 @@ import pytest
 
 from gateway.adapters.home import Home
 from gateway.admin import keys
-from gateway.core.errors import RemoteConflict, TransferFailed
+from gateway.core.errors import GatewayError, RemoteConflict, TransferFailed
 from gateway.core.lifecycle import State
+from gateway.core.model import Outgoing, Placed
 from gateway.core.names import is_temporary, new_package_id
 from gateway.transports.base import Link, Transport
 from tests.helpers import GATEWAY_ID, PARTNER_ID, TEST_REGIMES, cli, gateway
@@ -184,13 +185,22 @@ def remove_needs_read(request: pytest.FixtureRequest) -> None:
 # -- deliver ------------------------------------------------------------------------------
 
 
+def one(send: Callable[[list[Outgoing]], list[Placed | GatewayError]], local: Path, name: str,
+        digest: str) -> Placed:  # fmt: skip
+    """One file through `link.deliver` or `link.answer`: where it was placed; its error raised."""
+    [outcome] = send([Outgoing(local, name, digest)])
+    if isinstance(outcome, GatewayError):
+        raise outcome
+    return outcome
+
+
 def test_deliver_places_the_exact_bytes_under_its_name(backend: Backend) -> None:
     transport, remote = backend
     data = os.urandom(300_000)
     local, digest = remote.file(data)
     name = own_package()
     with transport.link() as link:
-        placed = link.deliver(local, name, digest)
+        placed = one(link.deliver, local, name, digest)
     assert placed.already_there is False
     assert placed.path.endswith(f"/{name}")
     assert remote.names() == [name], "the file alone, nothing hidden left beside it"
@@ -203,10 +213,10 @@ def test_delivering_the_same_bytes_again_is_already_there(backend: Backend) -> N
     local, digest = remote.file(data)
     name = own_package()
     with transport.link() as link:
-        assert link.deliver(local, name, digest).already_there is False
-        assert link.deliver(local, name, digest).already_there is True
+        assert one(link.deliver, local, name, digest).already_there is False
+        assert one(link.deliver, local, name, digest).already_there is True
     with transport.link() as link:  # a new turn, after a crash that forgot the first answer
-        assert link.deliver(local, name, digest).already_there is True
+        assert one(link.deliver, local, name, digest).already_there is True
     assert remote.names() == [name]
     assert (remote.delivered / name).read_bytes() == data
 
@@ -216,12 +226,61 @@ def test_other_bytes_under_a_taken_name_conflict_and_overwrite_nothing(backend: 
     first, second = os.urandom(50_000), os.urandom(50_000)
     name = own_package()
     with transport.link() as link:
-        link.deliver(remote.file(first, "first")[0], name, hashlib.sha256(first).hexdigest())
+        one(link.deliver, remote.file(first, "first")[0], name, hashlib.sha256(first).hexdigest())
         other, digest = remote.file(second, "second")
         with pytest.raises(RemoteConflict):
-            link.deliver(other, name, digest)
+            one(link.deliver, other, name, digest)
     assert remote.names() == [name]
     assert (remote.delivered / name).read_bytes() == first
+
+
+def test_many_files_at_once_each_have_their_own_outcome(backend: Backend) -> None:
+    """A turn's worth of files of many sizes, one already there and one name taken by other
+    bytes: each outcome in order, every file placed whole, the taken one untouched."""
+    transport, remote = backend
+    sizes = [0, 1, 4096, 64 * 1024, 64 * 1024 + 1, 300_000, *[3000] * 30]
+    datas = [os.urandom(n) for n in sizes]
+    files = [Outgoing(remote.file(data, f"f{i}")[0], own_package(), hashlib.sha256(data).hexdigest())
+             for i, data in enumerate(datas)]  # fmt: skip
+    same, taken, theirs = 2, 20, os.urandom(3000)
+    with transport.link() as link:
+        one(link.deliver, files[same].local, files[same].name, files[same].sha256)
+        taker, digest = remote.file(theirs, "theirs")
+        one(link.deliver, taker, files[taken].name, digest)
+        outcomes = link.deliver(files)
+    assert isinstance(outcomes[taken], RemoteConflict)
+    assert [o.already_there if isinstance(o, Placed) else None for o in outcomes] == [
+        None if i == taken else i == same for i in range(len(files))
+    ]
+    assert remote.names() == sorted(f.name for f in files), "nothing hidden left beside them"
+    for i, (f, data) in enumerate(zip(files, datas, strict=True)):
+        assert (remote.delivered / f.name).read_bytes() == (theirs if i == taken else data)
+
+
+def test_a_file_the_server_refuses_holds_back_no_other(backend: Backend) -> None:
+    """A part the server cannot write (a folder stands at its name) is that one file's
+    transient outcome; the files before and after it are placed whole."""
+    transport, remote = backend
+    datas = [os.urandom(4000) for _ in range(5)]
+    files = [Outgoing(remote.file(data, f"f{i}")[0], own_package(), hashlib.sha256(data).hexdigest())
+             for i, data in enumerate(datas)]  # fmt: skip
+    refused = files[2]
+    hidden = f".{refused.name}.part" if remote.streams else f".{refused.name}.tmp"
+    (remote.delivered / hidden).mkdir()
+    with transport.link() as link:
+        if not remote.streams:  # the gateway's own folder: its trouble is the host's, raised
+            with pytest.raises(IsADirectoryError):
+                link.deliver(files)
+            return
+        outcomes = link.deliver(files)
+    assert isinstance(outcomes[2], TransferFailed)
+    assert all(
+        isinstance(o, Placed) and not o.already_there for i, o in enumerate(outcomes) if i != 2
+    )
+    assert remote.names() == sorted([hidden, *(f.name for f in files if f is not refused)])
+    for f, data in zip(files, datas, strict=True):
+        if f is not refused:
+            assert (remote.delivered / f.name).read_bytes() == data
 
 
 class Watch(threading.Thread):
@@ -259,7 +318,7 @@ def test_nothing_partial_ever_shows_under_the_final_name(backend: Backend) -> No
     watch.start()
     try:
         with transport.link() as link:
-            link.deliver(local, name, digest)
+            one(link.deliver, local, name, digest)
         deadline = time.monotonic() + 10
         while not watch.whole and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -280,12 +339,14 @@ def test_answer_behaves_as_deliver(backend: Backend) -> None:
     local, digest = remote.file(receipt, "receipt")
     name = receipt_for_partner(remote)
     with transport.link() as link:
-        placed = link.answer(local, name, digest)
+        placed = one(link.answer, local, name, digest)
         assert placed.already_there is False
         assert placed.path.endswith(f"/{name}")
-        assert link.answer(local, name, digest).already_there is True
+        assert one(link.answer, local, name, digest).already_there is True
         with pytest.raises(RemoteConflict):
-            link.answer(remote.file(other, "other")[0], name, hashlib.sha256(other).hexdigest())
+            one(
+                link.answer, remote.file(other, "other")[0], name, hashlib.sha256(other).hexdigest()
+            )
     assert remote.names() == [name]
     assert (remote.delivered / name).read_bytes() == receipt
 
@@ -341,7 +402,7 @@ def test_placing_over_a_taken_name_answers_as_deliver(backend: Backend) -> None:
     first, second = os.urandom(40_000), os.urandom(40_000)
     name = own_package()
     with transport.link() as link:
-        link.deliver(remote.file(first)[0], name, hashlib.sha256(first).hexdigest())
+        one(link.deliver, remote.file(first)[0], name, hashlib.sha256(first).hexdigest())
         if not write_part(link, name, first):
             assert not remote.streams
             return
@@ -383,7 +444,7 @@ def test_a_delivery_cut_off_and_asked_again_goes_up_whole(backend: Backend) -> N
         if part is not None:
             with part:
                 part.write(data[: part.block // 2])
-        assert link.deliver(local, name, digest).already_there is False
+        assert one(link.deliver, local, name, digest).already_there is False
     assert remote.names() == [name]
     assert (remote.delivered / name).read_bytes() == data
 
