@@ -17,6 +17,7 @@ import math
 import random
 import threading
 from collections.abc import Callable, Collection, Iterable
+from datetime import datetime
 from typing import Final
 
 from gateway.adapters.ledger import Ledger
@@ -31,6 +32,11 @@ from gateway.transports.base import Transport
 log = logging.getLogger("gateway")
 #: Sealed packages handed to one partner's turn; the next turn takes the rest.
 ROUND_PACKAGES: Final = 256
+#: While seals are in flight, a partner's turn waits until this many of its packages are
+#: sealed, or the oldest has waited GATHER_SECONDS: a burst then goes up TOGETHER at a time
+#: (gateway/adapters/sftp.py) instead of in turns of one or two. A lone package never waits.
+GATHER: Final = 16
+GATHER_SECONDS: Final = 0.25
 #: How long `run --once` lets files still being written settle, in settle periods.
 ONCE_SETTLE_PERIODS: Final = 10
 
@@ -59,6 +65,7 @@ class Scheduler:
         `room` seals. A job's key (`partner:<ID>` or a package id) says what it works on."""
         jobs: list[Job] = []
         now, tick = self.clock.now(), self.clock.monotonic()
+        sealing = any(not key.startswith("partner:") for key in busy)
         for partner in self.ledger.partners():
             key = f"partner:{partner.id}"
             with self._lock:
@@ -69,7 +76,7 @@ class Scheduler:
             packages = [p for p in self.ledger.due(DUE_TO_DELIVER, now, partner.id,
                                                    limit=ROUND_PACKAGES + len(self.handed))
                         if ("deliver", p.package_id) not in self.handed][:ROUND_PACKAGES]  # fmt: skip
-            if not (packages or poll):
+            if not (packages or poll) or (not poll and sealing and _gathering(packages, now)):
                 continue
             if poll:
                 every = self.transport(partner).poll_seconds(self.settings)
@@ -124,3 +131,9 @@ class Scheduler:
         while jobs := self.due(busy=(), room=ROUND_PACKAGES):
             for _, job in jobs:
                 job()
+
+
+def _gathering(packages: list[Package], now: float) -> bool:
+    """Whether a turn for these sealed packages should wait for more (see GATHER)."""
+    oldest = min(datetime.fromisoformat(p.updated_at).timestamp() for p in packages)
+    return len(packages) < GATHER and now - oldest < GATHER_SECONDS

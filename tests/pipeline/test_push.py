@@ -20,9 +20,10 @@ import pytest
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.sftp import Endpoint, SftpPartner, load_key
-from gateway.core.lifecycle import State
+from gateway.core.lifecycle import DUE_TO_SEAL, State
 from gateway.core.model import Outgoing, Package, Placed
 from gateway.pipeline import deliver as delivery
+from gateway.pipeline.schedule import GATHER, GATHER_SECONDS
 from tests.helpers import (
     GATEWAY_ID,
     PARTNER_ID,
@@ -514,3 +515,38 @@ def test_uploads_in_flight_together_take_answers_in_any_order(
     assert remote_files(server) == [f"f{i}.pgp" for i in range(5)]
     assert [(server.upload / f"f{i}.pgp").read_bytes() for i in range(5)] == datas
 
+
+def test_while_seals_are_in_flight_a_partners_turn_gathers_its_packages(
+    exchange: tuple[Home, PartnerPgp, SshServer], short_tmp: Path, clock: ManualClock
+) -> None:
+    """While seals are still running, a partner's turn waits until GATHER of its packages
+    are sealed or the oldest has waited GATHER_SECONDS, so a burst goes up together; with
+    no seal running, one sealed package has its turn at once."""
+    home, _, server = exchange
+    for n in range(GATHER + 1):
+        (short_tmp / f"n{n}.xml").write_bytes(b"<n>%d</n>" % n)
+        send(home, short_tmp / f"n{n}.xml", clock=clock)
+    turn, in_flight = f"partner:{PARTNER_ID}", {"a seal in flight"}
+    with gateway(home, "daemon", clock) as gw:
+        scheduler = gw.scheduler(once=False)
+
+        def turns(busy: set[str]) -> list[str]:
+            return [key for key, _ in scheduler.due(busy, room=0)]
+
+        assert turns(set()) == [turn], "its first poll"
+        received = gw.ledger.due(DUE_TO_SEAL, clock.now())
+        for package in received[: GATHER - 1]:
+            gw.steps.seal(package)
+        assert turns(in_flight) == [], "fewer than GATHER sealed, the oldest just now"
+        assert turns(set()) == [turn], "no seal running: no reason to wait"
+        gw.steps.seal(received[GATHER - 1])
+        assert turns(in_flight) == [turn], "GATHER sealed"
+        for _, job in scheduler.due(in_flight, room=0):
+            job()
+        assert len(remote_files(server)) == GATHER
+
+        gw.steps.seal(received[GATHER])
+        clock.advance(GATHER_SECONDS - 0.01)
+        assert turns(in_flight) == []
+        clock.advance(0.01)
+        assert turns(in_flight) == [turn], "the oldest has waited GATHER_SECONDS"
