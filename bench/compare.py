@@ -1,5 +1,5 @@
-"""`python -m bench.compare COMMIT [--small N] [--rounds R]`: CPU per small package, this
-tree against COMMIT, alternating in one run.
+"""`python -m bench.compare COMMIT [--small N] [--rounds R] [--dir DIR]`: CPU per small
+package, this tree against COMMIT, alternating in one run.
 
 On a shared machine wall time says little, and two separate runs of `bench.run` are
 taken under different loads; CPU-seconds per process, with the two versions run in
@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("commit", help="the version to compare against, e.g. main")
     parser.add_argument("--small", type=int, default=300, help="packages per run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each runs both versions)")
+    parser.add_argument("--dir", type=Path, default=bench.rig.BASE,
+                        help=f"the folder the rig is made in (default {bench.rig.BASE})")  # fmt: skip
     args = parser.parse_args()
     old = Path(tempfile.mkdtemp(prefix="gbold"))
     archive = subprocess.run(["git", "-C", str(REPO), "archive", args.commit, "gateway"],
@@ -124,7 +126,7 @@ def main() -> None:
     trees = {"old": old, "new": REPO}
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # clean up the rig
     become_subreaper()  # the agents `run --once` stops are counted as ours (bench.measure)
-    rig = Rig(say)
+    rig = Rig(say, base=args.dir)
     out: dict[str, list[Figures]] = {"old": [], "new": []}
     into: dict[str, list[Figures]] = {"old": [], "new": []}
     try:
