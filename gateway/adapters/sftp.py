@@ -22,17 +22,22 @@ import paramiko
 from paramiko.sftp import (
     CMD_ATTRS,
     CMD_CLOSE,
+    CMD_DATA,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
     CMD_HANDLE,
     CMD_OPEN,
     CMD_OPENDIR,
+    CMD_READ,
     CMD_READDIR,
+    CMD_REMOVE,
     CMD_RENAME,
     CMD_STAT,
     CMD_STATUS,
     CMD_WRITE,
+    SFTP_EOF,
     SFTP_FLAG_CREATE,
+    SFTP_FLAG_READ,
     SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
     SFTP_NO_SUCH_FILE,
@@ -53,7 +58,7 @@ from gateway.core.errors import (
     TransferFailed,
     Transient,
 )
-from gateway.core.model import Arrival, Outgoing, Placed
+from gateway.core.model import Arrival, Outgoing, Placed, Wanted
 
 CHUNK: Final = 1024 * 1024
 #: paramiko's largest read request; a file this small takes one round trip unaided.
@@ -70,7 +75,8 @@ READ_AHEAD_FROM: Final = 32 * 1024
 # say what it takes gets 32 KiB.
 FALLBACK_WRITE_BYTES: Final = 32 * 1024
 MAX_WRITE_BYTES: Final = 261120
-#: Files up to this size are uploaded together, at most TOGETHER at a time (`put_all`).
+#: Files up to this size go up or come down together, TOGETHER at a time (`put_all`,
+#: `fetch_all`).
 SMALL: Final = 64 * 1024
 TOGETHER: Final = 16
 # Host key algorithms to offer for each pinned key type, so the server shows the key
@@ -538,14 +544,80 @@ class SftpPartner:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def remove_download(self, name: str) -> None:
-        """Remove a file from the partner's download folder once its outcome is recorded."""
-        remote = f"{self.endpoint.download_dir.rstrip('/') or '.'}/{name}"
-        with (
-            _translated(f"removal of {name} on {self._name}"),
-            contextlib.suppress(FileNotFoundError),
-        ):
-            self.sftp.remove(remote)
+    def fetch_all(self, files: list[Wanted]) -> list[TransferFailed | None]:
+        """Download each as `fetch` does; each one's outcome, in order (None: fetched). A
+        failure is the outcome of that file and of every one after it that is not yet in.
+
+        Files listed at up to SMALL bytes come TOGETHER at a time, each step's requests in
+        flight at once: open, one read of more than SMALL bytes (a shorter answer is the
+        whole file: SFTP promises that a plain file's read stops short only at its end),
+        close. A file that is larger than that, or whose step does not go plainly, is left
+        to `fetch`.
+        """
+        outcomes: dict[int, TransferFailed | None] = {}
+        trouble: TransferFailed | None = None
+        small = [i for i, w in enumerate(files) if w.arrival.size <= SMALL]
+        for start in range(0, len(small), TOGETHER):
+            batch = small[start : start + TOGETHER]
+            try:
+                with _translated(f"fetch from {self._name}"):
+                    got = self._read_together([files[i].arrival.name for i in batch])
+                for i, data in zip(batch, got, strict=True):
+                    if data is not None and len(data) <= files[i].max_bytes:
+                        with _translated(f"fetch of {files[i].arrival.name} from {self._name}"):
+                            _keep(data, files[i].local)
+                        outcomes[i] = None
+            except TransferFailed as err:
+                trouble = err
+                break
+        for i, w in enumerate(files):
+            if i in outcomes:
+                continue
+            if trouble is None:
+                try:
+                    self.fetch(w.arrival.name, w.local, w.max_bytes, w.arrival.size)
+                    outcomes[i] = None
+                    continue
+                except TransferFailed as err:
+                    trouble = err
+            outcomes[i] = trouble
+        return [outcomes[i] for i in range(len(files))]
+
+    def _read_together(self, names: list[str]) -> list[bytes | None]:
+        """The plain way of `fetch_all` for small files: each one's bytes, or None for a
+        file it left to `fetch`."""
+        folder = self.endpoint.download_dir.rstrip("/") or "."
+        opened = self._ask([(CMD_OPEN, f"{folder}/{name}", SFTP_FLAG_READ, paramiko.SFTPAttributes())
+                            for name in names])  # fmt: skip
+        handle = {i: msg.get_binary() for i, (kind, msg) in enumerate(opened) if kind == CMD_HANDLE}
+        read = self._ask([(CMD_READ, h, int64(0), SMALL + 1) for h in handle.values()])
+        self._ask([(CMD_CLOSE, h) for h in handle.values()])  # after the reads: nothing to lose
+        got: list[bytes | None] = [None] * len(names)
+        for i, (kind, msg) in zip(handle, read, strict=True):
+            if kind == CMD_DATA:
+                data = msg.get_string()
+                got[i] = data if len(data) <= SMALL else None
+            elif kind == CMD_STATUS and msg.get_int() == SFTP_EOF:
+                got[i] = b""
+        return got
+
+    def remove_downloads(self, names: list[str]) -> list[TransferFailed | None]:
+        """Remove files from the partner's download folder once their outcome is recorded,
+        all requests in flight at once; each one's outcome (None: gone, or already gone)."""
+        folder = self.endpoint.download_dir.rstrip("/") or "."
+        with _translated(f"removal of {len(names)} files on {self._name}"):
+            answers = self._ask([(CMD_REMOVE, f"{folder}/{name}") for name in names])
+        outcomes: list[TransferFailed | None] = []
+        for name, (kind, msg) in zip(names, answers, strict=True):
+            code = msg.get_int() if kind == CMD_STATUS else None
+            if code in (SFTP_OK, SFTP_NO_SUCH_FILE):
+                outcomes.append(None)
+                continue
+            why = msg.get_text().splitlines()[0][:120] if code is not None else f"answer {kind}"
+            outcomes.append(
+                TransferFailed(f"removal of {name} on {self._name} failed ({why}); will retry")
+            )
+        return outcomes
 
     def _exists(self, path: str) -> bool:
         try:
@@ -580,6 +652,16 @@ class _Answers:
 
     def _async_response(self, kind: int, msg: paramiko.Message, number: int) -> None:
         self.got[number] = (kind, msg)
+
+
+def _keep(data: bytes, local: Path) -> None:
+    """Write `data` as `local`, whole or not at all."""
+    tmp = local.with_name(f".{local.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        publish(tmp, local)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _ok(kind: int, msg: paramiko.Message) -> bool:

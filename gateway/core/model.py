@@ -208,3 +208,12 @@ class Arrival:
 
     name: str
     size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    """An arrival to bring into the spool as `local`, unless it grows past `max_bytes`."""
+
+    arrival: Arrival
+    local: Path
+    max_bytes: int

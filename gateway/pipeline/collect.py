@@ -25,8 +25,8 @@ from gateway.adapters.files import sha256_file
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.core.backoff import backoff
-from gateway.core.errors import GatewayError, TransferFailed
-from gateway.core.model import Arrival, Outgoing, Partner, Placed, utc
+from gateway.core.errors import GatewayError
+from gateway.core.model import Arrival, Outgoing, Partner, Placed, Wanted, utc
 from gateway.core.names import WIRE_NAME, is_temporary, new_package_id, receipt_name
 from gateway.core.receipts import MAX_BYTES as MAX_RECEIPT_BYTES
 from gateway.core.settings import Settings
@@ -77,29 +77,25 @@ class Collector:
     def collect(self, partner: Partner, link: Link) -> None:
         """Fetch, handle and remove each file the partner left, up to the link's bound.
 
-        This thread fetches and removes; HANDLERS threads handle (two gpg runs each for a
-        package). A file is removed only once its handling has ended well, which commits
-        its outcome. A file whose handling failed stays on the partner's side and waits
-        (with backoff) while the others go on; a failure of the link itself ends the
-        collection, after the handlings in hand have finished.
+        This thread fetches (HANDLERS files at a time) and removes; HANDLERS threads handle
+        (two gpg runs each for a package). A file is removed only once its handling has
+        ended well, which commits its outcome. A file whose handling failed stays on the
+        partner's side and waits (with backoff) while the others go on; a failure to fetch
+        ends the collection, after the handlings in hand have finished.
         """
         folder = self.home.incoming / partner.id
         folder.mkdir(mode=0o700, exist_ok=True)
         with ThreadPoolExecutor(HANDLERS, thread_name_prefix=f"handle-{partner.id}") as pool:
             in_hand: dict[Future[None], Arrival] = {}
             try:
-                arrivals = link.collect()
+                wanted = self._wanted(partner, link, link.collect(), folder)
                 self._quarantine_strays(partner, folder)
-                for arrival in arrivals:
-                    if not self._due(partner, arrival):
-                        continue
-                    limit = self.max_bytes(arrival.name)
-                    if arrival.size > limit:
-                        self._refuse(partner, link, arrival, limit)
-                        continue
-                    local = folder / arrival.name
-                    link.fetch(arrival, local, limit)
-                    in_hand[pool.submit(self.handle, partner, local)] = arrival
+                for start in range(0, len(wanted), HANDLERS):
+                    batch = wanted[start : start + HANDLERS]
+                    for w, failure in zip(batch, link.fetch(batch), strict=True):
+                        if failure is not None:
+                            raise failure
+                        in_hand[pool.submit(self.handle, partner, w.local)] = w.arrival
                     if len(in_hand) >= 2 * HANDLERS:
                         self._remove_handled(partner, link, in_hand, FIRST_COMPLETED)
             except BaseException:
@@ -107,6 +103,21 @@ class Collector:
                     self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
                 raise
             self._remove_handled(partner, link, in_hand, ALL_COMPLETED)
+
+    def _wanted(
+        self, partner: Partner, link: Link, arrivals: list[Arrival], folder: Path
+    ) -> list[Wanted]:
+        """The arrivals due to be fetched now; one too large is refused instead."""
+        wanted = []
+        for arrival in arrivals:
+            if not self._due(partner, arrival):
+                continue
+            limit = self.max_bytes(arrival.name)
+            if arrival.size > limit:
+                self._refuse(partner, link, arrival, limit)
+                continue
+            wanted.append(Wanted(arrival, folder / arrival.name, limit))
+        return wanted
 
     def _quarantine_strays(self, partner: Partner, folder: Path) -> None:
         """Quarantine each finished file in `folder` whose name is not of the contract: a
@@ -133,11 +144,10 @@ class Collector:
         and looked at again only after a while."""
         self.ledger.record("fetch.refused", partner=partner.id,
                            detail={"name": arrival.name, "size": arrival.size, "reason": f"larger than {limit} bytes"})  # fmt: skip
-        try:
-            link.remove(arrival)
-        except TransferFailed as err:
+        [failure] = link.remove([arrival])
+        if failure is not None:
             log.warning("%s from %s: too large, and cannot be removed there: %s", arrival.name,
-                        partner.id, err)  # fmt: skip
+                        partner.id, failure)  # fmt: skip
             self._failed(partner, arrival)
 
     def _failed(self, partner: Partner, arrival: Arrival) -> float:
@@ -160,18 +170,21 @@ class Collector:
         """Wait for handlings in `in_hand` (the first or all); remove each file handled well;
         log each failure and let its file wait."""
         done, _ = wait(in_hand, return_when=until)
+        handled = []
         for job in done:
             arrival = in_hand.pop(job)
-            key = (partner.id, arrival.name)
             if (failure := job.exception()) is None:
                 with self._lock:
-                    self._failing.pop(key, None)
-                link.remove(arrival)
+                    self._failing.pop((partner.id, arrival.name), None)
+                handled.append(arrival)
                 continue
             delay = self._failed(partner, arrival)
             log.error("%s from %s: not handled, tried again in %.0f s: %s", arrival.name,
                       partner.id, delay, failure,
                       exc_info=None if isinstance(failure, GatewayError) else failure)  # fmt: skip
+        for removal in link.remove(handled) if handled else []:
+            if removal is not None:
+                raise removal
 
     def answer(self, partner: Partner, link: Link) -> None:
         """Send every receipt the gateway owes this partner, recording them sent in one commit.

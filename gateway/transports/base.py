@@ -35,14 +35,15 @@ its work over it. A link must honour:
     finished files with other names are moved into `spool/incoming/<PARTNER>/` too, where
     the pipeline quarantines them.
 
-`fetch(arrival, local, max_bytes)`
-    Bring one into the gateway's own spool as `local`, whole or not at all; a file that
-    grows past `max_bytes` is not brought.
+`fetch(wanted) -> [None | GatewayError]`
+    Bring each (`Wanted`: `arrival`, `local`, `max_bytes`) into the gateway's own spool
+    as `local`, whole or not at all; a file that grows past `max_bytes` is not brought.
+    Each one's outcome, in order: None once it is in, or the error that kept it out.
 
-`remove(arrival)`
-    Forget a collected file on the partner's side. The pipeline calls it only once the
-    file's outcome is committed in the ledger: a crash before then fetches the file
-    again, and the ledger's memory of package ids makes that harmless.
+`remove(arrivals) -> [None | GatewayError]`
+    Forget collected files on the partner's side; each one's outcome. The pipeline calls
+    it only once a file's outcome is committed in the ledger: a crash before then
+    fetches the file again, and the ledger's memory of package ids makes that harmless.
 
 `answer(files) -> [Placed | GatewayError]`
     Make the gateway's receipts available to the partner, as `deliver` does.
@@ -63,13 +64,12 @@ operator.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from gateway.core.errors import GatewayError
 from gateway.core.lifecycle import State
-from gateway.core.model import Arrival, Outgoing, Placed
+from gateway.core.model import Arrival, Outgoing, Placed, Wanted
 from gateway.core.settings import Settings
 
 
@@ -109,9 +109,9 @@ class Link(Protocol):
 
     def collect(self) -> list[Arrival]: ...
 
-    def fetch(self, arrival: Arrival, local: Path, max_bytes: int) -> None: ...
+    def fetch(self, wanted: list[Wanted]) -> list[GatewayError | None]: ...
 
-    def remove(self, arrival: Arrival) -> None: ...
+    def remove(self, arrivals: list[Arrival]) -> list[GatewayError | None]: ...
 
     def answer(self, files: list[Outgoing]) -> list[Placed | GatewayError]: ...
 

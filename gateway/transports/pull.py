@@ -21,7 +21,7 @@ from pathlib import Path
 from gateway.adapters.files import publish, sha256_file
 from gateway.core.errors import GatewayError, RemoteConflict, TransferFailed
 from gateway.core.lifecycle import State
-from gateway.core.model import Arrival, Outgoing, Placed
+from gateway.core.model import Arrival, Outgoing, Placed, Wanted
 from gateway.core.names import WIRE_NAME, is_temporary
 from gateway.core.settings import Settings
 
@@ -129,11 +129,15 @@ class PullLink:
         return [Arrival(name, (self.incoming / name).stat().st_size)
                 for name in sorted(os.listdir(self.incoming)) if WIRE_NAME.fullmatch(name)]  # fmt: skip
 
-    def fetch(self, arrival: Arrival, local: Path, max_bytes: int) -> None:
-        """Already in the spool, where `collect` put it."""
-        if local != self.incoming / arrival.name:
-            os.replace(self.incoming / arrival.name, local)
+    def fetch(self, wanted: list[Wanted]) -> list[GatewayError | None]:
+        """Already in the spool, where `collect` put them."""
+        for w in wanted:
+            if w.local != self.incoming / w.arrival.name:
+                os.replace(self.incoming / w.arrival.name, w.local)
+        return [None] * len(wanted)
 
-    def remove(self, arrival: Arrival) -> None:
-        """Forget a file the gateway is done with (`collect` moved it out of the mailbox)."""
-        (self.incoming / arrival.name).unlink(missing_ok=True)
+    def remove(self, arrivals: list[Arrival]) -> list[GatewayError | None]:
+        """Forget files the gateway is done with (`collect` moved them out of the mailbox)."""
+        for arrival in arrivals:
+            (self.incoming / arrival.name).unlink(missing_ok=True)
+        return [None] * len(arrivals)

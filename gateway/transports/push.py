@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Final
 
 from gateway.adapters.sessions import SessionPool
 from gateway.adapters.sftp import Endpoint, RemotePart, SftpPartner
 from gateway.core.errors import GatewayError
 from gateway.core.lifecycle import State
-from gateway.core.model import Arrival, Outgoing, Partner, Placed
+from gateway.core.model import Arrival, Outgoing, Partner, Placed, Wanted
 from gateway.core.names import WIRE_NAME
 from gateway.core.settings import Settings
 
@@ -91,10 +90,10 @@ class PushLink:
                         self.partner_id, skipped)  # fmt: skip
         return wanted[:MAX_FILES_PER_POLL]
 
-    def fetch(self, arrival: Arrival, local: Path, max_bytes: int) -> None:
-        """Download whole or not at all."""
-        self.sftp.fetch(arrival.name, local, max_bytes, arrival.size)
+    def fetch(self, wanted: list[Wanted]) -> list[GatewayError | None]:
+        """Download each whole or not at all."""
+        return list(self.sftp.fetch_all(wanted))
 
-    def remove(self, arrival: Arrival) -> None:
+    def remove(self, arrivals: list[Arrival]) -> list[GatewayError | None]:
         """Remove from the partner's download folder."""
-        self.sftp.remove_download(arrival.name)
+        return list(self.sftp.remove_downloads([a.name for a in arrivals]))
