@@ -208,7 +208,8 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
         python-gnupg starts three threads per run (feed stdin, read stdout, read stderr)
         and parses each status line as it comes. On a 4 KiB package that cost more CPU
         than gpg itself (docs/performance.md). Here a source that is a file becomes gpg's
-        stdin as it is, any other is fed by one thread, the output goes where `--output`
+        stdin as it is, bytes in memory (`io.BytesIO`) are written by this thread, any
+        other source is fed by one thread of its own; the output goes where `--output`
         says, and stderr (status lines on fd 2) is read on this thread until gpg ends or
         its time is up. Call inside `deadline`, which turns a killed run into `Timeout`.
         Undecodable bytes become U+FFFD, as in `_read_response`. A `passphrase` reaches
@@ -216,6 +217,7 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
         data, and a command line or an environment is readable by others.
         """
         fd = _fileno(source)
+        data = source.getvalue() if isinstance(source, io.BytesIO) else None
         given: list[str] = []
         secret = None
         if passphrase is not None:
@@ -236,10 +238,12 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
             if secret is not None:
                 os.close(secret)
         self.watch(process, timer=False)  # communicate() keeps the deadline: no timer thread
-        feeder = None if process.stdin is None else _Feeder(source, process.stdin)
-        process.stdin = None  # the feeder's, if any: communicate() must not close it
+        feeder = None
+        if process.stdin is not None and data is None:
+            feeder = _Feeder(source, process.stdin)
+            process.stdin = None  # the feeder's: communicate() must not close it
         try:
-            _, status = process.communicate(timeout=self.timeout)
+            _, status = process.communicate(data, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             process.kill()  # `deadline` sees the kill and raises Timeout
             _, status = process.communicate()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from gateway.adapters.ledger import Ledger
 from gateway.core.model import utc
@@ -32,12 +32,17 @@ class Terms:
 
     def row(self) -> dict[str, Any]:
         """The row as stored."""
-        return {**dataclasses.asdict(self), "nationalities": json.dumps(list(self.nationalities))}
+        return {field.name: getattr(self, field.name) for field in _TERMS} | {
+            "nationalities": json.dumps(list(self.nationalities))
+        }
 
     @staticmethod
     def from_row(row: dict[str, Any]) -> Terms:
         """Build from an `obligations` row."""
         return Terms(**{**row, "nationalities": tuple(json.loads(row["nationalities"] or "[]"))})
+
+
+_TERMS: Final = dataclasses.fields(Terms)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -249,6 +249,7 @@ class Gateway:
         from gateway.pipeline.metrics import Publisher
 
         self.unlock()
+        self.duties.load_calendars()
         listen = self.settings.serve_listen
         drop_server = self.drop_server(listen) if listen else None
         publisher = Publisher(self.metrics(drop_server), self.settings, self.clock)

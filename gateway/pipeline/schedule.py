@@ -73,11 +73,12 @@ class Scheduler:
             if key in busy or resting:
                 continue
             poll = tick >= self.next_poll.get(partner.id, -math.inf)
-            packages = [p for p in self.ledger.due(DUE_TO_DELIVER, now, partner.id,
-                                                   limit=ROUND_PACKAGES + len(self.handed))
-                        if ("deliver", p.package_id) not in self.handed][:ROUND_PACKAGES]  # fmt: skip
-            if not (packages or poll) or (not poll and sealing and _gathering(packages, now)):
+            gather = sealing and not poll
+            packages = self._sealed(partner.id, now, GATHER if gather else ROUND_PACKAGES)
+            if not (packages or poll) or (gather and _gathering(packages, now)):
                 continue
+            if gather and len(packages) == GATHER:  # more may be sealed: the whole round
+                packages = self._sealed(partner.id, now, ROUND_PACKAGES)
             if poll:
                 every = self.transport(partner).poll_seconds(self.settings)
                 self.next_poll[partner.id] = math.inf if self.once else tick + every
@@ -94,6 +95,11 @@ class Scheduler:
                 self._hand("seal", [package.package_id])
                 jobs.append((package.package_id, functools.partial(self.steps.seal, package)))
         return jobs
+
+    def _sealed(self, partner_id: str, now: float, limit: int) -> list[Package]:
+        """Up to `limit` of the partner's packages due to be delivered, not yet handed out."""
+        due = self.ledger.due(DUE_TO_DELIVER, now, partner_id, limit=limit + len(self.handed))
+        return [p for p in due if ("deliver", p.package_id) not in self.handed][:limit]
 
     def _turn(self, partner: Partner, packages: list[Package], poll: bool) -> None:
         """A partner's turn, as a bulkhead: an error nobody foresaw in it is logged once and

@@ -14,13 +14,14 @@ each block handed on.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Protocol
+from typing import IO, Final, Protocol
 
 from gateway.adapters.files import fsync_dir, publish
 from gateway.adapters.gpg import Keyring
@@ -36,6 +37,9 @@ from gateway.pipeline.intake import PAYLOAD
 log = logging.getLogger("gateway")
 #: Bytes read from the sealed file at a time, unless a tee wants other blocks.
 BLOCK: Final = 1024 * 1024
+#: A payload up to this size is made into its tar in memory and written to gpg by the
+#: sealing thread; a larger one streams through a thread of its own (`Keyring.seal`).
+IN_MEMORY: Final = 1024 * 1024
 
 
 class Tee(Protocol):
@@ -170,7 +174,12 @@ class Sealer:
             follower.start()
         try:
             with payload:
-                plaintext = ChunkReader(tar_chunks(manifest, payload, mtime))
+                chunks = tar_chunks(manifest, payload, mtime)
+                plaintext: IO[bytes] | io.RawIOBase = (
+                    io.BytesIO(b"".join(chunks))  # gpg is fed by this thread, not one of its own
+                    if (package.payload_size or 0) <= IN_MEMORY
+                    else ChunkReader(chunks)
+                )
                 self.keyring.seal(
                     plaintext,
                     tmp,

@@ -534,6 +534,7 @@ def test_while_seals_are_in_flight_a_partners_turn_gathers_its_packages(
             return [key for key, _ in scheduler.due(busy, room=0)]
 
         assert turns(set()) == [turn], "its first poll"
+        assert turns(in_flight) == [], "nothing sealed yet"
         received = gw.ledger.due(DUE_TO_SEAL, clock.now())
         for package in received[: GATHER - 1]:
             gw.steps.seal(package)
