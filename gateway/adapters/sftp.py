@@ -549,21 +549,21 @@ class SftpPartner:
         failure is the outcome of that file and of every one after it that is not yet in.
 
         Files listed at up to SMALL bytes come TOGETHER at a time, each step's requests in
-        flight at once: open, one read of more than SMALL bytes (a shorter answer is the
-        whole file: SFTP promises that a plain file's read stops short only at its end),
-        close. A file that is larger than that, or whose step does not go plainly, is left
-        to `fetch`.
+        flight at once: open; read the listed size, and one byte past it, which must be
+        the end (a server may answer a read with less than asked: the file is then not
+        whole yet); close. A file that is not as listed, or whose step does not go
+        plainly, is left to `fetch`, as are larger files.
         """
         outcomes: dict[int, TransferFailed | None] = {}
         trouble: TransferFailed | None = None
-        small = [i for i, w in enumerate(files) if w.arrival.size <= SMALL]
+        small = [i for i, w in enumerate(files) if w.arrival.size <= min(SMALL, w.max_bytes)]
         for start in range(0, len(small), TOGETHER):
             batch = small[start : start + TOGETHER]
             try:
                 with _translated(f"fetch from {self._name}"):
-                    got = self._read_together([files[i].arrival.name for i in batch])
+                    got = self._read_together([files[i].arrival for i in batch])
                 for i, data in zip(batch, got, strict=True):
-                    if data is not None and len(data) <= files[i].max_bytes:
+                    if data is not None:
                         with _translated(f"fetch of {files[i].arrival.name} from {self._name}"):
                             _keep(data, files[i].local)
                         outcomes[i] = None
@@ -583,22 +583,27 @@ class SftpPartner:
             outcomes[i] = trouble
         return [outcomes[i] for i in range(len(files))]
 
-    def _read_together(self, names: list[str]) -> list[bytes | None]:
+    def _read_together(self, arrivals: list[Arrival]) -> list[bytes | None]:
         """The plain way of `fetch_all` for small files: each one's bytes, or None for a
         file it left to `fetch`."""
         folder = self.endpoint.download_dir.rstrip("/") or "."
-        opened = self._ask([(CMD_OPEN, f"{folder}/{name}", SFTP_FLAG_READ, paramiko.SFTPAttributes())
-                            for name in names])  # fmt: skip
+        opened = self._ask([(CMD_OPEN, f"{folder}/{a.name}", SFTP_FLAG_READ, paramiko.SFTPAttributes())
+                            for a in arrivals])  # fmt: skip
         handle = {i: msg.get_binary() for i, (kind, msg) in enumerate(opened) if kind == CMD_HANDLE}
-        read = self._ask([(CMD_READ, h, int64(0), SMALL + 1) for h in handle.values()])
+        reads: list[tuple[object, ...]] = []
+        for i, h in handle.items():  # the listed bytes (none for an empty file), then the end
+            size = arrivals[i].size
+            reads += [(CMD_READ, h, int64(0), size)] if size else []
+            reads.append((CMD_READ, h, int64(size), 1))
+        answers = iter(self._ask(reads))
         self._ask([(CMD_CLOSE, h) for h in handle.values()])  # after the reads: nothing to lose
-        got: list[bytes | None] = [None] * len(names)
-        for i, (kind, msg) in zip(handle, read, strict=True):
-            if kind == CMD_DATA:
-                data = msg.get_string()
-                got[i] = data if len(data) <= SMALL else None
-            elif kind == CMD_STATUS and msg.get_int() == SFTP_EOF:
-                got[i] = b""
+        got: list[bytes | None] = [None] * len(arrivals)
+        for i in handle:
+            size = arrivals[i].size
+            data = _data(*next(answers)) if size else b""
+            end = _data(*next(answers))
+            if data is not None and len(data) == size and end == b"":
+                got[i] = data
         return got
 
     def remove_downloads(self, names: list[str]) -> list[TransferFailed | None]:
@@ -662,6 +667,13 @@ def _keep(data: bytes, local: Path) -> None:
         publish(tmp, local)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _data(kind: int, msg: paramiko.Message) -> bytes | None:
+    """The bytes a read was answered with (none at the end of the file), or None."""
+    if kind == CMD_DATA:
+        return bytes(msg.get_string())
+    return b"" if kind == CMD_STATUS and msg.get_int() == SFTP_EOF else None
 
 
 def _ok(kind: int, msg: paramiko.Message) -> bool:

@@ -33,10 +33,11 @@ from gateway.core.lifecycle import State
 from gateway.core.model import Outgoing, Placed, Wanted
 from gateway.core.names import is_temporary, new_package_id
 from gateway.transports.base import Link, Transport
-from tests.helpers import GATEWAY_ID, PARTNER_ID, TEST_REGIMES, cli, gateway
+from tests.helpers import GATEWAY_ID, PARTNER_ID, TEST_REGIMES, cli, gateway, set_setting
 
 AGENCY = "XB-AGENCY"
 MAX_BYTES = 64 * 1024 * 1024
+SHORT_READS = 4096
 
 
 @dataclasses.dataclass
@@ -119,6 +120,9 @@ def dropserver(request: pytest.FixtureRequest, short_tmp: Path, home: Home) -> I
                 "--fingerprint", our_fingerprint, "--pull", "--ssh-key", str(home.ssh_identity_pub),
                 *TEST_REGIMES, "--reason", "conformance")  # fmt: skip
     assert added.exit_code == 0, added.stderr
+    # It answers a read with at most 4 KiB, as some servers do: a short answer must never
+    # pass for a whole file.
+    set_setting(other, "serve.max_read_bytes", SHORT_READS)
     with gateway(other, "daemon") as theirs:
         server = theirs.drop_server("127.0.0.1:0")
         server.start()
