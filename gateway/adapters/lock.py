@@ -7,8 +7,12 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 from gateway.core.errors import HomeLocked
+
+#: How many times `exclusive` looks again while only `held` or `holder` probes the lock.
+PROBE_WAITS: Final = 10_000
 
 
 @contextlib.contextmanager
@@ -16,9 +20,7 @@ def exclusive(lock: Path) -> Iterator[None]:
     """Hold the home's work lock, or say which process holds it."""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _take(fd):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise HomeLocked(
                 f"another `gateway run` (pid {holder}) is already working on this home: "
@@ -29,6 +31,28 @@ def exclusive(lock: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _take(fd: int) -> bool:
+    """Lock `fd` exclusively; False if a `gateway run` holds it.
+
+    `held` and `holder` (`check`, `status`, every minute or so) hold the lock shared for
+    an instant: a start that met one must not read it as another `gateway run`. A lock
+    that can be had shared is held by no `gateway run`, so it is tried again.
+    """
+    for _ in range(PROBE_WAITS):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # held exclusively: a `gateway run`
+        fcntl.flock(fd, fcntl.LOCK_UN)  # only probes: they let go at once
+        os.sched_yield()
+    return False
 
 
 def held(lock: Path) -> bool:
