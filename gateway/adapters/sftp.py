@@ -402,11 +402,17 @@ class SftpPartner:
 
     def _ask(self, requests: list[tuple[object, ...]]) -> list[tuple[int, paramiko.Message]]:
         """Send every request (`(CMD, *args)`) at once, then read the answers as they come, in
-        whatever order the server sends them; each one's answer, in order."""
+        whatever order the server sends them; each one's answer, in order. A server that
+        keeps answering requests nobody made is cut off (each read waits the I/O timeout
+        at most, and there are at most twice as many reads as requests)."""
         answers = _Answers()
         numbers = [self.sftp._async_request(answers, *request) for request in requests]
-        while len(answers.got) < len(numbers):
+        for _ in range(2 * len(numbers)):
+            if len(answers.got) == len(numbers):
+                break
             self.sftp._read_response()  # one answer, handed to the `_Answers` that asked
+        if len(answers.got) < len(numbers):
+            raise paramiko.SFTPError("the server answered requests that were not made")
         return [answers.got[number] for number in numbers]
 
     def open_part(self, name: str) -> RemotePart:

@@ -15,11 +15,14 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
+from paramiko.sftp import CMD_STATUS, SFTP_OK
 
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.sftp import Endpoint, SftpPartner, load_key
+from gateway.core.errors import TransferFailed
 from gateway.core.lifecycle import DUE_TO_SEAL, State
 from gateway.core.model import Outgoing, Package, Placed
 from gateway.pipeline import deliver as delivery
@@ -551,3 +554,34 @@ def test_while_seals_are_in_flight_a_partners_turn_gathers_its_packages(
         assert turns(in_flight) == []
         clock.advance(0.01)
         assert turns(in_flight) == [turn], "the oldest has waited GATHER_SECONDS"
+
+
+def test_a_server_that_answers_requests_never_made_is_cut_off(
+    exchange: tuple[Home, PartnerPgp, SshServer], tmp_path: Path
+) -> None:
+    """A hostile server that floods the client with answers to requests it never made
+    cannot hold a turn: the upload fails as a transfer failure, for every file."""
+    home, _, server = exchange
+    files = []
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(b"x" * 100)
+        files.append(
+            Outgoing(tmp_path / f"f{i}", f"f{i}.pgp", hashlib.sha256(b"x" * 100).hexdigest())
+        )
+
+    def flood() -> tuple[int, bytes]:
+        answer = paramiko.Message()
+        for field in (999_999, SFTP_OK):
+            answer.add_int(field)
+        answer.add_string("")
+        answer.add_string("")
+        return CMD_STATUS, answer.asbytes()
+
+    endpoint = Endpoint(server.host, server.port, server.user, "upload", "download")
+    with SftpPartner(endpoint, load_key(home.ssh_identity, None), home.known_hosts, 15, 60) as sftp:
+        sftp.write_bytes()
+        sftp.sftp._read_packet = flood  # type: ignore[method-assign]
+        outcomes = sftp.put_all(files)
+    assert [type(o) for o in outcomes] == [TransferFailed] * 3
+    assert "answered requests that were not made" in str(outcomes[0])
+    assert remote_files(server) == []
