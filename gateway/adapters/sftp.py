@@ -185,7 +185,7 @@ class SftpPartner:
         self._connect_timeout = connect_timeout
         self._io_timeout = io_timeout
         self._transport: paramiko.Transport | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp: _Client | None = None
         self._write_bytes: int | None = None  # asked of the server at the first upload
         self._parts: dict[str, str] = {}  # final name: the part opened for it
 
@@ -283,13 +283,13 @@ class SftpPartner:
                     f"{self._name} refused the gateway's SSH key: send the partner "
                     "`gateway keys export --ssh`; will retry"
                 ) from None
-            self._sftp = paramiko.SFTPClient.from_transport(t)
+            self._sftp = _Client.from_transport(t)
             assert self._sftp is not None
             self._sftp.get_channel().settimeout(self._io_timeout)
             t.set_keepalive(15)
 
     @property
-    def sftp(self) -> paramiko.SFTPClient:
+    def sftp(self) -> _Client:
         """The open SFTP session."""
         if self._sftp is None:
             raise TransferFailed(f"the session with {self._name} is closed; will retry")
@@ -406,7 +406,7 @@ class SftpPartner:
         keeps answering requests nobody made is cut off (each read waits the I/O timeout
         at most, and there are at most twice as many reads as requests)."""
         answers = _Answers()
-        numbers = [self.sftp._async_request(answers, *request) for request in requests]
+        numbers = self.sftp.send_together(answers, requests)
         for _ in range(2 * len(numbers)):
             if len(answers.got) == len(numbers):
                 break
@@ -653,6 +653,34 @@ class SftpPartner:
     def _remove_quietly(self, path: str) -> None:
         with contextlib.suppress(OSError):
             self.sftp.remove(path)
+
+
+class _Client(paramiko.SFTPClient):  # type: ignore[misc]
+    """paramiko's SFTP client, able to send several requests in one write.
+
+    Written one by one, each request went out as an SSH packet of its own, encrypted,
+    authenticated and sent by itself: most of what a small request cost the client.
+    """
+
+    _held: list[bytes] | None = None
+
+    def _write_all(self, out: bytes) -> None:
+        if self._held is None:
+            super()._write_all(out)
+        else:
+            self._held.append(out)
+
+    def send_together(self, answers: _Answers, requests: list[tuple[object, ...]]) -> list[int]:
+        """Make each request (`(CMD, *args)`), its answer to be handed to `answers`, and send
+        them all in one write; their numbers, in order."""
+        self._held = []
+        try:
+            numbers = [self._async_request(answers, *request) for request in requests]
+            out = b"".join(self._held)
+        finally:
+            self._held = None
+        self._write_all(out)
+        return numbers
 
 
 class _Answers:
