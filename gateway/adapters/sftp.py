@@ -13,10 +13,10 @@ import hashlib
 import secrets
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 import paramiko
 from paramiko.sftp import (
@@ -45,7 +45,7 @@ from paramiko.sftp import (
     int64,
 )
 
-from gateway.adapters.files import publish
+from gateway.adapters.files import publish, write_atomic
 from gateway.adapters.passphrase import Passphrase
 from gateway.adapters.sshkeys import known_hosts_name
 from gateway.core.errors import (
@@ -121,6 +121,9 @@ def _translated(what: str) -> Iterator[None]:
     except _NETWORK_ERRORS as err:
         raise TransferFailed(f"{what} failed ({_why(err)}); will retry") from None
 
+
+#: What one item of a batch (`SftpPartner._batched`) gives when done.
+R = TypeVar("R")
 
 #: A private key, loaded: the gateway's SSH identity, or the drop server's host key.
 Identity: TypeAlias = paramiko.PKey
@@ -329,24 +332,37 @@ class SftpPartner:
         does not go plainly (its target is there, the server refuses its part) is left to
         `put_atomic`, as are larger files.
         """
-        outcomes: dict[int, Placed | GatewayError] = {}
-        trouble: Transient | None = None
         small = [i for i, f in enumerate(files) if f.local.stat().st_size <= SMALL]
+        return self._batched(
+            len(files), small, f"upload to {self._name}",
+            lambda batch: self._together([files[i] for i in batch]),
+            lambda i: self.put_atomic(files[i].local, files[i].name, files[i].sha256),
+        )  # fmt: skip
+
+    def _batched(self, count: int, small: list[int], what: str,
+                 together: Callable[[list[int]], list[R | None]],
+                 alone: Callable[[int], R]) -> list[R | GatewayError]:  # fmt: skip
+        """Each of `count` items' outcome, in order: the `small` ones TOGETHER at a time by
+        `together` (None: left to `alone`), the others by `alone`, one at a time. Once a
+        transient failure is met (the session's, most likely), it is the outcome of every
+        item not yet done; any other error is its item's alone."""
+        outcomes: dict[int, R | GatewayError] = {}
+        trouble: Transient | None = None
         for start in range(0, len(small), TOGETHER):
             batch = small[start : start + TOGETHER]
             try:
-                with _translated(f"upload to {self._name}"):
-                    placed = self._together([files[i] for i in batch])
+                with _translated(what):
+                    done = together(batch)
             except Transient as err:
                 trouble = err
                 break
-            outcomes.update((i, p) for i, p in zip(batch, placed, strict=True) if p is not None)
-        for i, f in enumerate(files):
+            outcomes.update((i, r) for i, r in zip(batch, done, strict=True) if r is not None)
+        for i in range(count):
             if i in outcomes:
                 continue
             if trouble is None:
                 try:
-                    outcomes[i] = self.put_atomic(f.local, f.name, f.sha256)
+                    outcomes[i] = alone(i)
                     continue
                 except Transient as err:
                     trouble = err
@@ -354,7 +370,7 @@ class SftpPartner:
                     outcomes[i] = err
                     continue
             outcomes[i] = trouble
-        return [outcomes[i] for i in range(len(files))]
+        return [outcomes[i] for i in range(count)]
 
     def _together(self, files: list[Outgoing]) -> list[Placed | None]:
         """The plain way of `put_all` for small `files`, each step for all at once; None for
@@ -375,7 +391,7 @@ class SftpPartner:
                 handle[i] = answer[1].get_binary()
             else:
                 go[i] = False
-        size = {i: 0 for i in handle}
+        size: dict[int, int] = {}
         writes: list[tuple[int, tuple[object, ...]]] = []
         block = self.write_bytes()
         for i, h in handle.items():
@@ -524,7 +540,7 @@ class SftpPartner:
             self.sftp._request(CMD_CLOSE, handle)
         return found
 
-    def fetch(self, name: str, local: Path, max_bytes: int, listed_size: int) -> None:
+    def fetch(self, name: str, local: Path, max_bytes: int, listed_size: int) -> Path:
         """Download `<download_dir>/<name>` to `local` (whole or not at all), at most `max_bytes`.
 
         `listed_size` is the size the listing showed: files above one request are read
@@ -549,10 +565,12 @@ class SftpPartner:
                 publish(tmp, local)  # after `dst` is closed: whole, or not at all
         finally:
             tmp.unlink(missing_ok=True)
+        return local
 
-    def fetch_all(self, files: list[Wanted]) -> list[TransferFailed | None]:
-        """Download each as `fetch` does; each one's outcome, in order (None: fetched). A
-        failure is the outcome of that file and of every one after it that is not yet in.
+    def fetch_all(self, files: list[Wanted]) -> list[Path | GatewayError]:
+        """Download each as `fetch` does; each one's outcome, in order: where it now lies,
+        or the error that kept it out (once a download fails, that of every one after it
+        not yet in).
 
         Files listed at up to SMALL bytes come TOGETHER at a time, each step's requests in
         flight at once: open; read the listed size, and one byte past it, which must be
@@ -560,56 +578,36 @@ class SftpPartner:
         whole yet); close. A file that is not as listed, or whose step does not go
         plainly, is left to `fetch`, as are larger files.
         """
-        outcomes: dict[int, TransferFailed | None] = {}
-        trouble: TransferFailed | None = None
         small = [i for i, w in enumerate(files) if w.arrival.size <= min(SMALL, w.max_bytes)]
-        for start in range(0, len(small), TOGETHER):
-            batch = small[start : start + TOGETHER]
-            try:
-                with _translated(f"fetch from {self._name}"):
-                    got = self._read_together([files[i].arrival for i in batch])
-                for i, data in zip(batch, got, strict=True):
-                    if data is not None:
-                        with _translated(f"fetch of {files[i].arrival.name} from {self._name}"):
-                            _keep(data, files[i].local)
-                        outcomes[i] = None
-            except TransferFailed as err:
-                trouble = err
-                break
-        for i, w in enumerate(files):
-            if i in outcomes:
-                continue
-            if trouble is None:
-                try:
-                    self.fetch(w.arrival.name, w.local, w.max_bytes, w.arrival.size)
-                    outcomes[i] = None
-                    continue
-                except TransferFailed as err:
-                    trouble = err
-            outcomes[i] = trouble
-        return [outcomes[i] for i in range(len(files))]
+        return self._batched(
+            len(files), small, f"fetch from {self._name}",
+            lambda batch: self._read_together([files[i] for i in batch]),
+            lambda i: self.fetch(files[i].arrival.name, files[i].local, files[i].max_bytes,
+                                 files[i].arrival.size),
+        )  # fmt: skip
 
-    def _read_together(self, arrivals: list[Arrival]) -> list[bytes | None]:
-        """The plain way of `fetch_all` for small files: each one's bytes, or None for a
-        file it left to `fetch`."""
+    def _read_together(self, files: list[Wanted]) -> list[Path | None]:
+        """The plain way of `fetch_all` for small files: where each one now lies, or None
+        for a file it left to `fetch`."""
         folder = self.endpoint.download_dir.rstrip("/") or "."
-        opened = self._ask([(CMD_OPEN, f"{folder}/{a.name}", SFTP_FLAG_READ, paramiko.SFTPAttributes())
-                            for a in arrivals])  # fmt: skip
+        opened = self._ask([(CMD_OPEN, f"{folder}/{w.arrival.name}", SFTP_FLAG_READ,
+                             paramiko.SFTPAttributes()) for w in files])  # fmt: skip
         handle = {i: msg.get_binary() for i, (kind, msg) in enumerate(opened) if kind == CMD_HANDLE}
         reads: list[tuple[object, ...]] = []
         for i, h in handle.items():  # the listed bytes (none for an empty file), then the end
-            size = arrivals[i].size
+            size = files[i].arrival.size
             reads += [(CMD_READ, h, int64(0), size)] if size else []
             reads.append((CMD_READ, h, int64(size), 1))
         answers = iter(self._ask(reads))
         self._ask([(CMD_CLOSE, h) for h in handle.values()])  # after the reads: nothing to lose
-        got: list[bytes | None] = [None] * len(arrivals)
+        got: list[Path | None] = [None] * len(files)
         for i in handle:
-            size = arrivals[i].size
+            size = files[i].arrival.size
             data = _data(*next(answers)) if size else b""
             end = _data(*next(answers))
             if data is not None and len(data) == size and end == b"":
-                got[i] = data
+                write_atomic(files[i].local, data)
+                got[i] = files[i].local
         return got
 
     def remove_downloads(self, names: list[str]) -> list[TransferFailed | None]:
@@ -691,16 +689,6 @@ class _Answers:
 
     def _async_response(self, kind: int, msg: paramiko.Message, number: int) -> None:
         self.got[number] = (kind, msg)
-
-
-def _keep(data: bytes, local: Path) -> None:
-    """Write `data` as `local`, whole or not at all."""
-    tmp = local.with_name(f".{local.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        publish(tmp, local)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _data(kind: int, msg: paramiko.Message) -> bytes | None:

@@ -92,10 +92,10 @@ class Collector:
                 self._quarantine_strays(partner, folder)
                 for start in range(0, len(wanted), HANDLERS):
                     batch = wanted[start : start + HANDLERS]
-                    for w, failure in zip(batch, link.fetch(batch), strict=True):
-                        if failure is not None:
-                            raise failure
-                        in_hand[pool.submit(self.handle, partner, w.local)] = w.arrival
+                    for w, fetched in zip(batch, link.fetch(batch), strict=True):
+                        if isinstance(fetched, GatewayError):
+                            raise fetched
+                        in_hand[pool.submit(self.handle, partner, fetched)] = w.arrival
                     if len(in_hand) >= 2 * HANDLERS:
                         self._remove_handled(partner, link, in_hand, FIRST_COMPLETED)
             except BaseException:

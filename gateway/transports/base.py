@@ -35,10 +35,10 @@ its work over it. A link must honour:
     finished files with other names are moved into `spool/incoming/<PARTNER>/` too, where
     the pipeline quarantines them.
 
-`fetch(wanted) -> [None | GatewayError]`
+`fetch(wanted) -> [Path | GatewayError]`
     Bring each (`Wanted`: `arrival`, `local`, `max_bytes`) into the gateway's own spool
     as `local`, whole or not at all; a file that grows past `max_bytes` is not brought.
-    Each one's outcome, in order: None once it is in, or the error that kept it out.
+    Each one's outcome, in order: where it now lies, or the error that kept it out.
 
 `remove(arrivals) -> [None | GatewayError]`
     Forget collected files on the partner's side; each one's outcome. The pipeline calls
@@ -64,6 +64,7 @@ operator.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
@@ -109,7 +110,7 @@ class Link(Protocol):
 
     def collect(self) -> list[Arrival]: ...
 
-    def fetch(self, wanted: list[Wanted]) -> list[GatewayError | None]: ...
+    def fetch(self, wanted: list[Wanted]) -> list[Path | GatewayError]: ...
 
     def remove(self, arrivals: list[Arrival]) -> list[GatewayError | None]: ...
 

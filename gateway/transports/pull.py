@@ -129,12 +129,12 @@ class PullLink:
         return [Arrival(name, (self.incoming / name).stat().st_size)
                 for name in sorted(os.listdir(self.incoming)) if WIRE_NAME.fullmatch(name)]  # fmt: skip
 
-    def fetch(self, wanted: list[Wanted]) -> list[GatewayError | None]:
+    def fetch(self, wanted: list[Wanted]) -> list[Path | GatewayError]:
         """Already in the spool, where `collect` put them."""
         for w in wanted:
             if w.local != self.incoming / w.arrival.name:
                 os.replace(self.incoming / w.arrival.name, w.local)
-        return [None] * len(wanted)
+        return [w.local for w in wanted]
 
     def remove(self, arrivals: list[Arrival]) -> list[GatewayError | None]:
         """Forget files the gateway is done with (`collect` moved them out of the mailbox)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 from gateway.adapters.sessions import SessionPool
@@ -90,9 +91,9 @@ class PushLink:
                         self.partner_id, skipped)  # fmt: skip
         return wanted[:MAX_FILES_PER_POLL]
 
-    def fetch(self, wanted: list[Wanted]) -> list[GatewayError | None]:
+    def fetch(self, wanted: list[Wanted]) -> list[Path | GatewayError]:
         """Download each whole or not at all."""
-        return list(self.sftp.fetch_all(wanted))
+        return self.sftp.fetch_all(wanted)
 
     def remove(self, arrivals: list[Arrival]) -> list[GatewayError | None]:
         """Remove from the partner's download folder."""

@@ -527,7 +527,7 @@ def test_fetch_brings_the_bytes_whole_and_remove_forgets_them(backend: Backend) 
         arrivals = link.collect()
         assert sorted(a.name for a in arrivals) == sorted(sent)
         wanted = [Wanted(a, fetched / a.name, MAX_BYTES) for a in arrivals]
-        assert link.fetch(wanted) == [None] * 3
+        assert link.fetch(wanted) == [w.local for w in wanted]
         assert {a.name: (fetched / a.name).read_bytes() for a in arrivals} == sent
         assert link.remove(arrivals) == [None] * 3
         assert os.listdir(remote.sent) == []
@@ -558,10 +558,10 @@ def test_a_file_changed_after_the_listing_is_fetched_as_it_is_then(backend: Back
         outcomes = link.fetch([Wanted(arrivals[0], fetched / names[0], MAX_BYTES),
                                Wanted(arrivals[1], fetched / names[1], 8000),
                                Wanted(arrivals[2], fetched / names[2], MAX_BYTES)])  # fmt: skip
-    assert outcomes[0] is None
+    assert outcomes[0] == fetched / names[0]
     assert (fetched / names[0]).read_bytes() == grown
     assert isinstance(outcomes[1], TransferFailed) and "grew past 8000 bytes" in str(outcomes[1])
-    assert outcomes[2] is None
+    assert outcomes[2] == fetched / names[2]
     assert sorted(os.listdir(fetched)) == [names[0], names[2]], "nothing temporary left"
 
 
