@@ -266,7 +266,7 @@ class Daemon:
             finally:
                 with self.busy_lock:
                     self.busy.discard(key)
-                self.hints.put(WAKE)  # the next step may be due now
+                self.wake()  # the next step may be due now
 
     def wake(self) -> None:
         """Wake the main loop now, from any thread (not from a signal handler: the loop it
