@@ -13,6 +13,7 @@ import dataclasses
 import io
 import math
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -135,6 +136,30 @@ def _fileno(source: IO[bytes] | io.RawIOBase) -> int | None:
         return None
 
 
+def _memory_file(data: memoryview) -> int:
+    """An anonymous file in memory holding `data`, read from its start."""
+    fd = os.memfd_create("gpg-input", os.MFD_CLOEXEC)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _ended(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Sleep until `process` ends (one wake-up, on its pidfd) or `timeout` passes; say which."""
+    pidfd = os.pidfd_open(process.pid)
+    try:
+        waiter = select.poll()
+        waiter.register(pidfd, select.POLLIN)
+        return bool(waiter.poll(math.ceil(timeout * 1000)))
+    finally:
+        os.close(pidfd)
+
+
 class _Feeder(threading.Thread):
     """Copies a source that is not a file into gpg's stdin; keeps the source's error.
 
@@ -207,51 +232,58 @@ class _DeadlineGPG(gnupg.GPG):  # type: ignore[misc]
 
         python-gnupg starts three threads per run (feed stdin, read stdout, read stderr)
         and parses each status line as it comes. On a 4 KiB package that cost more CPU
-        than gpg itself (docs/performance.md). Here a source that is a file becomes gpg's
-        stdin as it is, bytes in memory (`io.BytesIO`) are written by this thread, any
-        other source is fed by one thread of its own; the output goes where `--output`
-        says, and stderr (status lines on fd 2) is read on this thread until gpg ends or
-        its time is up. Call inside `deadline`, which turns a killed run into `Timeout`.
-        Undecodable bytes become U+FFFD, as in `_read_response`. A `passphrase` reaches
-        gpg on a pipe of its own (`--passphrase-fd`, with loopback pinentry): stdin is the
-        data, and a command line or an environment is readable by others.
+        than gpg itself (docs/performance.md). Here gpg reads a source that is a file as
+        its stdin as it is, and bytes in memory (`io.BytesIO`) from a memory file filled
+        first; any other source is fed through a pipe by one thread of its own. Its status
+        lines (fd 2) go to a memory file too, read once gpg has ended: this thread sleeps
+        until then (`_ended`) instead of waking for each line, and gpg itself never waits
+        on a pipe. The output goes where `--output` says. Call inside `deadline`, which
+        turns a run killed at its time into `Timeout`. Undecodable bytes become U+FFFD,
+        as in `_read_response`. A `passphrase` reaches gpg on a pipe of its own
+        (`--passphrase-fd`, with loopback pinentry): stdin is the data, and a command line
+        or an environment is readable by others.
         """
-        fd = _fileno(source)
-        data = source.getvalue() if isinstance(source, io.BytesIO) else None
+        status = os.memfd_create("gpg-status", os.MFD_CLOEXEC)
         given: list[str] = []
         secret = None
-        if passphrase is not None:
-            secret, writer = os.pipe()
-            with os.fdopen(writer, "wb") as pipe:  # a line: far less than a pipe's buffer
-                pipe.write(passphrase.encode() + b"\n")
-            given = ["--passphrase-fd", str(secret)]
+        handed: list[int] = []  # closed here once gpg has started: its copies are its own
         try:
+            if passphrase is not None:
+                secret, writer = os.pipe()
+                handed.append(secret)
+                with os.fdopen(writer, "wb") as pipe:  # a line: far less than a pipe's buffer
+                    pipe.write(passphrase.encode() + b"\n")
+                given = ["--passphrase-fd", str(secret)]
+            stdin = _fileno(source)
+            if stdin is None and isinstance(source, io.BytesIO):
+                stdin = _memory_file(source.getbuffer())
+                handed.append(stdin)
             process = subprocess.Popen(
                 self.make_args([*given, *args], False),
-                stdin=subprocess.PIPE if fd is None else fd,
+                stdin=subprocess.PIPE if stdin is None else stdin,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=status,
                 env=self.env,
                 pass_fds=() if secret is None else (secret,),
             )
+        except BaseException:
+            os.close(status)
+            raise
         finally:
-            if secret is not None:
-                os.close(secret)
-        self.watch(process, timer=False)  # communicate() keeps the deadline: no timer thread
-        feeder = None
-        if process.stdin is not None and data is None:
-            feeder = _Feeder(source, process.stdin)
-            process.stdin = None  # the feeder's: communicate() must not close it
-        try:
-            _, status = process.communicate(data, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()  # `deadline` sees the kill and raises Timeout
-            _, status = process.communicate()
-        if feeder is not None:
-            feeder.join()
-            if feeder.error is not None:
-                raise feeder.error
-        return Run(process.returncode, status.decode("utf-8", errors="replace"))
+            for fd in handed:
+                os.close(fd)
+        with os.fdopen(status, "rb") as lines:
+            self.watch(process, timer=False)  # killed here at its deadline: no timer thread
+            feeder = None if process.stdin is None else _Feeder(source, process.stdin)
+            if not _ended(process, self.timeout):
+                process.kill()  # `deadline` sees the kill and raises Timeout
+            process.wait()
+            if feeder is not None:
+                feeder.join()
+                if feeder.error is not None:
+                    raise feeder.error
+            lines.seek(0)
+            return Run(process.returncode, lines.read().decode("utf-8", errors="replace"))
 
     def kill_all(self) -> None:
         """Stop every gpg run still going (at shutdown)."""
