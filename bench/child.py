@@ -200,7 +200,9 @@ def outbound(home: Path, source: Path, partner_id: str, memory: bool) -> dict[st
         peaks = {"opened": peak()}
         start = time.perf_counter()
         part.rename(folder / source.name)
-        package = runner.intake.move_in(folder / source.name, partner_id, "conviction")
+        pid = runner.intake.move_in(folder / source.name, partner_id, "conviction")
+        assert pid is not None, "taken in"
+        [package] = runner.intake.record([pid])
         taken = time.perf_counter()
         peaks["taken in"] = peak()
         runner.seal(package)

@@ -42,6 +42,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
+def write_flushed(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a new file and flush it to disk, in place: for a file in a folder that
+    nothing reads before the caller has flushed the folder too."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def publish(tmp: Path, final: Path) -> None:
     """Move a fully written `tmp` to `final` durably (both in the same folder tree)."""
     fsync_file(tmp)

@@ -211,26 +211,36 @@ class Daemon:
         self.steps.intake.finish_stranded()
         self.steps.overdue()
 
-    def consider(self, entry: Entry, renamed: bool) -> None:
-        """Take an entry in now, or note when to look at it again if it may still grow."""
+    def ready(self, entry: Entry, renamed: bool) -> Entry | None:
+        """The entry to take in now, or None: it may still grow, and is looked at again."""
         settle = self.settings.daemon_settle_seconds
         if (owner := entry.owner()) is not entry:  # a sidecar: its file decides, and takes both
             entry, renamed = owner, False
         if entry.regular and not entry.settled(self.clock.now(), settle, renamed):
             self.unsettled[entry.path] = self.clock.monotonic() + settle
-            return
+            return None
         self.unsettled.pop(entry.path, None)
-        self.steps.take(entry)
+        return entry
 
     def recheck_unsettled(self) -> None:
         """Look again at files that were still changing."""
         now = self.clock.monotonic()
+        looks = []
         for path, when in list(self.unsettled.items()):
             if when <= now:
                 del self.unsettled[path]
-                entry = locate(self.home.outbound, path)
-                if entry is not None:
-                    self.consider(entry, renamed=False)
+                looks.append(Hint(path, renamed=False))
+        self.take(looks)
+
+    def take(self, hints: list[Hint]) -> None:
+        """Take in together what the hints point at and is ready (a file and its sidecar
+        point at one entry)."""
+        ready: dict[Path, Entry] = {}
+        for hint in hints:
+            found = None if hint is WAKE else locate(self.home.outbound, hint.path)
+            if found is not None and (entry := self.ready(found, hint.renamed)) is not None:
+                ready[entry.path] = entry
+        self.steps.take(ready.values())
 
     def dispatch(self) -> None:
         """Hand the due steps that nobody is working on to the workers, a few at a time:
@@ -290,11 +300,7 @@ class Daemon:
             hints.append(self.hints.get(timeout=1.0))
             while len(hints) < HINTS_PER_TURN:
                 hints.append(self.hints.get_nowait())
-        for hint in hints:
-            if hint is not WAKE:
-                entry = locate(self.home.outbound, hint.path)
-                if entry is not None:
-                    self.consider(entry, hint.renamed)
+        self.take(hints)
 
     def shutdown(self) -> bool:
         """Stop watching, let workers finish their step for a few seconds; say if all did."""

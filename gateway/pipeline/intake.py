@@ -18,6 +18,7 @@ folder exists until the package is in the ledger, so recovery never removes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,13 +27,21 @@ import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from gateway.adapters import quarantine
-from gateway.adapters.files import fsync_dir, open_regular, owner, publish, write_atomic
+from gateway.adapters.files import (
+    fsync_dir,
+    open_regular,
+    owner,
+    publish,
+    write_atomic,
+    write_flushed,
+)
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
 from gateway.adapters.lock import being_written, writing
+from gateway.adapters.obligations import Terms
 from gateway.core.approval import needs_approval
 from gateway.core.duties import MAX_SIDECAR_BYTES, SIDECAR, Declared, parse_sidecar
 from gateway.core.errors import (
@@ -53,6 +62,14 @@ ORIGIN: Final = "origin.json"
 #: `spool/work/.<package_id>.writing`: a `gateway send` is copying that package in.
 MARK: Final = ".writing"
 CHUNK: Final = 1024 * 1024
+
+
+class Admission(NamedTuple):
+    """A package checked and ready to be recorded: its row, its event's detail, its duty."""
+
+    package: Package
+    detail: dict[str, Any]
+    terms: Terms
 
 
 def _ignore(_: int) -> None:
@@ -110,16 +127,22 @@ class Intake:
                             advance(len(chunk))
                     publish(folder / f".{PAYLOAD}.tmp", folder / PAYLOAD)
                     hashed = self._hash(pid, advance)
-                return self._admit(pid, partner, kind, name, declared or Declared(), hashed)
+                admission = self._admission(
+                    pid, partner, kind, name, declared or Declared(), hashed
+                )
+                return self._admit(admission)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
 
-    def move_in(self, path: Path, partner: str, kind: str) -> Package | None:
-        """Take a file from the outbound spool with its sidecar, or quarantine both with the
-        reason; None for a sidecar, which waits for its file (`lone_sidecar`)."""
+    def move_in(self, path: Path, partner: str, kind: str) -> str | None:
+        """Move a file from the outbound spool into the gateway's area, with its sidecar's
+        content, and return its package id for `record`; None when there is nothing to
+        record: the entry was quarantined with the reason, or it is a sidecar, which waits
+        for its file (`lone_sidecar`)."""
         if path.name.endswith(SIDECAR):
-            return self.lone_sidecar(path, partner, kind)
+            self.lone_sidecar(path, partner, kind)
+            return None
         pid = new_package_id(self.settings.gateway_id, self.ledger.clock.now())
         sidecar = path.with_name(path.name + SIDECAR)
         has_sidecar = os.path.lexists(sidecar)
@@ -129,42 +152,64 @@ class Intake:
             parse_kind(kind)
             declared = read_sidecar(sidecar) if has_sidecar else {}
         except GatewayError as problem:
-            return self.quarantine(path, pid, partner, kind, str(problem),
-                                   sidecar=sidecar if has_sidecar else None)  # fmt: skip
+            self.quarantine(path, pid, partner, kind, str(problem),
+                            sidecar=sidecar if has_sidecar else None)  # fmt: skip
+            return None
         folder = self.home.work / pid
         folder.mkdir(mode=0o700)
         try:
             # Who dropped it, as far as the spool can tell: the account owning the file.
             origin = {"partner": partner, "kind": kind, "name": name, "declared": declared,
                       "sidecar": sidecar.name if has_sidecar else None, "dropped_by": owner(path)}  # fmt: skip
-            write_atomic(folder / ORIGIN, json.dumps(origin).encode())
+            # Whole before the move, so no rename of its own: a folder without the payload
+            # is removed by `recover`.
+            write_flushed(folder / ORIGIN, json.dumps(origin).encode())
             os.rename(path, folder / PAYLOAD)  # moves a link or FIFO itself, never its target
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)  # nothing was taken: the file stays put
             raise
         fsync_dir(folder)
+        self._stranded.add(pid)  # not in the ledger until `record` says so
         self._drop_sidecar(origin)  # its content is in origin.json: taken with the file
-        fsync_dir(path.parent)
-        try:
-            return self._finish(pid)
-        except Exception:
-            self._stranded.add(pid)
-            raise
+        return pid
+
+    def record(self, pids: list[str]) -> list[Package]:
+        """Record files moved in, in one commit; quarantine each that is refused. The spool
+        folders they left are flushed first: after a crash no file is both in the spool and
+        in the ledger. If the host fails, they are recorded at a later scan
+        (`finish_stranded`) or start (`recover`)."""
+        if not pids:
+            return []
+        origins = {pid: json.loads((self.home.work / pid / ORIGIN).read_text()) for pid in pids}
+        for folder in {self.home.outbound / o["partner"] / o["kind"] for o in origins.values()}:
+            with contextlib.suppress(FileNotFoundError):  # removed since: nothing to flush
+                fsync_dir(folder)
+        refused, admitted = [], []
+        for pid, origin in origins.items():
+            try:
+                declared = Declared.of(origin.get("declared", {}))
+                admitted.append(self._admission(pid, origin["partner"], origin["kind"], origin["name"],
+                                                declared, dropped_by=origin.get("dropped_by")))  # fmt: skip
+            except InputRefused as problem:
+                refused.append(self._refuse(pid, origin, problem))
+        with self.ledger.transaction():
+            for admission in admitted:
+                self._admit(admission)
+        self._stranded.difference_update(pids)
+        return [*refused, *(admission.package for admission in admitted)]
 
     def finish_stranded(self) -> list[Package]:
-        """Record (or quarantine) the files moved in whose recording failed; those that
-        fail again are tried at the next call."""
-        done = []
-        for pid in sorted(self._stranded):
-            if self.ledger.find(pid) is None and (self.home.work / pid / ORIGIN).is_file():
-                try:
-                    done.append(self._finish(pid))
-                except Exception as err:  # still the host's trouble: the next scan tries again
-                    log.warning("%s: moved in, still not recorded (%s); trying again at the "
-                                "next scan", pid, err)  # fmt: skip
-                    continue
-            self._stranded.discard(pid)
-        return done
+        """Record (or quarantine) the files moved in whose recording failed; if it fails
+        again, they are tried at the next call."""
+        pids = [pid for pid in sorted(self._stranded)
+                if self.ledger.find(pid) is None and (self.home.work / pid / ORIGIN).is_file()]  # fmt: skip
+        self._stranded.intersection_update(pids)
+        try:
+            return self.record(pids)
+        except Exception as err:  # still the host's trouble: the next scan tries again
+            log.warning("%s: moved in, still not recorded (%s); trying again at the next scan",
+                        ", ".join(pids), err)  # fmt: skip
+            return []
 
     def lone_sidecar(self, path: Path, partner: str, kind: str) -> Package | None:
         """A sidecar is taken with its file; one alone waits duties.lone_sidecar_seconds for
@@ -200,7 +245,7 @@ class Intake:
         file is still where it was, or `send` printed no id); a moved file not yet
         recorded is recorded.
         """
-        done = []
+        moved = []
         for entry in sorted(self.home.work.iterdir()):
             if entry.name.startswith("."):
                 if not entry.name.endswith(MARK):  # a temporary file of a run that was cut short
@@ -210,38 +255,26 @@ class Intake:
                 continue
             if (entry / ORIGIN).is_file() and os.path.lexists(entry / PAYLOAD):
                 self._drop_sidecar(json.loads((entry / ORIGIN).read_text()))
-                done.append(self._finish(entry.name))
+                moved.append(entry.name)
             else:  # a copy whose writer died, or a move that never happened
                 shutil.rmtree(entry)
         for mark in self.home.work.glob(f".*{MARK}"):
             being_written(mark)  # removes the marks of writers that died
-        return done
+        return self.record(moved)
 
     def _mark(self, pid: str) -> Path:
         return self.home.work / f".{pid}{MARK}"
 
-    def _finish(self, pid: str) -> Package:
-        """Check a moved-in file and record it, or quarantine it."""
+    def _refuse(self, pid: str, origin: dict[str, Any], problem: InputRefused) -> Package:
+        """Quarantine a moved-in file that may not go, with its sidecar's content."""
         folder = self.home.work / pid
-        origin = json.loads((folder / ORIGIN).read_text())
-        try:
-            declared = Declared.of(origin.get("declared", {}))
-            return self._admit(pid, origin["partner"], origin["kind"], origin["name"], declared,
-                               dropped_by=origin.get("dropped_by"))  # fmt: skip
-        except InputRefused as problem:
-            package = self.quarantine(
-                folder / PAYLOAD,
-                pid,
-                origin["partner"],
-                origin["kind"],
-                str(problem),
-                name=origin["name"],
-            )
-            if origin.get("sidecar"):  # taken with the file: kept with it, as it was declared
-                write_atomic(self.home.quarantine / f"{pid}{SIDECAR}",
-                             json.dumps(origin["declared"], indent=2).encode())  # fmt: skip
-            shutil.rmtree(folder)
-            return package
+        package = self.quarantine(folder / PAYLOAD, pid, origin["partner"], origin["kind"],
+                                  str(problem), name=origin["name"])  # fmt: skip
+        if origin.get("sidecar"):  # taken with the file: kept with it, as it was declared
+            write_atomic(self.home.quarantine / f"{pid}{SIDECAR}",
+                         json.dumps(origin["declared"], indent=2).encode())  # fmt: skip
+        shutil.rmtree(folder)
+        return package
 
     def _hash(self, pid: str, advance: Callable[[int], None] = _ignore) -> tuple[str, int]:
         """The SHA-256 and size of a payload in the work folder, checked against the limits."""
@@ -261,13 +294,13 @@ class Intake:
             raise InputRefused("the file is empty: nothing to send")
         return digest.hexdigest(), size
 
-    def _admit(self, pid: str, partner: str, kind: str, name: str, declared: Declared,
-               hashed: tuple[str, int] | None = None,
-               dropped_by: str | None = None) -> Package:  # fmt: skip
-        """Hash a payload already in the work folder (unless `hashed`) and record it
-        `received` (or `awaiting-approval` when the partner needs a second operator's
-        approval for its kind), with its legal basis and duty; refused if the partner may
-        not receive it."""
+    def _admission(self, pid: str, partner: str, kind: str, name: str, declared: Declared,
+                   hashed: tuple[str, int] | None = None,
+                   dropped_by: str | None = None) -> Admission:  # fmt: skip
+        """Hash a payload already in the work folder (unless `hashed`) and check that it
+        may go: the package to record `received` (or `awaiting-approval` when the partner
+        needs a second operator's approval for its kind), with its legal basis and duty;
+        InputRefused if the partner may not receive it."""
         sha256, size = hashed or self._hash(pid)
         admitted = self.duties.admit(partner, kind, declared, pid)
         now = utc(self.ledger.clock.now())
@@ -292,10 +325,14 @@ class Intake:
                   "legal_basis": admitted.regime.id, "duty": admitted.terms.duty,
                   "due_at": admitted.terms.due_at, "supersedes": declared.supersedes,
                   "dropped_by": dropped_by}  # fmt: skip
+        return Admission(package, {k: v for k, v in detail.items() if v}, admitted.terms)
+
+    def _admit(self, admission: Admission) -> Package:
+        """Record an admitted package with its duty."""
         with self.ledger.transaction():
-            self.ledger.insert(package, "intake", {k: v for k, v in detail.items() if v})
-            self.duties.obligations.add(admitted.terms)
-        return package
+            self.ledger.insert(admission.package, "intake", admission.detail)
+            self.duties.obligations.add(admission.terms)
+        return admission.package
 
     def _partner(self, partner: str) -> None:
         try:

@@ -1,6 +1,6 @@
 """The step runner: every unit of the daemon's work, one method each.
 
-- `take(entry)`: a spool entry taken in, or quarantined (`intake`);
+- `take(entries)`: spool entries taken in, or quarantined (`intake`);
 - `seal(package)`: a received package sealed; a large one delivered beside gpg
   (`sealing`, `deliver`);
 - `turn(partner, packages, poll)`: one turn with a partner over one link of its
@@ -18,7 +18,7 @@ touched; nothing here asks which transport a partner has. What is due, and when,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
@@ -96,27 +96,34 @@ class Steps:
 
     def take_in(self) -> int:
         """Take in every settled entry of the outbound spool; return how many are unsettled."""
-        unsettled = 0
         now = self.clock.now()
-        for entry in entries(self.home.outbound):
-            if entry.regular and not entry.settled(now, self.settings.daemon_settle_seconds):
-                unsettled += 1
-                continue
-            self.take(entry)
-        return unsettled
+        found = list(entries(self.home.outbound))
+        settled = [entry for entry in found
+                   if not entry.regular or entry.settled(now, self.settings.daemon_settle_seconds)]  # fmt: skip
+        self.take(settled)
+        return len(found) - len(settled)
 
-    def take(self, entry: Entry) -> Package | None:
-        """Take one spool entry in, or quarantine it; if the host cannot now, leave it be."""
+    def take(self, entries: Iterable[Entry]) -> list[Package]:
+        """Take spool entries in, recorded in one commit, or quarantine each that may not
+        come in; an entry the host cannot take now stays where it is."""
+        moved = []
+        for entry in entries:
+            try:
+                if pid := self._take(entry):
+                    moved.append(pid)
+            except FileNotFoundError:
+                continue  # its producer took it back
+            except OSError as err:  # disk full, say: the file stays where it is, for the next pass
+                log.warning("intake paused: cannot take %s in (%s); it stays where it is",
+                            entry.path.name, err.strerror or err)  # fmt: skip
         try:
-            return self._take(entry)
-        except FileNotFoundError:
-            return None  # its producer took it back
-        except OSError as err:  # disk full, say: the file stays where it is, for the next pass
-            log.warning("intake paused: cannot take %s in (%s); it stays where it is", entry.path.name,
-                        err.strerror or err)  # fmt: skip
-            return None
+            return self.intake.record(moved)
+        except OSError as err:
+            log.warning("intake paused: %d files moved in, not yet recorded (%s); the next scan "
+                        "records them", len(moved), err.strerror or err)  # fmt: skip
+            return []
 
-    def _take(self, entry: Entry) -> Package | None:
+    def _take(self, entry: Entry) -> str | None:
         if entry.partner is None or entry.kind is None:
             reason = "found outside spool/outbound/<PARTNER>/<kind>/: drop files in a kind folder"
         elif not entry.regular:
@@ -124,7 +131,8 @@ class Steps:
         else:
             return self.intake.move_in(entry.path, entry.partner, entry.kind)
         pid = new_package_id(self.settings.gateway_id, self.clock.now())
-        return self.intake.quarantine(entry.path, pid, entry.partner, entry.kind, reason)
+        self.intake.quarantine(entry.path, pid, entry.partner, entry.kind, reason)
+        return None
 
     # -- sealing --------------------------------------------------------------------------
 

@@ -194,3 +194,46 @@ def test_a_file_moved_in_but_not_recorded_is_recorded_at_the_next_scan(
         assert [(p.package_id, p.state) for p in gw.ledger.packages()] == [
             (recorded[0].package_id, State.RECEIVED)
         ]
+
+
+def test_files_taken_together_are_recorded_in_one_commit_and_a_refused_one_on_its_own(
+    home: Home, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One commit for the files of one look at the spool: the ledger failing on the third
+    records none of them and loses none; the empty file among them is quarantined and
+    recorded all the same; the next scan records the rest, once."""
+    names = [f"notice-{n}.xml" for n in range(4)]
+    for name in names:
+        drop(spool / name, name.encode())
+    drop(spool / "empty.xml", b"")
+    with gateway(home, "daemon") as gw:
+        real, added = gw.duties.obligations.add, []
+
+        def busy_on_the_third(terms: object) -> None:
+            added.append(terms)
+            if len(added) == 3:
+                raise LedgerBusy("the ledger is busy: test")
+            real(terms)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(gw.duties.obligations, "add", busy_on_the_third)
+        with pytest.raises(LedgerBusy):
+            gw.steps.take_in()
+
+        assert gw.ledger.packages(state=State.RECEIVED) == []
+        [rejected] = gw.ledger.packages(state=State.REJECTED)
+        assert rejected.last_error == "the file is empty: nothing to send"
+        assert sorted(quarantined(home)) == ["empty.xml"]
+        assert list(spool.iterdir()) == []
+        moved = sorted(
+            json.loads((folder / ORIGIN).read_text())["name"] for folder in home.work.iterdir()
+        )
+        assert moved == names
+
+        monkeypatch.setattr(gw.duties.obligations, "add", real)
+        recorded = gw.steps.intake.finish_stranded()
+
+        assert sorted(p.payload_name for p in recorded) == names
+        assert gw.steps.intake.finish_stranded() == []
+        received = gw.ledger.packages(state=State.RECEIVED)
+        assert sorted(p.payload_name for p in received) == names
+        assert [(p.payload_sha256 is not None) for p in received] == [True] * 4
