@@ -13,6 +13,7 @@ each block handed on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final, Protocol
 
-from gateway.adapters.files import fsync_dir, publish
+from gateway.adapters.files import publish
 from gateway.adapters.gpg import Keyring
 from gateway.adapters.home import Home
 from gateway.adapters.ledger import Ledger
@@ -233,11 +234,11 @@ class Sealer:
         return sealed
 
     def erase_plaintext(self, package_id: str) -> None:
-        """Remove a sealed package's plaintext from the spool (its erasure is recorded with `sealed`)."""
-        folder = self.home.work / package_id
-        if folder.exists():
-            shutil.rmtree(folder)
-            fsync_dir(self.home.work)
+        """Remove a sealed package's plaintext from the spool (its erasure is recorded with
+        `sealed`). Not flushed: a folder a crash brings back is erased at the next start
+        (`erase_leftovers`), and a flush would not wipe the file's blocks either."""
+        with contextlib.suppress(FileNotFoundError):  # erased before
+            shutil.rmtree(self.home.work / package_id)
 
     def erase_leftovers(self) -> None:
         """After a crash: erase plaintext of packages already sealed, and half-written files."""
