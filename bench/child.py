@@ -6,7 +6,7 @@
 
 `outbound` copies SOURCE into the partner's outbound spool folder under a temporary name
 (not timed), then drops it as an upstream system does (a rename), takes it in
-(`Intake.move_in`, what the daemon does with a dropped file), seals it (`Steps.seal`,
+(`Intake.move_in` and `Intake.record`, what the daemon does with dropped files), seals it (`Steps.seal`,
 which uploads a large package beside gpg) and, if it is not delivered yet, delivers it
 (`Steps.turn`, no poll). It prints one JSON line: the seconds from the drop to
 the ledger's `delivered`, the seconds spent in each step, and the peak memory of the process (and, with --memory, of its gpg
@@ -76,7 +76,7 @@ STEPS: tuple[tuple[Any, str, str], ...] = (
     (Keyring, "open_message", "Keyring.open_message (gpg decrypt+verify)"),
     (Keyring, "sign_clear", "Keyring.sign_clear (audit checkpoint)"),
     (sealing, "publish", "seal: publish (fsync, rename, fsync)"),
-    (sealing.Sealer, "erase_plaintext", "seal: erase plaintext (rmtree, fsync)"),
+    (sealing.Sealer, "erase_plaintext", "seal: erase plaintext (rmtree)"),
     (SftpPartner, "_connect", "SSH connect + login"),
     (SftpPartner, "put_all", "SftpPartner.put_all (small files together, the rest one by one)"),
     (SftpPartner, "put_atomic", "SftpPartner.put_atomic"),
@@ -95,7 +95,7 @@ STEPS: tuple[tuple[Any, str, str], ...] = (
     (Ledger, "note", "ledger: note (alone or in a group)"),
     (Ledger, "record", "ledger: record (alone or in a group)"),
     (Ledger, "due", "ledger: due (query)"),
-    (Steps, "take", "intake: Steps.take (move in, fsyncs, hash, ledger)"),
+    (Steps, "take", "intake: Steps.take (move in, fsyncs, hash, ledger; files seen together)"),
     (Steps, "seal", "Steps.seal (one package)"),
     (Steps, "turn", "Steps.turn (deliver and/or poll)"),
     (Daemon, "dispatch", "daemon: dispatch (main thread)"),
