@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -614,22 +614,33 @@ class Ledger:
         now: float,
         partner: str | None = None,
         limit: int = -1,
+        skip: Collection[str] = (),
     ) -> list[Package]:
-        """Pending packages in `states` (for `partner`) whose next attempt is due, oldest first.
+        """Pending packages in `states` (for `partner`, but none in `skip`) whose next attempt
+        is due, oldest first.
 
         `limit` bounds the answer: the daemon asks for a few at a time, because reading all
         of a thousand pending packages on every wake-up made its main loop quadratic.
         """
-        marks = ", ".join("?" * len(states))
-        where = f"state IN ({marks}) AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-        args: list[object] = [*sorted(states), now]
-        if partner is not None:
-            where, args = where + " AND partner = ?", [*args, partner]
+        where, args = _due(states, now, partner, skip)
         rows = self.rows(
             f"SELECT * FROM packages WHERE {where} ORDER BY package_id LIMIT ?",  # noqa: S608 - placeholders only
             [*args, limit],
         )
         return [Package.from_row(row) for row in rows]
+
+    def due_count(
+        self, states: frozenset[State], now: float, partner: str, limit: int
+    ) -> tuple[int, str | None]:
+        """How many packages `due` would answer, and the oldest `updated_at` among them:
+        a look that makes no packages (the daemon's every wake-up, while seals are in flight)."""
+        where, args = _due(states, now, partner)
+        count, oldest = self.db.execute(
+            "SELECT count(*), min(updated_at) FROM (SELECT updated_at FROM packages "  # noqa: S608 - placeholders only
+            f"WHERE {where} ORDER BY package_id LIMIT ?)",
+            [*args, limit],
+        ).fetchone()
+        return count, oldest
 
     def erasable(self, states: frozenset[State], before: str, what: str, direction: str | None = None,
                  limit: int = -1) -> list[Package]:  # fmt: skip
@@ -692,3 +703,19 @@ class Ledger:
             [overdue_before],
         )
         return {(partner, state): n for partner, state, n in rows}
+
+
+def _due(states: frozenset[State], now: float, partner: str | None = None,
+         skip: Collection[str] = ()) -> tuple[str, list[object]]:  # fmt: skip
+    """The WHERE clause of `Ledger.due`, and its arguments."""
+    where = (f"state IN ({', '.join('?' * len(states))}) "
+             "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)")  # fmt: skip
+    args: list[object] = [*sorted(states), now]
+    if partner is not None:
+        where, args = where + " AND partner = ?", [*args, partner]
+    if skip:
+        where, args = (
+            where + f" AND package_id NOT IN ({', '.join('?' * len(skip))})",
+            [*args, *skip],
+        )
+    return where, args

@@ -73,28 +73,31 @@ class Scheduler:
             if key in busy or resting:
                 continue
             poll = tick >= self.next_poll.get(partner.id, -math.inf)
-            gather = sealing and not poll
-            packages = self._sealed(partner.id, now, GATHER if gather else ROUND_PACKAGES)
-            if not (packages or poll) or (gather and _gathering(packages, now)):
+            if sealing and not poll and self._gathering(partner.id, now):
                 continue
-            if gather and len(packages) == GATHER:  # more may be sealed: the whole round
-                packages = self._sealed(partner.id, now, ROUND_PACKAGES)
+            packages = self._sealed(partner.id, now, ROUND_PACKAGES)
+            if not (packages or poll):
+                continue
             if poll:
                 every = self.transport(partner).poll_seconds(self.settings)
                 self.next_poll[partner.id] = math.inf if self.once else tick + every
             self._hand("deliver", [p.package_id for p in packages])
             jobs.append((key, functools.partial(self._turn, partner, packages, poll)))
         if room > 0:
-            due = self.ledger.due(DUE_TO_SEAL, now, limit=len(busy) + len(self.handed) + room)
-            fresh = [
-                p
-                for p in due
-                if p.package_id not in busy and ("seal", p.package_id) not in self.handed
-            ]
+            due = self.ledger.due(DUE_TO_SEAL, now, limit=len(self.handed) + room, skip=busy)
+            fresh = [p for p in due if ("seal", p.package_id) not in self.handed]
             for package in fresh[:room]:
                 self._hand("seal", [package.package_id])
                 jobs.append((package.package_id, functools.partial(self.steps.seal, package)))
         return jobs
+
+    def _gathering(self, partner_id: str, now: float) -> bool:
+        """Whether a turn for the partner's sealed packages should wait for more (see
+        GATHER): none yet, or fewer than GATHER and the oldest sealed just now."""
+        count, oldest = self.ledger.due_count(DUE_TO_DELIVER, now, partner_id, GATHER)
+        if oldest is None:
+            return True
+        return count < GATHER and now - datetime.fromisoformat(oldest).timestamp() < GATHER_SECONDS
 
     def _sealed(self, partner_id: str, now: float, limit: int) -> list[Package]:
         """Up to `limit` of the partner's packages due to be delivered, not yet handed out."""
@@ -137,9 +140,3 @@ class Scheduler:
         while jobs := self.due(busy=(), room=ROUND_PACKAGES):
             for _, job in jobs:
                 job()
-
-
-def _gathering(packages: list[Package], now: float) -> bool:
-    """Whether a turn for these sealed packages should wait for more (see GATHER)."""
-    oldest = min(datetime.fromisoformat(p.updated_at).timestamp() for p in packages)
-    return len(packages) < GATHER and now - oldest < GATHER_SECONDS
