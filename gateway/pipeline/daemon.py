@@ -276,7 +276,11 @@ class Daemon:
             finally:
                 with self.busy_lock:
                     self.busy.discard(key)
-                self.wake()  # the next step may be due now
+                # The next step may be due now: the main loop looks when the queue runs dry
+                # (a worker takes a queued step at once; a look after every step was about
+                # a quarter of the loop's CPU in a burst).
+                if self.jobs.empty():
+                    self.wake()
 
     def wake(self) -> None:
         """Wake the main loop now, from any thread (not from a signal handler: the loop it
