@@ -31,7 +31,7 @@ from gateway.adapters.ledger import Ledger
 from gateway.core.envelope import ChunkReader, Manifest, Party, Payload, tar_chunks
 from gateway.core.errors import HostTrouble, LedgerDamaged, NoSuchPackage, SpoolDamaged
 from gateway.core.lifecycle import MAY_HOLD_PLAINTEXT, State
-from gateway.core.model import Package
+from gateway.core.model import Package, Partner
 from gateway.pipeline.duties import Duties
 from gateway.pipeline.intake import PAYLOAD
 
@@ -143,13 +143,12 @@ class Sealer:
         self.keyring = keyring
         self.gateway_id = gateway_id
 
-    def seal(self, package: Package, tee: Tee | None = None) -> Package:
-        """Seal one `received` package and erase its plaintext.
+    def seal(self, package: Package, partner: Partner, tee: Tee | None = None) -> Package:
+        """Seal one `received` package for its `partner` and erase its plaintext.
 
         With `tee`, the sealed bytes also go there as gpg writes them (`tee.whole` says
         whether all of them did).
         """
-        partner = self.ledger.partner(str(package.partner))
         own_key = self.ledger.own_key()
         if own_key is None:
             raise LedgerDamaged(

@@ -144,10 +144,10 @@ class Steps:
             if problem := closed(partner):
                 raise problem
             if (package.payload_size or 0) < self.delivery.stream_from:
-                self.sealer.seal(package)
+                self.sealer.seal(package, partner)
                 return
             with self.delivery.beside(self.transport(partner), package) as beside:
-                sealed = self.sealer.seal(package, tee=beside.part if beside else None)
+                sealed = self.sealer.seal(package, partner, tee=beside.part if beside else None)
                 if beside is not None:
                     beside.place(sealed)
         except GatewayError as err:

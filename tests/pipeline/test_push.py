@@ -184,7 +184,8 @@ def test_a_tee_that_breaks_leaves_the_hash_of_the_whole_sealed_file(
 
     tee = Breaks()
     with gateway(home, "daemon") as gw:
-        sealed = gw.steps.sealer.seal(gw.ledger.package(pid), tee=tee)
+        package = gw.ledger.package(pid)
+        sealed = gw.steps.sealer.seal(package, gw.ledger.partner(str(package.partner)), tee=tee)
     data = home.sealed_file(pid).read_bytes()
     assert (tee.writes, tee.whole) == (3, False), "dropped at its failure, never closed"
     assert (sealed.ciphertext_size, sealed.ciphertext_sha256) == (
