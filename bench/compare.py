@@ -33,7 +33,15 @@ from pathlib import Path
 
 import bench.rig
 from bench.inbound import build_set
-from bench.measure import REPO, become_subreaper, cpu_spent, median, processes, servers
+from bench.measure import (
+    REPO,
+    become_subreaper,
+    byte_compile,
+    cpu_spent,
+    median,
+    processes,
+    servers,
+)
 from bench.outbound import OLD, SMALL, delivered_count, forget_sealed, write_random
 from bench.rig import Rig
 
@@ -124,6 +132,8 @@ def main() -> None:
                              capture_output=True, check=True)  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     trees = {"old": old, "new": REPO}
+    for tree in trees.values():
+        byte_compile(tree)  # as installed: each process does not compile its modules anew
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # clean up the rig
     become_subreaper()  # the agents `run --once` stops are counted as ours (bench.measure)
     rig = Rig(say, base=args.dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import ctypes
 import dataclasses
@@ -107,6 +108,17 @@ class Proc:
     cpu: float  # seconds: its own and its reaped children's
     argv: bytes
     own: float = 0.0  # seconds: its own alone (user + system)
+
+
+def byte_compile(tree: Path) -> None:
+    """Compile the gateway's modules in `tree` to bytecode, as installing it does.
+
+    Where `PYTHONDONTWRITEBYTECODE` is set (this machine sets it), an editable checkout
+    never gets its `__pycache__`, and every gateway process compiled each of its modules
+    from source when it started: 0.30 against 0.26 CPU-s for a `run --once` with nothing
+    to do (medians of 8 alternating runs).
+    """
+    compileall.compile_dir(tree / "gateway", quiet=1)
 
 
 def become_subreaper() -> None:
