@@ -1,6 +1,6 @@
 """The step runner: every unit of the daemon's work, one method each.
 
-- `take(entries)`: spool entries taken in, or quarantined (`intake`);
+- `take(found)`: spool entries taken in together, or quarantined (`intake`);
 - `seal(package)`: a received package sealed; a large one delivered beside gpg
   (`sealing`, `deliver`);
 - `turn(partner, packages, poll)`: one turn with a partner over one link of its
@@ -103,11 +103,11 @@ class Steps:
         self.take(settled)
         return len(found) - len(settled)
 
-    def take(self, entries: Iterable[Entry]) -> list[Package]:
+    def take(self, found: Iterable[Entry]) -> list[Package]:
         """Take spool entries in, recorded in one commit, or quarantine each that may not
         come in; an entry the host cannot take now stays where it is."""
         moved = []
-        for entry in entries:
+        for entry in found:
             try:
                 if pid := self._take(entry):
                     moved.append(pid)
