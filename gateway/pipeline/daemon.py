@@ -85,7 +85,6 @@ class Daemon:
 
     def run(self) -> bool:
         """Serve until stopped; let the steps in hand finish, or say they were abandoned."""
-        log.info("daemon started: %s, %d workers", self.home.root, len(self.workers))
         self.steps.recover()
         if self.drop_server is not None:
             self.drop_server.start()
@@ -97,6 +96,9 @@ class Daemon:
         threading.Thread(target=self._wake_on_stop, name="wake-on-stop", daemon=True).start()
         next_scan = next_duties = -1.0
         next_checkpoint = self.clock.monotonic() + self.settings.audit_checkpoint_seconds
+        # Said once everything listens and watches: a partner that connects on this line
+        # finds the drop server up (before, it came ahead of the recovery and the server).
+        log.info("daemon started: %s, %d workers", self.home.root, len(self.workers))
         self.notifier.ready(self.status())
         try:
             while not self.stop.is_set():

@@ -123,6 +123,23 @@ def accepted_once(desk: Desk, pid: str, daemon: DaemonProcess, tally: Tally) -> 
     assert list(home.work.iterdir()) == []
 
 
+def test_the_daemon_says_it_has_started_only_once_its_drop_server_listens(
+    pulled: tuple[Desk, Path, int],
+) -> None:
+    """A partner (or a test) that connects on `daemon started` finds the server up: the
+    line once came before the recovery and the server's start, and a connection made on
+    it could be refused."""
+    desk, key, port = pulled
+    daemon = DaemonProcess(desk.home).start()
+    try:
+        text = daemon.log.read_text()
+        assert text.index("drop server listening") < text.index("daemon started")
+        with partner_session(desk.home, key, port) as sftp:  # at once, no retry
+            assert sorted(sftp.listdir("/")) == ["download", "upload"]
+    finally:
+        assert daemon.terminate() == 0
+
+
 def test_killed_while_a_partner_uploads_takes_the_upload_done_again(
     pulled: tuple[Desk, Path, int], tally: Tally
 ) -> None:
